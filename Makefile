@@ -1,0 +1,37 @@
+# The two quick-start commands: `make demo` and `make test` (README). Each creates .venv if
+# missing and installs the project into it (idempotent: a stamp keyed on pyproject.toml), then runs.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-16)
+OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 YOLO_OFFLINE=1 NO_ALBUMENTATIONS_UPDATE=1 \
+	RAY_USAGE_STATS_ENABLED=0 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
+PYTEST_ARGS ?=
+
+.PHONY: venv demo test test-all bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	# torch first, from the releases on this machine's disk, so no other torch is ever resolved
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -e ".[test]"
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+demo: venv
+	$(OFFLINE) $(PY) -m humanverse.cli demo --out out/demo
+
+test: venv
+	$(OFFLINE) $(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-all: venv
+	$(OFFLINE) $(PY) -m pytest $(PYTEST_ARGS)
+
+bench: venv
+	$(OFFLINE) $(PY) bench/shards.py
+
+clean:
+	rm -rf out .pytest_cache

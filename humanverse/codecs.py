@@ -1,0 +1,117 @@
+"""Codecs for the per-pixel maps and keypoints stored in HumanVerse rows (DESIGN.md §4).
+
+* depth  <-> 16-bit grayscale PNG, min-max normalised per image; ``depth_min``/``depth_max``
+  restore metric-free relative values with error <= (max - min) / 65535 / 2 per pixel.
+* normal <-> 8-bit RGB PNG, ``n = rgb / 127.5 - 1`` per component (error <= 1/127.5), decoded
+  vectors renormalised to unit length.
+* keypoints <-> flat float32[399] in COCO-WholeBody order.
+
+PNG zlib level: level 1 encodes a 512² 16-bit map ~3x faster than the default level 6 for a few
+per cent larger files (``bench/codecs.py``, BENCHMARKS.md); decoding speed is the same.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from humanverse.schema import KEYPOINT_VALUES, NUM_KEYPOINTS
+
+PNG_COMPRESS_LEVEL = 1
+
+
+@dataclass(frozen=True)
+class EncodedDepth:
+    png: bytes
+    depth_min: float
+    depth_max: float
+
+
+def _png_bytes(img: Image.Image, compress_level: int) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", compress_level=compress_level)
+    return buf.getvalue()
+
+
+def encode_depth(depth: np.ndarray, compress_level: int = PNG_COMPRESS_LEVEL) -> EncodedDepth:
+    """Encode an (H, W) float map as a 16-bit PNG normalised to its own [min, max]."""
+    depth = np.asarray(depth)
+    if depth.ndim != 2 or depth.size == 0:
+        raise ValueError(f"depth must be a non-empty (H, W) array, got shape {depth.shape}.")
+    if not np.isfinite(depth).all():
+        raise ValueError("depth contains NaN or infinite values; only finite maps can be encoded.")
+    d = depth.astype(np.float64)
+    lo, hi = float(d.min()), float(d.max())
+    scale = 65535.0 / (hi - lo) if hi > lo else 0.0
+    q = np.rint((d - lo) * scale).astype(np.uint16)
+    img = Image.fromarray(q)  # mode "I;16"
+    return EncodedDepth(_png_bytes(img, compress_level), np.float32(lo).item(), np.float32(hi).item())
+
+
+def decode_depth(png: bytes, depth_min: float, depth_max: float) -> np.ndarray:
+    """Inverse of :func:`encode_depth`: (H, W) float32 in [depth_min, depth_max]."""
+    with Image.open(io.BytesIO(png)) as img:
+        q = np.asarray(img)
+    if q.ndim != 2:
+        raise ValueError(f"depth PNG must be single-channel, got array shape {q.shape}.")
+    q = q.astype(np.float32)
+    return (depth_min + q * ((depth_max - depth_min) / 65535.0)).astype(np.float32)
+
+
+def encode_normal(normal: np.ndarray, compress_level: int = PNG_COMPRESS_LEVEL) -> bytes:
+    """Encode an (H, W, 3) map of unit normals (components in [-1, 1]) as an 8-bit RGB PNG."""
+    n = np.asarray(normal)
+    if n.ndim != 3 or n.shape[2] != 3 or n.size == 0:
+        raise ValueError(f"normal must be an (H, W, 3) array, got shape {n.shape}.")
+    if not np.isfinite(n).all():
+        raise ValueError("normal contains NaN or infinite values; only finite maps can be encoded.")
+    rgb = np.clip(np.rint((n.astype(np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+    return _png_bytes(Image.fromarray(rgb, mode="RGB"), compress_level)
+
+
+def decode_normal(png: bytes, renormalise: bool = True) -> np.ndarray:
+    """Inverse of :func:`encode_normal`: (H, W, 3) float32; unit length restored when asked."""
+    with Image.open(io.BytesIO(png)) as img:
+        rgb = np.asarray(img.convert("RGB"), dtype=np.float32)
+    n = rgb / 127.5 - 1.0
+    if renormalise:
+        norm = np.linalg.norm(n, axis=-1, keepdims=True)
+        n = np.where(norm > 1e-6, n / np.maximum(norm, 1e-6), n)
+    return n.astype(np.float32)
+
+
+def encode_keypoints(keypoints: np.ndarray) -> list[float]:
+    """(133, 3) array of (x, y, score) -> flat float32 list of 399 values (the stored layout)."""
+    kp = np.asarray(keypoints, dtype=np.float32)
+    if kp.shape != (NUM_KEYPOINTS, 3):
+        raise ValueError(f"keypoints must have shape ({NUM_KEYPOINTS}, 3), got {kp.shape}.")
+    if not np.isfinite(kp).all():
+        raise ValueError("keypoints contain NaN or infinite values.")
+    return kp.reshape(-1).tolist()
+
+
+def decode_keypoints(flat) -> np.ndarray:
+    """Flat 399 stored values -> (133, 3) float32 array of (x, y, score)."""
+    kp = np.asarray(flat, dtype=np.float32)
+    if kp.size != KEYPOINT_VALUES:
+        raise ValueError(f"stored keypoints must hold {KEYPOINT_VALUES} values, got {kp.size}.")
+    return kp.reshape(NUM_KEYPOINTS, 3)
+
+
+def encode_image(img: Image.Image, format: str = "JPEG", quality: int = 95) -> bytes:
+    """Encode an RGB PIL image (used when the stored image had to be re-encoded, e.g. resized)."""
+    buf = io.BytesIO()
+    if format.upper() == "JPEG":
+        img.convert("RGB").save(buf, format="JPEG", quality=quality)
+    else:
+        img.save(buf, format=format)
+    return buf.getvalue()
+
+
+def decode_image(data: bytes) -> Image.Image:
+    """Decode stored image bytes to an RGB PIL image (stored images are already upright RGB)."""
+    with Image.open(io.BytesIO(data)) as img:
+        return img.convert("RGB")
