@@ -1,0 +1,584 @@
+"""The model zoo: the table, spec resolution, and tiny stand-ins loaded through the real classes.
+
+Every tiny model is built once per session (offline, seeded), then loaded exactly as a real
+checkpoint would be and run on a synthetic image. No mocks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from humanverse import zoo
+from humanverse._tiny_builders import COCO_WHOLEBODY_KEYPOINTS, TINY_CLIP_EMBED_DIM
+from humanverse.zoo import ZOO, ModelEntry, ResolvedModel, format_table, make_tiny, resolve
+
+CORE = {
+    "yolos-tiny",
+    "vitpose-wholebody",
+    "midas-dpt-hybrid",
+    "clip-vit-l14",
+    "aesthetic-mlp",
+    "blip2-opt-2.7b",
+    "sd2-inpainting",
+    "sd2-base",
+    "sd-vae-ft-mse",
+    "sdxl-base",
+    "sdxl-vae-fp16-fix",
+}
+EXTERNAL = {"omnidata-depth", "omnidata-normal", "lsdm"}  # builders live outside humanverse
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+BILINEAR, BICUBIC = 2, 3
+
+
+@pytest.fixture(scope="session")
+def tiny_root(tmp_path_factory: pytest.TempPathFactory):
+    """The whole tiny zoo, built once; HUMANVERSE_TINY_ZOO points at it for the session."""
+    root = tmp_path_factory.mktemp("tiny-zoo")
+    patch = pytest.MonkeyPatch()
+    patch.setenv("HUMANVERSE_TINY_ZOO", str(root))
+    make_tiny(root)
+    yield root
+    patch.undo()
+
+
+@pytest.fixture(scope="session")
+def image() -> Image.Image:
+    """A 320x240 RGB image with structure (gradients + a bright block)."""
+    h, w = 240, 320
+    yy, xx = np.mgrid[0:h, 0:w]
+    rgb = np.stack([xx * 255 // w, yy * 255 // h, (xx + yy) * 255 // (w + h)], axis=-1).astype(np.uint8)
+    rgb[60:180, 120:200] = (250, 240, 230)
+    return Image.fromarray(rgb)
+
+
+def _sha256_weights(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*.safetensors"))
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# the table
+
+
+def test_table_lists_every_model_with_pinned_revisions():
+    assert CORE | EXTERNAL <= set(ZOO)
+    for name, entry in ZOO.items():
+        assert isinstance(entry, ModelEntry) and entry.name == name
+        assert entry.task and entry.licence and entry.model_class and entry.tiny
+        assert entry.revision is None or re.fullmatch(r"[0-9a-f]{40}", entry.revision), name
+        assert (entry.build_tiny is not None) == (name in CORE), name
+    assert ZOO["yolos-tiny"].revision == "95a90f3c189fbfca3bcfc6d7315b9e84d95dc2de"
+    assert ZOO["aesthetic-mlp"].files == ("model.safetensors",)
+    assert ZOO["aesthetic-mlp"].revision == "1e77fa05081323d99725fc40a9bf9f88180490e7"
+    assert ZOO["vitpose-wholebody"].model_class == "transformers.VitPoseForPoseEstimation"
+    assert "wholebody.pth" in ZOO["vitpose-wholebody"].notes
+    assert "10447888" in ZOO["omnidata-depth"].hub_id
+    assert "non-commercial" in ZOO["omnidata-normal"].licence
+    assert ZOO["lsdm"].hub_id == ""
+
+
+def test_format_table_has_one_row_per_entry():
+    table = format_table()
+    lines = table.splitlines()
+    assert lines[0].split()[:2] == ["name", "task"]
+    assert len(lines) == 2 + len(ZOO)
+    for entry in ZOO.values():
+        row = next(line for line in lines if line.startswith(entry.name + " "))
+        assert (entry.revision or "-")[:10] in row
+
+
+def test_importing_the_zoo_stays_light():
+    heavy = ("torch", "transformers", "diffusers", "open_clip")
+    code = f"import sys, humanverse.zoo; print(sorted(m for m in {heavy!r} if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+# ---------------------------------------------------------------------------------------------
+# resolve()
+
+
+def test_resolve_paper_pins_the_revision():
+    r = resolve("yolos-tiny", "paper")
+    pinned = "95a90f3c189fbfca3bcfc6d7315b9e84d95dc2de"
+    assert r == ResolvedModel("yolos-tiny", "hustvl/yolos-tiny", pinned, "hub")
+    assert r.tag == "hustvl/yolos-tiny@95a90f3c189fbfca3bcfc6d7315b9e84d95dc2de"
+    assert r.pretrained_kwargs() == {"revision": "95a90f3c189fbfca3bcfc6d7315b9e84d95dc2de"}
+    assert r.entry is ZOO["yolos-tiny"]
+    unpinned = resolve("sd-vae-ft-mse")
+    assert unpinned.tag == "stabilityai/sd-vae-ft-mse" and unpinned.pretrained_kwargs() == {}
+
+
+def test_resolve_hub_ids():
+    r = resolve("yolos-tiny", "someone/yolos-finetune@v2")
+    assert (r.kind, r.path, r.revision) == ("hub", "someone/yolos-finetune", "v2")
+    assert r.tag == "someone/yolos-finetune@v2" and r.pretrained_kwargs() == {"revision": "v2"}
+    assert resolve("yolos-tiny", "someone/yolos-finetune").pretrained_kwargs() == {}
+    # The entry's own repo without a revision gets the pinned one.
+    own = resolve("sdxl-base", "stabilityai/stable-diffusion-xl-base-1.0")
+    assert own.revision == ZOO["sdxl-base"].revision
+
+
+def test_resolve_tiny_specs(tiny_root: Path):
+    for spec in ("tiny", "tiny:yolos-tiny"):
+        r = resolve("yolos-tiny", spec)
+        assert r.kind == "tiny" and Path(r.path) == tiny_root / "yolos-tiny"
+        assert r.tag == "tiny:yolos-tiny" and r.pretrained_kwargs() == {} and r.revision is None
+
+
+def test_resolve_builds_a_missing_tiny_model_on_demand(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("HUMANVERSE_TINY_ZOO", str(tmp_path / "zoo"))
+    r = resolve("aesthetic-mlp", "tiny")
+    assert (Path(r.path) / "model.safetensors").is_file() and (Path(r.path) / ".complete").is_file()
+    assert zoo.tiny_root() == tmp_path / "zoo"
+
+
+def test_resolve_local_directories(tiny_root: Path, tmp_path: Path):
+    parent = resolve("midas-dpt-hybrid", str(tiny_root))  # a folder of model folders
+    assert parent.kind == "local" and Path(parent.path) == tiny_root / "midas-dpt-hybrid"
+    assert parent.tag == parent.path and parent.pretrained_kwargs() == {} and parent.revision is None
+    direct = resolve("yolos-tiny", str(tiny_root / "sd2-base"))  # itself a model folder
+    assert Path(direct.path) == tiny_root / "sd2-base"
+    assert Path(resolve("aesthetic-mlp", str(tiny_root / "aesthetic-mlp")).path).name == "aesthetic-mlp"
+
+    with pytest.raises(ValueError, match=r"neither a 'yolos-tiny/' subfolder nor a model file"):
+        resolve("yolos-tiny", str(tmp_path))
+    with pytest.raises(ValueError, match=r"does not exist"):
+        resolve("yolos-tiny", str(tmp_path / "missing" / "models"))
+    with pytest.raises(ValueError, match=r"does not exist"):
+        resolve("yolos-tiny", "./no-such-models-dir")
+    weights = tiny_root / "aesthetic-mlp" / "model.safetensors"
+    with pytest.raises(ValueError, match=r"is a file; expected a model directory"):
+        resolve("aesthetic-mlp", str(weights))
+
+
+def test_resolve_errors_are_one_clear_sentence():
+    with pytest.raises(ValueError, match=r"Unknown model 'yolo'; expected one of: yolos-tiny, "):
+        resolve("yolo", "paper")
+    bad = r"Model spec 'bogus spec!' for 'yolos-tiny' is not understood; expected 'paper'"
+    with pytest.raises(ValueError, match=bad):
+        resolve("yolos-tiny", "bogus spec!")
+    with pytest.raises(ValueError, match=r"is empty"):
+        resolve("yolos-tiny", "  ")
+    other = r"names a different tiny model than 'yolos-tiny'; use 'tiny' or 'tiny:yolos-tiny'"
+    with pytest.raises(ValueError, match=other):
+        resolve("yolos-tiny", "tiny:sd2-base")
+    with pytest.raises(ValueError, match=r"cannot be loaded from the hub as is .*wholebody"):
+        resolve("vitpose-wholebody", "paper")
+    with pytest.raises(ValueError, match=r"cannot be loaded from the hub as is .*omnidata_dpt_depth_v2.ckpt"):
+        resolve("omnidata-depth", "paper")
+    with pytest.raises(ValueError, match=r"'lsdm' has no published weights"):
+        resolve("lsdm", "paper")
+
+
+def test_external_entries_need_a_builder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog):
+    monkeypatch.setenv("HUMANVERSE_TINY_ZOO", str(tmp_path / "zoo"))
+    with pytest.raises(ValueError, match=r"'omnidata-depth' has no tiny builder in humanverse"):
+        resolve("omnidata-depth", "tiny")
+
+    with caplog.at_level(logging.WARNING, logger="humanverse.zoo"):
+        built = make_tiny(tmp_path / "zoo", ["omnidata-depth", "aesthetic-mlp"])
+    assert set(built) == {"aesthetic-mlp"}
+    assert "Skipping tiny omnidata-depth" in caplog.text
+
+    def fake_omnidata(out_dir: Path, seed: int) -> None:
+        (out_dir / "config.json").write_text(json.dumps({"seed": seed}))
+
+    r = resolve("omnidata-depth", "tiny", builders={"omnidata-depth": fake_omnidata})
+    assert r.kind == "tiny" and json.loads((Path(r.path) / "config.json").read_text()) == {"seed": 0}
+    with pytest.raises(ValueError, match=r"Unknown model 'nope'"):
+        make_tiny(tmp_path / "zoo", builders={"nope": fake_omnidata})
+    with pytest.raises(ValueError, match=r"Unknown model 'nope'"):
+        make_tiny(tmp_path / "zoo", ["nope"])
+
+
+# ---------------------------------------------------------------------------------------------
+# make_tiny(): completeness, determinism, atomic publication
+
+
+def test_make_tiny_builds_every_core_entry_as_safetensors(tiny_root: Path):
+    built = {p.name for p in tiny_root.iterdir() if not p.name.startswith(".")}
+    assert built == CORE
+    for name in CORE:
+        folder = tiny_root / name
+        assert json.loads((folder / ".complete").read_text())["name"] == name
+        files = [p for p in folder.rglob("*") if p.is_file()]
+        assert any(p.suffix == ".safetensors" for p in files), name
+        assert not [p for p in files if p.suffix in {".bin", ".pt", ".pth", ".ckpt", ".pkl"}], name
+        size = sum(p.stat().st_size for p in files)
+        assert size < 12 * 2**20, f"{name} is {size} bytes"
+    assert not [p for p in tiny_root.iterdir() if p.name.startswith(".")]  # no temp leftovers
+
+
+def test_building_twice_gives_identical_weights(tiny_root: Path, tmp_path: Path):
+    again = make_tiny(tmp_path / "again", sorted(CORE), seed=0)
+    for name, folder in again.items():
+        first, second = _sha256_weights(tiny_root / name), _sha256_weights(folder)
+        assert first and first == second, name
+    other_seed = make_tiny(tmp_path / "seed1", ["aesthetic-mlp"], seed=1)["aesthetic-mlp"]
+    assert _sha256_weights(other_seed) != _sha256_weights(tiny_root / "aesthetic-mlp")
+
+
+def test_building_does_not_touch_the_callers_rng(tmp_path: Path):
+    torch.manual_seed(1234)
+    expected = torch.rand(3)
+    torch.manual_seed(1234)
+    make_tiny(tmp_path, ["sd-vae-ft-mse"])
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_complete_folders_are_reused_and_force_rebuilds(tmp_path: Path):
+    calls: list[int] = []
+
+    def builder(out_dir: Path, seed: int) -> None:
+        calls.append(seed)
+        (out_dir / "config.json").write_text("{}")
+
+    make_tiny(tmp_path, ["lsdm"], builders={"lsdm": builder})
+    make_tiny(tmp_path, ["lsdm"], builders={"lsdm": builder})
+    assert calls == [0]
+    make_tiny(tmp_path, ["lsdm"], builders={"lsdm": builder}, force=True)
+    make_tiny(tmp_path, ["lsdm"], builders={"lsdm": builder}, seed=7)  # other seed: rebuilt
+    assert calls == [0, 0, 7]
+    # A folder without the marker (an interrupted copy, a hand-made folder) is replaced.
+    (tmp_path / "lsdm" / ".complete").unlink()
+    (tmp_path / "lsdm" / "junk").write_text("x")
+    make_tiny(tmp_path, ["lsdm"], builders={"lsdm": builder})
+    assert calls == [0, 0, 7, 0] and not (tmp_path / "lsdm" / "junk").exists()
+
+
+def test_failed_build_leaves_nothing_behind(tmp_path: Path):
+    def broken(out_dir: Path, seed: int) -> None:
+        (out_dir / "config.json").write_text("{}")
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        make_tiny(tmp_path, ["lsdm"], builders={"lsdm": broken})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_concurrent_builders_publish_one_complete_folder(tmp_path: Path):
+    """Racing builders (Ray actors) all get the folder; the first one published is never replaced."""
+
+    def slow_builder(index: int):
+        def build(out_dir: Path, seed: int) -> None:
+            (out_dir / "config.json").write_text(json.dumps({"builder": index}))
+            time.sleep(0.15 * (index + 1))  # builder 0 finishes first
+            (out_dir / "model.safetensors").write_bytes(b"")
+
+        return build
+
+    results: list[Path] = []
+    errors: list[BaseException] = []
+
+    def run(index: int) -> None:
+        try:
+            results.append(make_tiny(tmp_path, ["lsdm"], builders={"lsdm": slow_builder(index)})["lsdm"])
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert results == [tmp_path / "lsdm"] * 4
+    assert (tmp_path / "lsdm" / ".complete").is_file() and (tmp_path / "lsdm" / "model.safetensors").is_file()
+    assert json.loads((tmp_path / "lsdm" / "config.json").read_text()) == {"builder": 0}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lsdm"]
+
+
+# ---------------------------------------------------------------------------------------------
+# every tiny model through its real loading path
+
+
+def test_yolos_detects_with_pixel_boxes(tiny_root: Path, image: Image.Image):
+    from transformers import YolosForObjectDetection, YolosImageProcessor
+    from transformers.image_transforms import center_to_corners_format
+
+    r = resolve("yolos-tiny", "tiny")
+    model = YolosForObjectDetection.from_pretrained(r.path, **r.pretrained_kwargs()).eval()
+    processor = YolosImageProcessor.from_pretrained(r.path, **r.pretrained_kwargs())
+    assert model.config.id2label[1] == "person" and model.config.num_labels == 91
+
+    enc = processor(images=[image], return_tensors="pt")
+    assert tuple(enc["pixel_values"].shape) == (1, 3, 512, 672)  # 240x320 -> short side 512, /16
+    with torch.no_grad():
+        out = model(**enc)
+    assert tuple(out.logits.shape) == (1, 100, 92)
+    assert tuple(out.pred_boxes.shape) == (1, 100, 4)
+
+    (det,) = processor.post_process_object_detection(out, threshold=0.0, target_sizes=[(240, 320)])
+    assert det["boxes"].shape == (100, 4)
+    expected = center_to_corners_format(out.pred_boxes[0]) * torch.tensor([320.0, 240.0, 320.0, 240.0])
+    torch.testing.assert_close(det["boxes"], expected)  # absolute xyxy pixels of the input image
+
+
+def test_vitpose_gives_133_heatmaps(tiny_root: Path):
+    from transformers import VitPoseForPoseEstimation
+
+    model = VitPoseForPoseEstimation.from_pretrained(resolve("vitpose-wholebody", "tiny").path).eval()
+    assert model.config.num_labels == 133
+    assert [model.config.id2label[i] for i in range(133)] == list(COCO_WHOLEBODY_KEYPOINTS)
+    crops = torch.randn(3, 3, 256, 192, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        heatmaps = model(pixel_values=crops).heatmaps
+    assert tuple(heatmaps.shape) == (3, 133, 64, 48)
+
+
+def test_vitpose_processor_with_boxes(tiny_root: Path, image: Image.Image):
+    pytest.importorskip("scipy", reason="VitPoseImageProcessor's affine crop needs scipy")
+    from transformers import VitPoseForPoseEstimation, VitPoseImageProcessor
+
+    path = resolve("vitpose-wholebody", "tiny").path
+    model = VitPoseForPoseEstimation.from_pretrained(path).eval()
+    processor = VitPoseImageProcessor.from_pretrained(path)
+    boxes = [[[10.0, 20.0, 90.0, 150.0], [150.0, 40.0, 60.0, 180.0]]]  # COCO xywh
+    enc = processor(images=[image], boxes=boxes, return_tensors="pt")
+    assert tuple(enc["pixel_values"].shape) == (2, 3, 256, 192)
+    with torch.no_grad():
+        out = model(**enc)
+    assert tuple(out.heatmaps.shape) == (2, 133, 64, 48)
+    (people,) = processor.post_process_pose_estimation(out, boxes=boxes)
+    assert len(people) == 2 and tuple(people[0]["keypoints"].shape) == (133, 2)
+
+
+def test_dpt_hybrid_predicts_depth(tiny_root: Path, image: Image.Image):
+    from transformers import DPTForDepthEstimation, DPTImageProcessor
+
+    path = resolve("midas-dpt-hybrid", "tiny").path
+    model = DPTForDepthEstimation.from_pretrained(path).eval()
+    processor = DPTImageProcessor.from_pretrained(path)
+    assert model.config.is_hybrid
+    enc = processor(images=[image], return_tensors="pt")
+    assert tuple(enc["pixel_values"].shape) == (1, 3, 384, 384)  # squashed, not aspect-kept
+    assert float(enc["pixel_values"].min()) >= -1.0 and float(enc["pixel_values"].max()) <= 1.0
+    with torch.no_grad():
+        out = model(**enc)
+    assert tuple(out.predicted_depth.shape) == (1, 384, 384)
+    assert float(out.predicted_depth.min()) >= 0.0  # final ReLU, as MiDaS
+    (depth,) = processor.post_process_depth_estimation(out, target_sizes=[(240, 320)])
+    assert tuple(depth["predicted_depth"].shape) == (240, 320)
+
+
+def _clip(tiny_root: Path):
+    import open_clip
+
+    path = resolve("clip-vit-l14", "tiny").path
+    model, _, preprocess = open_clip.create_model_and_transforms("local-dir:" + path)
+    return model.eval(), preprocess, open_clip.get_tokenizer("local-dir:" + path)
+
+
+def test_open_clip_embeds_images_and_text(tiny_root: Path, image: Image.Image):
+    from torchvision import transforms as T
+
+    model, preprocess, tokenizer = _clip(tiny_root)
+    steps = {type(t): t for t in preprocess.transforms}
+    assert steps[T.Resize].size == 224 and steps[T.Resize].interpolation == T.InterpolationMode.BICUBIC
+    assert tuple(steps[T.CenterCrop].size) == (224, 224)
+    assert tuple(steps[T.Normalize].mean) == CLIP_MEAN and tuple(steps[T.Normalize].std) == CLIP_STD
+
+    with torch.no_grad():
+        image_features = model.encode_image(preprocess(image).unsqueeze(0))
+        text_features = model.encode_text(tokenizer(["a photo of a person"]))
+    assert tuple(image_features.shape) == (1, TINY_CLIP_EMBED_DIM)
+    assert tuple(text_features.shape) == (1, TINY_CLIP_EMBED_DIM)
+    config = json.loads((Path(resolve("clip-vit-l14", "tiny").path) / "open_clip_config.json").read_text())
+    assert config["model_cfg"]["quick_gelu"] is True
+
+
+def test_aesthetic_mlp_scores_a_clip_embedding(tiny_root: Path, image: Image.Image):
+    from safetensors.torch import load_file
+
+    state = load_file(str(Path(resolve("aesthetic-mlp", "tiny").path) / "model.safetensors"))
+    assert set(state) == {f"layers.{i}.{p}" for i in (0, 2, 4, 6, 7) for p in ("weight", "bias")}
+    head = torch.nn.Sequential(
+        torch.nn.Linear(TINY_CLIP_EMBED_DIM, 1024),
+        torch.nn.Dropout(0.2),
+        torch.nn.Linear(1024, 128),
+        torch.nn.Dropout(0.2),
+        torch.nn.Linear(128, 64),
+        torch.nn.Dropout(0.1),
+        torch.nn.Linear(64, 16),
+        torch.nn.Linear(16, 1),
+    )
+    mlp = torch.nn.Module()
+    mlp.layers = head
+    mlp.load_state_dict(state, strict=True)
+
+    model, preprocess, _ = _clip(tiny_root)
+    with torch.no_grad():
+        embedding = model.encode_image(preprocess(image).unsqueeze(0))
+        embedding = embedding / embedding.norm(dim=-1, keepdim=True)
+        score = mlp.layers.eval()(embedding)
+    assert tuple(score.shape) == (1, 1) and torch.isfinite(score).all()
+
+
+def test_blip2_generates_and_decodes(tiny_root: Path, image: Image.Image):
+    from transformers import Blip2ForConditionalGeneration, Blip2Processor
+
+    path = resolve("blip2-opt-2.7b", "tiny").path
+    model = Blip2ForConditionalGeneration.from_pretrained(path).eval()
+    processor = Blip2Processor.from_pretrained(path)
+    tokenizer = processor.tokenizer
+    image_token = tokenizer.convert_tokens_to_ids("<image>")
+    assert model.config.image_token_index == image_token
+    assert processor.num_query_tokens == model.config.num_query_tokens == 32
+    assert model.config.text_config.vocab_size == len(tokenizer)
+    assert (tokenizer.bos_token, tokenizer.bos_token_id, tokenizer.pad_token_id) == ("</s>", 2, 1)
+
+    inputs = processor(images=image, return_tensors="pt")
+    assert list(inputs) == ["pixel_values"] and tuple(inputs["pixel_values"].shape) == (1, 3, 224, 224)
+    with torch.no_grad():
+        ids = model.generate(**inputs, max_new_tokens=5)
+    assert ids.shape[0] == 1 and ids.shape[1] <= 32 + 1 + 5
+    assert ids[0, :32].tolist() == [image_token] * 32 and int(ids[0, 32]) == 2
+    (caption,) = processor.batch_decode(ids, skip_special_tokens=True)
+    assert isinstance(caption, str) and "<image>" not in caption
+
+    prompted = processor(images=image, text="a photo of", return_tensors="pt")
+    assert prompted["input_ids"][0, :32].tolist() == [image_token] * 32
+    with torch.no_grad():
+        ids = model.generate(**prompted, max_new_tokens=3, num_beams=2)
+    assert processor.batch_decode(ids, skip_special_tokens=True)[0].startswith("a photo of")
+
+
+def test_sd2_inpainting_pipeline_runs(tiny_root: Path, image: Image.Image):
+    from diffusers import PNDMScheduler, StableDiffusionInpaintPipeline
+
+    pipe = StableDiffusionInpaintPipeline.from_pretrained(resolve("sd2-inpainting", "tiny").path)
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.unet.config.in_channels == 9 and pipe.unet.config.use_linear_projection
+    assert pipe.unet.config.cross_attention_dim == pipe.text_encoder.config.hidden_size
+    assert pipe.text_encoder.config.vocab_size == len(pipe.tokenizer)
+    assert isinstance(pipe.scheduler, PNDMScheduler) and pipe.vae.config.scaling_factor == 0.18215
+    assert pipe.vae_scale_factor == 8
+
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))  # white = repaint
+    out = pipe(
+        "a person",
+        image=image.resize((64, 64)),
+        mask_image=mask,
+        num_inference_steps=2,
+        generator=torch.Generator().manual_seed(0),
+    )
+    assert out.images[0].size == (64, 64) and out.images[0].mode == "RGB"
+
+
+def test_sd2_base_text_to_latents(tiny_root: Path):
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(resolve("sd2-base", "tiny").path)
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.scheduler.config.prediction_type == "epsilon"
+    assert pipe.scheduler.config.beta_schedule == "scaled_linear"
+    assert (pipe.scheduler.config.beta_start, pipe.scheduler.config.beta_end) == (0.00085, 0.012)
+    assert pipe.tokenizer.pad_token == "!" and pipe.tokenizer.model_max_length == 77
+    assert pipe.text_encoder.config.vocab_size == len(pipe.tokenizer)
+    generator = torch.Generator().manual_seed(0)
+    out = pipe("a person", num_inference_steps=2, output_type="latent", generator=generator)
+    assert tuple(out.images.shape) == (1, 4, 8, 8)
+
+
+def test_sdxl_pipeline_runs(tiny_root: Path):
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+
+    pipe = StableDiffusionXLPipeline.from_pretrained(resolve("sdxl-base", "tiny").path)
+    pipe.set_progress_bar_config(disable=True)
+    unet = pipe.unet.config
+    hidden_1, hidden_2 = pipe.text_encoder.config.hidden_size, pipe.text_encoder_2.config.hidden_size
+    assert unet.addition_embed_type == "text_time" and unet.cross_attention_dim == hidden_1 + hidden_2
+    assert unet.projection_class_embeddings_input_dim == (
+        6 * unet.addition_time_embed_dim + pipe.text_encoder_2.config.projection_dim
+    )
+    assert type(pipe.text_encoder_2).__name__ == "CLIPTextModelWithProjection"
+    assert pipe.text_encoder.config.vocab_size == len(pipe.tokenizer)
+    assert pipe.text_encoder_2.config.vocab_size == len(pipe.tokenizer_2)
+    assert isinstance(pipe.scheduler, EulerDiscreteScheduler) and pipe.vae.config.scaling_factor == 0.13025
+    out = pipe("a person", num_inference_steps=2, generator=torch.Generator().manual_seed(0))
+    assert out.images[0].size == (64, 64)
+
+
+@pytest.mark.parametrize(
+    ("name", "scaling", "upcast"), [("sd-vae-ft-mse", 0.18215, True), ("sdxl-vae-fp16-fix", 0.13025, False)]
+)
+def test_vaes_have_real_latent_geometry(tiny_root: Path, name: str, scaling: float, upcast: bool):
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(resolve(name, "tiny").path).eval()
+    assert vae.config.scaling_factor == scaling and vae.config.force_upcast is upcast
+    with torch.no_grad():
+        latents = vae.encode(torch.zeros(1, 3, 64, 64)).latent_dist.mode()
+        decoded = vae.decode(latents).sample
+    assert tuple(latents.shape) == (1, 4, 8, 8) and tuple(decoded.shape) == (1, 3, 64, 64)
+
+
+# ---------------------------------------------------------------------------------------------
+# preprocessing equals the real checkpoints' (MODELS.md)
+
+
+def test_processor_configs_match_the_real_checkpoints(tiny_root: Path):
+    from transformers import Blip2Processor, DPTImageProcessor, VitPoseImageProcessor, YolosImageProcessor
+
+    yolos = YolosImageProcessor.from_pretrained(tiny_root / "yolos-tiny")
+    assert (yolos.size.shortest_edge, yolos.size.longest_edge) == (512, 1333)
+    assert yolos.resample == BILINEAR and yolos.do_pad and yolos.do_normalize
+    assert tuple(yolos.image_mean) == IMAGENET_MEAN and tuple(yolos.image_std) == IMAGENET_STD
+
+    vitpose = VitPoseImageProcessor.from_pretrained(tiny_root / "vitpose-wholebody")
+    assert (vitpose.size.height, vitpose.size.width) == (256, 192) and vitpose.do_affine_transform
+    assert tuple(vitpose.image_mean) == IMAGENET_MEAN and tuple(vitpose.image_std) == IMAGENET_STD
+
+    dpt = DPTImageProcessor.from_pretrained(tiny_root / "midas-dpt-hybrid")
+    assert (dpt.size.height, dpt.size.width) == (384, 384)
+    assert dpt.keep_aspect_ratio is False and dpt.ensure_multiple_of == 1 and dpt.resample == BILINEAR
+    assert tuple(dpt.image_mean) == (0.5, 0.5, 0.5) and tuple(dpt.image_std) == (0.5, 0.5, 0.5)
+
+    blip = Blip2Processor.from_pretrained(tiny_root / "blip2-opt-2.7b").image_processor
+    assert (blip.size.height, blip.size.width) == (224, 224) and blip.resample == BICUBIC
+    assert blip.do_convert_rgb and tuple(blip.image_mean) == CLIP_MEAN and tuple(blip.image_std) == CLIP_STD
+
+    clip = json.loads((tiny_root / "clip-vit-l14" / "open_clip_config.json").read_text())["preprocess_cfg"]
+    assert clip["interpolation"] == "bicubic" and clip["resize_mode"] == "shortest" and clip["size"] == 224
+    assert tuple(clip["mean"]) == CLIP_MEAN and tuple(clip["std"]) == CLIP_STD
+
+
+def test_pipeline_tokenizers_and_schedulers_match_the_real_ones(tiny_root: Path):
+    from diffusers import EulerDiscreteScheduler, PNDMScheduler
+    from transformers import CLIPTokenizer
+
+    for name in ("sd2-base", "sd2-inpainting"):
+        scheduler = PNDMScheduler.from_pretrained(tiny_root / name, subfolder="scheduler")
+        assert scheduler.config.skip_prk_steps and scheduler.config.steps_offset == 1
+        assert scheduler.config.prediction_type == "epsilon" and scheduler.config.set_alpha_to_one is False
+    euler = EulerDiscreteScheduler.from_pretrained(tiny_root / "sdxl-base", subfolder="scheduler")
+    assert euler.config.timestep_spacing == "leading" and euler.config.prediction_type == "epsilon"
+
+    tok = CLIPTokenizer.from_pretrained(tiny_root / "sdxl-base", subfolder="tokenizer")
+    tok_2 = CLIPTokenizer.from_pretrained(tiny_root / "sdxl-base", subfolder="tokenizer_2")
+    assert (tok.pad_token, tok_2.pad_token) == ("<|endoftext|>", "!")
+    ids = tok("A Photo of a PERSON", padding="max_length", max_length=77).input_ids
+    assert len(ids) == 77 and ids[0] == tok.bos_token_id and tok.eos_token_id in ids
+    assert tok.decode(ids, skip_special_tokens=True) == "a photo of a person"  # CLIP lower-cases
+    assert tok.convert_ids_to_tokens(0) == "!"  # the real byte-level order
