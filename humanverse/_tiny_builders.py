@@ -193,6 +193,7 @@ def build_yolos_tiny(out_dir: Path, seed: int) -> None:
     Real: hidden 192, 12 layers, 3 heads. Tiny: hidden 32, 2 layers, 2 heads. The processor is the
     real one (shortest edge 512, longest 1333, bilinear, ImageNet mean/std, padding).
     """
+    import torch
     from transformers import YolosConfig, YolosForObjectDetection, YolosImageProcessor
 
     config = YolosConfig(
@@ -209,6 +210,20 @@ def build_yolos_tiny(out_dir: Path, seed: int) -> None:
     )
     with _seeded(seed):
         model = YolosForObjectDetection(config).eval()
+        # At init every detection token looks alike and "person" (1 of 92 classes) never wins, so a
+        # tiny detector would find nobody and nothing downstream would run. Spread the detection
+        # tokens and the heads, and bias the person and no-object logits, so that a couple of
+        # tokens score "person" near 0.5 with distinct boxes. Still random: the boxes mean nothing.
+        with torch.no_grad():
+            model.vit.embeddings.detection_tokens.normal_(0.0, 1.0)
+            for head in (model.class_labels_classifier, model.bbox_predictor):
+                for layer in head.layers:
+                    layer.weight.normal_(0.0, config.hidden_size ** -0.5)
+                    layer.bias.zero_()
+            last = model.class_labels_classifier.layers[-1]
+            last.weight.normal_(0.0, 0.5)
+            last.bias[1] = 4.0  # person
+            last.bias[config.num_labels] = 4.0  # no-object
     model.save_pretrained(out_dir)
     processor = YolosImageProcessor(
         size={"shortest_edge": 512, "longest_edge": 1333},

@@ -6,3 +6,24 @@ for _k, _v in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "YOLO_OFFLINE
                "NO_ALBUMENTATIONS_UPDATE": "1", "RAY_USAGE_STATS_ENABLED": "0",
                "TOKENIZERS_PARALLELISM": "false"}.items():
     os.environ.setdefault(_k, _v)
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_zoo(tmp_path_factory):
+    """The whole tiny zoo, built once per session; ``HUMANVERSE_TINY_ZOO`` points at it so that
+    ``resolve(name, "tiny")`` (also in Ray workers started by the tests) finds it."""
+    from humanverse import zoo
+    from humanverse.cli import extra_tiny_builders
+
+    root = tmp_path_factory.mktemp("tiny-zoo")
+    zoo.make_tiny(root, builders=extra_tiny_builders())
+    old = os.environ.get("HUMANVERSE_TINY_ZOO")
+    os.environ["HUMANVERSE_TINY_ZOO"] = str(root)
+    yield root
+    if old is None:
+        os.environ.pop("HUMANVERSE_TINY_ZOO", None)
+    else:
+        os.environ["HUMANVERSE_TINY_ZOO"] = old
