@@ -5,6 +5,8 @@
     humanverse show ROOT [--where SQL] [--limit N] --out FILE.html|FILE.png
     humanverse zoo list
     humanverse zoo make-tiny DIR [--only NAME,...]
+    humanverse build INPUT OUTPUT [--config FILE.yaml] [--models tiny|paper|DIR] [--address ADDR]
+    humanverse download URLS OUT [...]
     humanverse demo [--out out/demo]
 
 This module is the only place in ``humanverse`` that reaches into ``pipelines`` and ``model``
@@ -156,6 +158,18 @@ def cmd_zoo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_build(args: argparse.Namespace) -> int:
+    from pipelines.build import run_from_args
+
+    return run_from_args(args)
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    from pipelines.download import main as download_main
+
+    return download_main(args.download_args)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from humanverse.demo import run_demo
 
@@ -202,6 +216,17 @@ def build_parser() -> argparse.ArgumentParser:
     mt.add_argument("--seed", type=int, default=0)
     mt.add_argument("--force", action="store_true", help="rebuild entries that already exist")
     z.set_defaults(func=cmd_zoo)
+
+    b = sub.add_parser("build", help="build a HumanVerse dataset from image shards (Ray Data)")
+    from pipelines.build import add_arguments  # argparse definitions only; no heavy imports
+
+    add_arguments(b)
+    b.set_defaults(func=cmd_build)
+
+    dl = sub.add_parser("download", help="download URL lists with img2dataset (the 'download' extra)",
+                        add_help=False)
+    dl.add_argument("download_args", nargs=argparse.REMAINDER)
+    dl.set_defaults(func=cmd_download)
 
     d = sub.add_parser("demo", help="the offline demo on tiny random models (make demo)")
     d.add_argument("--out", default="out/demo")

@@ -44,11 +44,19 @@ class HumanVerseDataset:
             return REJECT_SCHEMA
         return data_schema(self.manifest.get("clip_dim"))
 
-    def arrow_dataset(self, kind: str = "data") -> pads.Dataset:
+    def arrow_dataset(self, kind: str = "data", widen_float16: bool = False) -> pads.Dataset:
+        """An Arrow dataset over the committed files; ``widen_float16`` reads half floats as float32
+        (DuckDB has no half-float Arrow type; its own Parquet reader widens them the same way)."""
+        schema = self._schema(kind)
+        if widen_float16:
+            schema = pa.schema([f.with_type(pa.list_(pa.float32(), f.type.list_size))
+                                if pa.types.is_fixed_size_list(f.type) and pa.types.is_float16(f.type.value_type)
+                                else f for f in schema], metadata=schema.metadata)
         files = self.files(kind)
         if not files:
-            return pads.dataset(self._schema(kind).empty_table())
-        return pads.dataset(files, format="parquet", filesystem=self.root.fs)
+            return pads.dataset(schema.empty_table())
+        return pads.dataset(files, format="parquet", filesystem=self.root.fs,
+                            schema=schema if widen_float16 else None)
 
     def to_arrow(self, kind: str = "data", columns: list[str] | None = None) -> pa.Table:
         return self.arrow_dataset(kind).to_table(columns=columns)
@@ -68,7 +76,7 @@ class HumanVerseDataset:
                 listing = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
                 con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet([{listing}])")
             else:  # remote filesystems and empty datasets go through Arrow (lazy, projected scans)
-                con.register(f"_{name}_arrow", self.arrow_dataset(kind))
+                con.register(f"_{name}_arrow", self.arrow_dataset(kind, widen_float16=True))
                 con.execute(f"CREATE VIEW {name} AS SELECT * FROM _{name}_arrow")
         return con
 

@@ -132,7 +132,9 @@ def _manifest_summary(manifest: dict, max_items: int = 60, max_len: int = 80) ->
             s = str(v)
             flat[prefix] = s if len(s) <= max_len else s[: max_len - 1] + "…"
 
-    walk("", {k: v for k, v in manifest.items() if k not in ("format", "format_version")})
+    # the fingerprint repeats the config; per-shard sizes are summarised by the shards table
+    skip = ("format", "format_version", "fingerprint", "source_shards")
+    walk("", {k: v for k, v in manifest.items() if k not in skip})
     return flat
 
 

@@ -1,0 +1,344 @@
+"""``humanverse build`` / ``python -m pipelines.build``: the HumanVerse builder on Ray Data.
+
+HyperHuman §4's funnel, cheapest stage first so expensive models only see survivors::
+
+    read shards -> decode (CPU tasks) -> resolution -> detect (actors) -> person filter
+      -> aesthetic (actors) -> write (exactly-once commits)
+
+Resume: the unit of work is the source shard. On start the sink fences earlier runs and recovers
+(:mod:`humanverse.shards`); shards whose committed rows add up to their size are skipped, and
+for partly done shards the committed ``source_index`` values are skipped by the reader. Re-run the
+same command after any crash: every source row ends exactly once in ``data/`` or ``rejects/``.
+
+This is the ``ray job submit`` entrypoint: ``ray job submit --working-dir . -- python -m
+pipelines.build INPUT OUTPUT --config FILE.yaml``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+
+from pipelines.configs import ConfigError, check, load_yaml, to_dict
+from pipelines.stages.aesthetic import AestheticConfig, AestheticScorer, clip_embed_dim
+from pipelines.stages.decode import DecodeConfig, DecodeStage
+from pipelines.stages.detect import DetectConfig, PersonDetector
+from pipelines.stages.person_filter import PersonFilter, PersonFilterConfig
+from pipelines.stages.resolution import ResolutionConfig, ResolutionStage
+
+log = logging.getLogger("pipelines.build")
+
+#: Stage order (cheapest first). ``decode`` always runs; the others can be left out by config.
+STAGE_ORDER = ("decode", "resolution", "detect", "person_filter", "aesthetic")
+PRESETS = Path(__file__).parent / "presets"
+
+
+@dataclass(frozen=True)
+class Resources:
+    """Ray resources of one stage. Model stages run as actor pools of ``concurrency`` actors."""
+
+    batch_size: int = 16
+    concurrency: int = 1
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+
+    def __post_init__(self):
+        check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}.")
+        check(self.concurrency >= 1, f"concurrency must be >= 1, got {self.concurrency}.")
+        check(self.num_cpus >= 0 and self.num_gpus >= 0, "num_cpus and num_gpus must be >= 0.")
+
+
+@dataclass(frozen=True)
+class ResourcesConfig:
+    """Defaults for a GPU node (see presets/gpu-node.yaml); presets/cpu.yaml for laptops and CI."""
+
+    read: Resources = Resources(batch_size=1, concurrency=8, num_cpus=0.5)
+    decode: Resources = Resources(batch_size=64, concurrency=8, num_cpus=1.0)
+    detect: Resources = Resources(batch_size=16, concurrency=2, num_cpus=1.0, num_gpus=0.25)
+    aesthetic: Resources = Resources(batch_size=64, concurrency=2, num_cpus=1.0, num_gpus=0.25)
+
+
+@dataclass(frozen=True)
+class InputConfig:
+    #: image-bytes column of Parquet inputs (default: jpg/png/webp/image/image_bytes/bytes)
+    image_column: str | None = None
+    #: images per source shard for image folders
+    folder_shard_size: int = 1000
+    #: rows per block leaving the reader
+    batch_rows: int = 64
+
+    def __post_init__(self):
+        check(self.folder_shard_size >= 1, f"input.folder_shard_size must be >= 1, got {self.folder_shard_size}.")
+        check(self.batch_rows >= 1, f"input.batch_rows must be >= 1, got {self.batch_rows}.")
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    #: logical CPUs of a local cluster (None: all); ignored when attaching to a cluster
+    num_cpus: int | None = None
+    progress_bars: bool = True
+    #: Ray's session folder for a local cluster (keep it short: socket paths are limited)
+    temp_dir: str | None = None
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    stages: tuple[str, ...] = STAGE_ORDER
+    input: InputConfig = InputConfig()
+    decode: DecodeConfig = DecodeConfig()
+    resolution: ResolutionConfig = ResolutionConfig()
+    detect: DetectConfig = DetectConfig()
+    person_filter: PersonFilterConfig = PersonFilterConfig()
+    aesthetic: AestheticConfig = AestheticConfig()
+    resources: ResourcesConfig = ResourcesConfig()
+    ray: RayConfig = RayConfig()
+
+    def __post_init__(self):
+        unknown = [s for s in self.stages if s not in STAGE_ORDER]
+        check(not unknown, f"stages: unknown stage(s) {unknown}; known stages are {list(STAGE_ORDER)}.")
+        check("decode" in self.stages, "stages: 'decode' cannot be left out (it hashes, validates and stores images).")
+        check("person_filter" not in self.stages or "detect" in self.stages,
+              "stages: 'person_filter' needs 'detect'.")
+        check(len(set(self.stages)) == len(self.stages), f"stages: {list(self.stages)} lists a stage twice.")
+
+    @property
+    def ordered_stages(self) -> list[str]:
+        return [s for s in STAGE_ORDER if s in self.stages]
+
+
+#: Config sections that may change between a run and its resume (they change how, not what).
+RESUMABLE_SECTIONS = ("resources", "ray")
+
+
+def load_config(path: str | Path | None, overrides: dict | None = None) -> BuildConfig:
+    return load_yaml(BuildConfig, path, overrides)
+
+
+def config_fingerprint(cfg: BuildConfig, models: str) -> dict:
+    d = to_dict(cfg)
+    for k in RESUMABLE_SECTIONS:
+        d.pop(k)
+    return {"build": d, "models": models}
+
+
+def _diff(a, b, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b)):
+            out += _diff(a.get(k), b.get(k), f"{prefix}.{k}" if prefix else k)
+        return out
+    return [] if a == b else [f"{prefix}: {a!r} -> {b!r}"]
+
+
+@dataclass
+class BuildReport:
+    output: str
+    shards_total: int
+    shards_skipped: int
+    rows_written: int
+    rejects_written: int
+    seconds: float
+    funnel: dict = field(default_factory=dict)
+
+
+# -- the graph's functions (module level so Ray can pickle them) ------------------------------------
+
+
+def _read_shards(batch: pa.Table, input_cfg: InputConfig, clip_dim: int | None):
+    from pipelines import readers
+    from pipelines.rows import from_source_rows
+
+    for item in batch.to_pylist():
+        shard = readers.SourceShard(**json.loads(item["shard"]))
+        skip = frozenset(json.loads(item["skip"]))
+        for rows in readers.read_shard(shard, skip=skip, batch_rows=input_cfg.batch_rows,
+                                       image_column=input_cfg.image_column):
+            if rows:
+                yield from_source_rows(rows, clip_dim)
+
+
+def _cpu_stage(batch: pa.Table, factory) -> pa.Table:
+    return factory()(batch)
+
+
+def _init_ray(cfg: BuildConfig, address: str | None) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    if address or os.environ.get("RAY_ADDRESS"):
+        ray.init(address=address, log_to_driver=True)
+    else:
+        ray.init(address="local", num_cpus=cfg.ray.num_cpus, include_dashboard=False,
+                 _temp_dir=cfg.ray.temp_dir, log_to_driver=True)
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = cfg.ray.progress_bars
+
+
+def _check_gpus(cfg: BuildConfig) -> None:
+    import ray
+
+    have = ray.cluster_resources().get("GPU", 0)
+    for stage in ("detect", "aesthetic"):
+        need = getattr(cfg.resources, stage).num_gpus
+        if stage in cfg.stages and need > 0 and have == 0:
+            raise ConfigError(
+                f"resources.{stage}.num_gpus is {need} but the Ray cluster has no GPUs; set it to 0 "
+                f"(e.g. --config {PRESETS / 'cpu.yaml'}) or attach to a GPU cluster with --address."
+            )
+
+
+def build(input: str, output: str, cfg: BuildConfig, *, models: str = "paper", address: str | None = None,
+          force_new_config: bool = False) -> BuildReport:
+    """Run the builder from ``input`` (folder, webdataset tars, Parquet) into dataset ``output``."""
+    import ray
+
+    import humanverse
+    from humanverse.shards import ShardSink, read_manifest
+    from humanverse.zoo import resolve
+    from pipelines import readers
+    from pipelines.sink import make_datasink
+
+    t0 = time.perf_counter()
+    shards = readers.discover_shards(input, image_column=cfg.input.image_column,
+                                     folder_shard_size=cfg.input.folder_shard_size)
+    clip_dim = clip_embed_dim(cfg.aesthetic, models) if ("aesthetic" in cfg.stages and cfg.aesthetic.store_embedding) else None
+    fingerprint = config_fingerprint(cfg, models)
+    existing = read_manifest(output)
+    if existing is not None and existing.get("fingerprint") not in (None, fingerprint) and not force_new_config:
+        changes = _diff(existing["fingerprint"], fingerprint)
+        raise ConfigError(
+            f"{output} was built with a different config ({'; '.join(changes[:5])}); re-run with the "
+            f"recorded config (humanverse.json) or pass --force-new-config to continue with the new one."
+        )
+    model_tags = {}
+    for stage, name in (("detect", "yolos-tiny"), ("aesthetic", "clip-vit-l14"), ("aesthetic", "aesthetic-mlp")):
+        if stage in cfg.stages and not (stage == "detect" and cfg.detect.backend != "yolos"):
+            model_tags[name] = resolve(name, models).tag
+    manifest = {
+        "fingerprint": fingerprint, "config": to_dict(cfg), "models": model_tags, "clip_dim": clip_dim,
+        "input": input, "source_shards": {s.name: s.size for s in shards},
+        "banner": ("Annotations from tiny random models: meaningless; only the mechanics are real."
+                   if models == "tiny" else None),
+    }
+    if existing and existing.get("source_shards"):
+        manifest["source_shards"] = {**existing["source_shards"], **manifest["source_shards"]}
+    sink = ShardSink.open(output, manifest=manifest)
+    sizes = {s.name: s.size for s in shards}
+    done = sink.state.complete_shards(sizes)
+    todo = [s for s in shards if s.name not in done]
+    committed = sink.state.rows_per_shard()
+    partial = [s.name for s in todo if committed.get(s.name)]
+    keys = sink.committed_keys(partial) if partial else set()
+    log.info("%d source shards (%d rows): %d complete, %d to do (%d partly done)", len(shards),
+             sum(sizes.values()), len(done), len(todo), len(partial))
+    summary_rows = (0, 0)
+    if todo:
+        _init_ray(cfg, address)
+        _check_gpus(cfg)
+        items = [{"shard": json.dumps(dataclasses.asdict(s)),
+                  "skip": json.dumps(sorted(i for sh, i in keys if sh == s.name))} for s in todo]
+        res = cfg.resources
+        ds = ray.data.from_items(items, override_num_blocks=len(items))
+        ds = ds.map_batches(_read_shards, fn_kwargs={"input_cfg": cfg.input, "clip_dim": clip_dim},
+                            batch_size=1, batch_format="pyarrow", num_cpus=res.read.num_cpus,
+                            concurrency=res.read.concurrency)
+        cpu = {"batch_format": "pyarrow", "batch_size": res.decode.batch_size, "num_cpus": res.decode.num_cpus,
+               "concurrency": res.decode.concurrency}
+        for stage in cfg.ordered_stages:
+            if stage == "decode":
+                ds = ds.map_batches(_cpu_stage, fn_kwargs={"factory": functools.partial(DecodeStage, cfg.decode, clip_dim)}, **cpu)
+            elif stage == "resolution":
+                ds = ds.map_batches(_cpu_stage, fn_kwargs={"factory": functools.partial(ResolutionStage, cfg.resolution, clip_dim)}, **cpu)
+            elif stage == "person_filter":
+                ds = ds.map_batches(_cpu_stage, fn_kwargs={"factory": functools.partial(PersonFilter, cfg.person_filter, clip_dim)}, **cpu)
+            else:
+                cls, stage_cfg, r = {"detect": (PersonDetector, cfg.detect, res.detect),
+                                     "aesthetic": (AestheticScorer, cfg.aesthetic, res.aesthetic)}[stage]
+                ds = ds.map_batches(cls, fn_constructor_kwargs={"config": stage_cfg, "models": models, "clip_dim": clip_dim},
+                                    batch_size=r.batch_size, batch_format="pyarrow", concurrency=r.concurrency,
+                                    num_cpus=r.num_cpus, num_gpus=r.num_gpus)
+        datasink = make_datasink(sink.writer(), clip_dim)
+        ds.write_datasink(datasink)
+        summary_rows = (datasink.summary.data_rows, datasink.summary.reject_rows)
+    sink.close()
+    ds_read = humanverse.open(output)
+    stats = ds_read.stats()
+    report = BuildReport(output=output, shards_total=len(shards), shards_skipped=len(done),
+                         rows_written=summary_rows[0], rejects_written=summary_rows[1],
+                         seconds=time.perf_counter() - t0, funnel=stats.get("funnel", {}))
+    log.info("build finished in %.1f s: this run wrote %d rows and %d rejects; dataset now %d rows, %d rejects",
+             report.seconds, summary_rows[0], summary_rows[1], ds_read.num_rows("data"), ds_read.num_rows("rejects"))
+    return report
+
+
+# -- command line ---------------------------------------------------------------------------------
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("input", help="image folder, folder of webdataset .tar shards, or of .parquet files")
+    p.add_argument("output", help="dataset root (local path or URL)")
+    p.add_argument("--config", help=f"YAML config (presets in {PRESETS})")
+    p.add_argument("--models", default="paper", help="tiny | paper | DIR (one sub-folder per zoo entry)")
+    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local cluster)")
+    p.add_argument("--image-column", help="image-bytes column of Parquet inputs")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config value, e.g. --set detect.score_threshold=0.7 (YAML value)")
+    p.add_argument("--force-new-config", action="store_true",
+                   help="continue an existing dataset with a config that differs from humanverse.json")
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    import yaml
+
+    from humanverse.stats import format_stats
+
+    overrides = {}
+    for kv in args.set:
+        if "=" not in kv:
+            raise ConfigError(f"--set expects KEY=VALUE, got {kv!r}.")
+        k, v = kv.split("=", 1)
+        overrides[k] = yaml.safe_load(v)
+    if args.image_column:
+        overrides["input.image_column"] = args.image_column
+    cfg = load_config(args.config, overrides)
+    if not Path(args.input).exists() and "://" not in args.input:
+        raise ConfigError(f"input {args.input} does not exist.")
+    if args.models not in ("tiny", "paper") and not Path(args.models).is_dir():
+        raise ConfigError(f"--models must be 'tiny', 'paper' or an existing directory, got {args.models!r}.")
+    build(args.input, args.output, cfg, models=args.models, address=args.address,
+          force_new_config=args.force_new_config)
+    import humanverse
+
+    sys.stdout.write(format_stats(humanverse.open(args.output).stats()) + "\n")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m pipelines.build", description=__doc__.split("\n\n")[0])
+    add_arguments(p)
+    p.add_argument("--log-level", default="INFO")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    try:
+        return run_from_args(args)
+    except ConfigError as e:
+        log.error("%s", e)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
