@@ -83,6 +83,16 @@ class InputConfig:
 
 
 @dataclass(frozen=True)
+class WriteConfig:
+    #: rows gathered per write call (one data file + one rejects file each): larger files read
+    #: faster; smaller ones commit progress more often (less work redone after a crash)
+    rows_per_file: int = 256
+
+    def __post_init__(self):
+        check(self.rows_per_file >= 1, f"write.rows_per_file must be >= 1, got {self.rows_per_file}.")
+
+
+@dataclass(frozen=True)
 class RayConfig:
     #: logical CPUs of a local cluster (None: all); ignored when attaching to a cluster
     num_cpus: int | None = None
@@ -100,6 +110,7 @@ class BuildConfig:
     detect: DetectConfig = DetectConfig()
     person_filter: PersonFilterConfig = PersonFilterConfig()
     aesthetic: AestheticConfig = AestheticConfig()
+    write: WriteConfig = WriteConfig()
     resources: ResourcesConfig = ResourcesConfig()
     ray: RayConfig = RayConfig()
 
@@ -117,7 +128,7 @@ class BuildConfig:
 
 
 #: Config sections that may change between a run and its resume (they change how, not what).
-RESUMABLE_SECTIONS = ("resources", "ray")
+RESUMABLE_SECTIONS = ("write", "resources", "ray")
 
 
 def load_config(path: str | Path | None, overrides: dict | None = None) -> BuildConfig:
@@ -125,10 +136,11 @@ def load_config(path: str | Path | None, overrides: dict | None = None) -> Build
 
 
 def config_fingerprint(cfg: BuildConfig, models: str) -> dict:
+    """What must not change between a run and its resume: the config (minus resources) and models."""
     d = to_dict(cfg)
     for k in RESUMABLE_SECTIONS:
         d.pop(k)
-    return {"build": d, "models": models}
+    return {**d, "models": models}
 
 
 def _diff(a, b, prefix: str = "") -> list[str]:
@@ -254,9 +266,9 @@ def build(input: str, output: str, cfg: BuildConfig, *, models: str = "paper", a
         ds = ray.data.from_items(items, override_num_blocks=len(items))
         ds = ds.map_batches(_read_shards, fn_kwargs={"input_cfg": cfg.input, "clip_dim": clip_dim},
                             batch_size=1, batch_format="pyarrow", num_cpus=res.read.num_cpus,
-                            concurrency=res.read.concurrency)
+                            compute=ray.data.TaskPoolStrategy(size=res.read.concurrency))
         cpu = {"batch_format": "pyarrow", "batch_size": res.decode.batch_size, "num_cpus": res.decode.num_cpus,
-               "concurrency": res.decode.concurrency}
+               "compute": ray.data.TaskPoolStrategy(size=res.decode.concurrency)}
         for stage in cfg.ordered_stages:
             if stage == "decode":
                 ds = ds.map_batches(_cpu_stage, fn_kwargs={"factory": functools.partial(DecodeStage, cfg.decode, clip_dim)}, **cpu)
@@ -268,9 +280,10 @@ def build(input: str, output: str, cfg: BuildConfig, *, models: str = "paper", a
                 cls, stage_cfg, r = {"detect": (PersonDetector, cfg.detect, res.detect),
                                      "aesthetic": (AestheticScorer, cfg.aesthetic, res.aesthetic)}[stage]
                 ds = ds.map_batches(cls, fn_constructor_kwargs={"config": stage_cfg, "models": models, "clip_dim": clip_dim},
-                                    batch_size=r.batch_size, batch_format="pyarrow", concurrency=r.concurrency,
+                                    batch_size=r.batch_size, batch_format="pyarrow",
+                                    compute=ray.data.ActorPoolStrategy(size=r.concurrency),
                                     num_cpus=r.num_cpus, num_gpus=r.num_gpus)
-        datasink = make_datasink(sink.writer(), clip_dim)
+        datasink = make_datasink(sink.writer(), clip_dim, cfg.write.rows_per_file)
         ds.write_datasink(datasink)
         summary_rows = (datasink.summary.data_rows, datasink.summary.reject_rows)
     sink.close()

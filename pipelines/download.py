@@ -36,11 +36,20 @@ import threading
 from collections import Counter, deque
 from dataclasses import asdict, dataclass, field
 
-import pyarrow.csv as pacsv
-import pyarrow.fs as pafs
-import pyarrow.parquet as pq
+_CHILD_FLAG = "HUMANVERSE_IMG2DATASET_CHILD"
+if __name__ in ("__main__", "__mp_main__") and os.environ.get(_CHILD_FLAG) == "1":
+    # img2dataset's processes (the child below and its spawned workers, which re-run this module as
+    # __mp_main__). webdataset imports torch only for optional DataLoader shims and img2dataset imports
+    # ray only for its ray distributor; both fall back when missing. Blocking them saves ~2-4 s and
+    # hundreds of MB per process.
+    for _heavy in ("torch", "ray"):
+        sys.modules.setdefault(_heavy, None)  # type: ignore[assignment]
 
-from humanverse.fs import Root, resolve_root
+import pyarrow.csv as pacsv  # noqa: E402
+import pyarrow.fs as pafs  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+
+from humanverse.fs import Root, resolve_root  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +64,12 @@ INCREMENTAL_MODES = ("incremental", "overwrite", "extend")
 
 _STATS_RE = re.compile(r"^(\d+)_stats\.json$")
 _SHARD_RE = re.compile(r"^(\d+)\.(tar|parquet)$")
-#: The child process: img2dataset's own entry point, fed the keyword arguments as JSON.
-_CHILD = "import json, sys; from img2dataset import download; download(**json.loads(sys.argv[1]))"
+_EXCEPTION_RE = re.compile(r"^[\w.]*(Error|Exception|Interrupt)\b")
+#: ``python -m pipelines.download --img2dataset-child KWARGS_JSON`` runs img2dataset (see _run_img2dataset).
+_CHILD_ARG = "--img2dataset-child"
 #: Environment of the child: no update checks, no wandb, unbuffered output for live logs.
 _CHILD_ENV = {"NO_ALBUMENTATIONS_UPDATE": "1", "WANDB_MODE": "disabled", "WANDB_SILENT": "true",
-              "WANDB_DISABLED": "true", "PYTHONUNBUFFERED": "1"}
+              "WANDB_DISABLED": "true", "PYTHONUNBUFFERED": "1", _CHILD_FLAG: "1"}
 
 
 @dataclass
@@ -175,6 +185,7 @@ def download(urls: str, out: str, config: DownloadConfig | None = None) -> Downl
     config.validate()
     require_img2dataset()
     input_format = _check_url_list(urls, config)
+    _check_out(out, config)
     if config.disable_all_reencoding and (config.min_image_size > 0 or math.isfinite(config.max_aspect_ratio)):
         log.info("keeping original bytes: img2dataset does not decode images, so min_image_size and "
                  "max_aspect_ratio are left to the build's resolution stage")
@@ -263,8 +274,8 @@ def _check_url_list(urls: str, config: DownloadConfig) -> str:
     if info.type == pafs.FileType.NotFound:
         raise ValueError(f"URL list {urls} does not exist.")
     fmt = config.input_format or detect_input_format(urls)
-    if fmt not in ("csv", "tsv", "parquet"):
-        return fmt  # txt has no columns; json/gz lists are checked by img2dataset itself
+    if fmt.removesuffix(".gz") not in ("csv", "tsv", "jsonl", "parquet"):
+        return fmt  # txt has no columns; json lists (one document) are checked by img2dataset itself
     if info.type == pafs.FileType.File:
         first = root.path
     else:
@@ -275,20 +286,49 @@ def _check_url_list(urls: str, config: DownloadConfig) -> str:
         first = files[0]
     columns = _columns(root, first, fmt)
     for what, col in (("URL", config.url_col), ("caption", config.caption_col)):
-        if col is not None and col not in columns:
+        if columns is not None and col is not None and col not in columns:
             flag = "--url-col" if what == "URL" else "--caption-col NAME or --no-caption"
             raise ValueError(f"the URL list {first} has no {what} column {col!r}; its columns are {columns}: "
                              f"pass {flag}.")
     return fmt
 
 
-def _columns(root: Root, path: str, fmt: str) -> list[str]:
-    with root.fs.open_input_file(path) as f:
-        if fmt == "parquet":
+def _columns(root: Root, path: str, fmt: str) -> list[str] | None:
+    """The column names of a URL-list file (None where they cannot be told cheaply)."""
+    base = fmt.removesuffix(".gz")
+    if base == "parquet":
+        with root.fs.open_input_file(path) as f:
             return pq.ParquetFile(f).schema_arrow.names
-        parse = pacsv.ParseOptions(delimiter="\t" if fmt == "tsv" else ",")
-        reader = pacsv.open_csv(f, parse_options=parse)
-        return reader.schema.names
+    with root.fs.open_input_stream(path, compression="gzip" if fmt.endswith(".gz") else None) as f:
+        if base in ("csv", "tsv"):
+            parse = pacsv.ParseOptions(delimiter="\t" if base == "tsv" else ",")
+            return pacsv.open_csv(f, parse_options=parse).schema.names
+        first = f.read(1 << 20).split(b"\n", 1)[0]  # jsonl: the first record's keys
+    try:
+        record = json.loads(first)
+    except ValueError:
+        return None
+    return list(record) if isinstance(record, dict) else None
+
+
+def _check_out(out: str, config: DownloadConfig) -> None:
+    """Refuse an output folder that img2dataset would crash on or mix formats in when resuming."""
+    root = resolve_root(out)
+    listing = root.fs.get_file_info(pafs.FileSelector(root.path, allow_not_found=True))
+    names = [posixpath.basename(i.path) for i in listing if i.type == pafs.FileType.File]
+    if config.incremental_mode == "overwrite":
+        return
+    foreign = [n for n in names if n.endswith(".json") and not _STATS_RE.match(n)]
+    if foreign:
+        raise ValueError(f"the output folder {out} holds {foreign[0]}, which img2dataset cannot resume next to "
+                         "(it reads every *.json there as NNNNN_stats.json); use an empty or img2dataset output "
+                         "folder.")
+    tars = {n[:-4] for n in names if _SHARD_RE.match(n) and n.endswith(".tar")}
+    parquets = {n[:-8] for n in names if _SHARD_RE.match(n) and n.endswith(".parquet")}
+    earlier = "webdataset" if tars else "parquet" if parquets else None
+    if earlier is not None and earlier != config.output_format:
+        raise ValueError(f"the output folder {out} holds {earlier} shards from an earlier download, so it cannot "
+                         f"resume as {config.output_format}; use --output-format {earlier} or another folder.")
 
 
 def _absolute(path: str) -> str:
@@ -300,8 +340,11 @@ def _absolute(path: str) -> str:
 
 def _run_img2dataset(kwargs: dict) -> None:
     """Run ``img2dataset.download(**kwargs)`` in a child process, forwarding its output to the log."""
-    env = {**os.environ, **_CHILD_ENV}
-    cmd = [sys.executable, "-c", _CHILD, json.dumps(kwargs)]
+    # Run as a module (not ``-c``) so img2dataset's spawned workers re-import it and get the same setup.
+    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    pythonpath = os.pathsep.join(p for p in (package_parent, os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, **_CHILD_ENV, "PYTHONPATH": pythonpath}
+    cmd = [sys.executable, "-m", "pipelines.download", _CHILD_ARG, json.dumps(kwargs)]
     tail: deque[str] = deque(maxlen=40)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True,
                             errors="replace", start_new_session=True)
@@ -315,8 +358,9 @@ def _run_img2dataset(kwargs: dict) -> None:
     finally:
         pump.join(timeout=10)
     if rc != 0:
-        last = " | ".join(line for line in tail if line)[-2000:]
-        raise RuntimeError(f"img2dataset failed with exit status {rc}; its last output: {last}")
+        errors = [line for line in tail if _EXCEPTION_RE.match(line)]
+        last = errors[-1] if errors else " | ".join(tail)[-1000:]
+        raise RuntimeError(f"img2dataset failed with exit status {rc}: {last}")
 
 
 def _pump(proc: subprocess.Popen, tail: deque[str]) -> None:
@@ -394,6 +438,25 @@ def _one_of(name: str, value: object, allowed: tuple) -> None:
         raise ValueError(f"{name} {value!r} is not one of {list(allowed)}.")
 
 
+def _child_main(kwargs_json: str) -> None:
+    """The img2dataset child process: its own ``download`` with the JSON keyword arguments."""
+    import multiprocessing
+
+    from img2dataset import download as img2dataset_download
+
+    try:
+        img2dataset_download(**json.loads(kwargs_json))
+    except BaseException:
+        # img2dataset's logger process only stops when its download returns: stop it (and any pool
+        # worker) so this process can exit and report the error instead of waiting on them forever.
+        for p in multiprocessing.active_children():
+            p.terminate()
+        raise
+
+
 if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == _CHILD_ARG:
+        _child_main(sys.argv[2])
+        sys.exit(0)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     sys.exit(main())

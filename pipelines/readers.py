@@ -122,24 +122,24 @@ def discover_shards(
     if info.type == pafs.FileType.File:
         return _single_file_shard(root, image_column)
 
-    files = [
-        (_relpath(root, f.path), f)
-        for f in root.fs.get_file_info(pafs.FileSelector(root.path, recursive=True))
-        if f.type == pafs.FileType.File
-    ]
-    files = [(rel, f) for rel, f in files if not any(p.startswith((".", "_")) for p in rel.split("/"))]
-    rel_names = {rel for rel, _ in files}
-    dirs = {posixpath.dirname(rel) for rel in rel_names}
-    dirs |= {_parent for d in list(dirs) for _parent in _ancestors(d)}
+    listing = root.fs.get_file_info(pafs.FileSelector(root.path, recursive=True))
+    rel_names = sorted(
+        rel for rel in (_relpath(root, f.path) for f in listing if f.type == pafs.FileType.File)
+        if not any(part.startswith((".", "_")) for part in rel.split("/"))
+    )
+    names = set(rel_names)
+    dirs = {a for rel in rel_names for a in _ancestors(rel)}
 
-    tars, parquets, images, sidecars = [], [], [], []
-    for rel, _ in files:
+    tars, parquets, images = [], [], []
+    for rel in rel_names:
         stem, ext = _split_ext(rel)
         if ext == "tar":
             tars.append(rel)
         elif ext == "parquet":
-            # img2dataset writes a metadata parquet beside each tar (webdataset) or folder (files output).
-            (sidecars if (stem + ".tar") in rel_names or stem in dirs else parquets).append(rel)
+            # img2dataset writes a metadata parquet beside each tar (webdataset) or folder (files output):
+            # it is read with its tar (see _webdataset_rows), never as a shard of its own.
+            if (stem + ".tar") not in names and stem not in dirs:
+                parquets.append(rel)
         elif ext in IMAGE_EXTENSIONS:
             images.append(rel)
 
@@ -151,12 +151,13 @@ def discover_shards(
         if images:
             log.warning("input %s: reading its %s shards and ignoring %d loose image files (e.g. %s)",
                         input, "webdataset" if tars else "parquet", len(images), images[0])
-        shard_files = _complete_img2dataset_shards(sorted(tars or parquets), rel_names)
+        shard_files = _complete_img2dataset_shards(tars or parquets, names)
         if not shard_files:
             raise ValueError(f"no complete .tar or .parquet shards under {input} (img2dataset has not finished any).")
         sizer = _tar_size if tars else (lambda r, p: _parquet_size(r, p, image_column))
         uris = [_join_uri(root, rel) for rel in shard_files]
-        sizes = _parallel(lambda i: sizer(resolve_root(uris[i]), shard_files[i]), range(len(shard_files)))
+        roots = [Root(root.fs, root.join(rel), uri) for rel, uri in zip(shard_files, uris)]  # one client for all
+        sizes = _parallel(lambda i: sizer(roots[i], shard_files[i]), range(len(shard_files)))
         kind = WEBDATASET if tars else PARQUET
         return [SourceShard(rel, uri, kind, size) for rel, uri, size in zip(shard_files, uris, sizes)]
 
@@ -172,7 +173,9 @@ def _single_file_shard(root: Root, image_column: str | None) -> list[SourceShard
         return [SourceShard(name, root.uri, WEBDATASET, _tar_size(root, name))]
     if ext == "parquet":
         return [SourceShard(name, root.uri, PARQUET, _parquet_size(root, name, image_column))]
-    raise ValueError(f"input {root.uri} is a file but not a .tar or .parquet shard; give a folder, a .tar or a .parquet.")
+    raise ValueError(
+        f"input {root.uri} is a file but not a .tar or .parquet shard; give a folder, a .tar or a .parquet."
+    )
 
 
 def _folder_shards(root: Root, images: list[str], shard_size: int) -> list[SourceShard]:
@@ -190,13 +193,18 @@ def _folder_shards(root: Root, images: list[str], shard_size: int) -> list[Sourc
 
 
 def _complete_img2dataset_shards(shard_files: list[str], rel_names: set[str]) -> list[str]:
-    """Drop numbered shards that img2dataset has not finished (no ``NNNNN_stats.json`` beside them)."""
+    """Drop numbered shards that img2dataset has not finished (no ``NNNNN_stats.json`` beside them).
+
+    A shard is img2dataset's when its folder has ``_stats.json`` files, or when it is a tar with its
+    metadata parquet beside it (the first shard of a download cut off before any finished).
+    """
     dirs_with_stats = {posixpath.dirname(r) for r in rel_names if _STATS_RE.match(posixpath.basename(r))}
     out = []
     for rel in shard_files:
         d, base = posixpath.split(rel)
         m = _NUMBERED_RE.match(base)
-        if m and d in dirs_with_stats and posixpath.join(d, f"{m.group(1)}_stats.json") not in rel_names:
+        ours = m is not None and (d in dirs_with_stats or (m.group(2) == "tar" and rel[:-4] + ".parquet" in rel_names))
+        if ours and posixpath.join(d, f"{m.group(1)}_stats.json") not in rel_names:
             log.warning("skipping %s: img2dataset has not finished it (no %s_stats.json); re-run the download "
                         "to complete it", rel, m.group(1))
             continue
@@ -243,7 +251,7 @@ def read_shard(
     elif shard.kind == WEBDATASET:
         rows = _webdataset_rows(shard, skip)
     else:
-        rows = _parquet_rows(shard, skip, image_column)
+        rows = _parquet_rows(shard, skip, image_column, batch_rows)
     batch: list[dict] = []
     for row in rows:
         batch.append(row)
@@ -320,7 +328,7 @@ def _tar_key(member_name: str) -> tuple[str, str] | None:
 
 
 def _scan_tar(root: Root, name: str) -> list[_TarSample]:
-    """Read the tar headers only (seeking over the data) and group members into samples, in order of first appearance."""
+    """Read the tar headers only (seeking over the data); group members into samples in order of first appearance."""
     samples: dict[str, _TarSample] = {}
     try:
         with root.fs.open_input_file(root.path) as raw, tarfile.open(
@@ -455,7 +463,9 @@ def _image_column(schema: pa.Schema, image_column: str | None, name: str) -> str
     names = schema.names
     if image_column is not None:
         if image_column not in names:
-            raise ValueError(f"{name} has no image column {image_column!r} (from --image-column); its columns are {names}.")
+            raise ValueError(
+                f"{name} has no image column {image_column!r} (from --image-column); its columns are {names}."
+            )
         col = image_column
     else:
         col = _first(names, IMAGE_COLUMNS)
@@ -473,7 +483,8 @@ def _image_column(schema: pa.Schema, image_column: str | None, name: str) -> str
     return col
 
 
-def _parquet_rows(shard: SourceShard, skip: frozenset[int], image_column: str | None) -> Iterator[dict]:
+def _parquet_rows(shard: SourceShard, skip: frozenset[int], image_column: str | None,
+                  batch_rows: int) -> Iterator[dict]:
     root = resolve_root(shard.uri)
 
     def rows(pf: pq.ParquetFile) -> Iterator[dict]:
@@ -485,7 +496,7 @@ def _parquet_rows(shard: SourceShard, skip: frozenset[int], image_column: str | 
         url_col, key_col = _first(names, URL_COLUMNS), ("key" if "key" in names else None)
         status_col = "status" if "status" in names else None
         err_col = "error_message" if "error_message" in names else None
-        cols = [img, *alts] + [c for c in (url_col, key_col, status_col, err_col) if c is not None]
+        cols = list(dict.fromkeys([img, *alts] + [c for c in (url_col, key_col, status_col, err_col) if c]))
         md = pf.metadata
         start = 0
         for rg in range(md.num_row_groups):
@@ -495,7 +506,7 @@ def _parquet_rows(shard: SourceShard, skip: frozenset[int], image_column: str | 
             if n == 0 or all(i in skip for i in range(first, first + n)):
                 continue  # a committed row group: not even read
             index = first
-            for b in pf.iter_batches(batch_size=1024, row_groups=[rg], columns=cols):
+            for b in pf.iter_batches(batch_size=batch_rows, row_groups=[rg], columns=cols):
                 data = {c: b.column(c) for c in cols}
                 keep = [j for j in range(b.num_rows) if index + j not in skip]
                 if keep:
@@ -504,7 +515,8 @@ def _parquet_rows(shard: SourceShard, skip: frozenset[int], image_column: str | 
                     lists = {c: a.to_pylist() for c, a in data.items()}
                     for k, j in enumerate(keep):
                         i = index + j
-                        yield _parquet_row(shard, i, lists, k, img, is_struct, alts, url_col, key_col, status_col, err_col)
+                        yield _parquet_row(shard, i, lists, k, img, is_struct, alts, url_col, key_col, status_col,
+                                           err_col)
                 index += b.num_rows
         _check_size(shard, start)
 
@@ -609,11 +621,12 @@ def _relpath(root: Root, path: str) -> str:
     return path[len(prefix):]
 
 
-def _ancestors(d: str) -> list[str]:
+def _ancestors(rel: str) -> list[str]:
+    """``a/b/c.jpg`` -> [``a/b``, ``a``, ``""``]."""
     out = []
-    while d:
-        d = posixpath.dirname(d)
-        out.append(d)
+    while rel:
+        rel = posixpath.dirname(rel)
+        out.append(rel)
     return out
 
 

@@ -9,6 +9,7 @@ Columns are the HumanVerse data columns (all nullable while in flight) plus:
 
 * ``source_bytes``: the original bytes as read (null after decode, which stores ``image``);
 * ``source_error``: set by readers when the source carries no image (e.g. img2dataset status);
+* ``canvas``: the outpainted canvas (null when not outpainted), dropped at write;
 * ``reject_stage``, ``reject_reason``, ``reject_detail``.
 """
 
@@ -31,6 +32,12 @@ SOURCE_FIELDS = [
 ]
 SOURCE_SCHEMA = pa.schema(SOURCE_FIELDS)
 
+#: Internal columns that never reach the dataset: the outpainted canvas (encoded image bytes;
+#: geometry in the row's ``outpaint`` struct, see :mod:`pipelines.geometry`).
+INTERNAL_FIELDS = [
+    pa.field("canvas", pa.binary()),
+]
+
 REJECT_FIELDS = [
     pa.field("reject_stage", pa.string()),
     pa.field("reject_reason", pa.string()),
@@ -42,11 +49,11 @@ def inflight_schema(clip_dim: int | None = None) -> pa.Schema:
     """Source fields + every data column (nullable) + reject fields."""
     names = {f.name for f in SOURCE_FIELDS}
     data_fields = [f.with_nullable(True) for f in data_schema(clip_dim) if f.name not in names]
-    return pa.schema(SOURCE_FIELDS + data_fields + REJECT_FIELDS)
+    return pa.schema(SOURCE_FIELDS + data_fields + INTERNAL_FIELDS + REJECT_FIELDS)
 
 
 #: Heavy columns dropped when a row is rejected.
-HEAVY_COLUMNS = ("source_bytes", "image", "depth", "normal", "clip_embedding")
+HEAVY_COLUMNS = ("source_bytes", "image", "canvas", "depth", "normal", "clip_embedding")
 
 
 def empty_row(schema: pa.Schema) -> dict:

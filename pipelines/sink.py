@@ -46,7 +46,7 @@ def write_inflight(writer: ShardWriter, table: pa.Table, name: str, clip_dim: in
     return s
 
 
-def make_datasink(writer: ShardWriter, clip_dim: int | None):
+def make_datasink(writer: ShardWriter, clip_dim: int | None, rows_per_file: int = 256):
     """Build the Ray Data sink (Ray imported lazily so this module loads without it)."""
     from ray.data import Datasink
     from ray.data.block import BlockAccessor
@@ -69,6 +69,6 @@ def make_datasink(writer: ShardWriter, clip_dim: int | None):
 
         @property
         def min_rows_per_write(self) -> int:
-            return 64
+            return rows_per_file
 
     return HumanVerseDatasink()

@@ -1,0 +1,284 @@
+"""Depth maps (HyperHuman §4: every HumanVerse image carries a depth map; stage 1 denoises it).
+
+The paper's depth annotator is MiDaS DPT-Hybrid (Ranftl et al., "Towards Robust Monocular Depth
+Estimation: Mixing Datasets for Zero-shot Cross-dataset Transfer", TPAMI 2022; "Vision Transformers
+for Dense Prediction", ICCV 2021), here ``Intel/dpt-hybrid-midas`` through transformers
+(``DPTForDepthEstimation`` + ``DPTImageProcessor``, MODELS.md §3).
+
+What is stored. MiDaS predicts *relative inverse depth* (disparity up to an unknown scale and shift;
+larger = nearer, >= 0 before resampling). We store it as predicted, without any rescaling, in the
+dataset's codec (:func:`humanverse.codecs.encode_depth`: 16-bit PNG min-max normalised per image, with
+``depth_min``/``depth_max`` to restore the values).
+
+Geometry (DESIGN.md §5, :mod:`pipelines.geometry`). The model runs on the outpainted canvas when
+the row has one (so bodies cut by the frame are seen whole, as in the paper), otherwise on the
+stored image. The prediction is resized back to the *canvas* size, cropped to the stored frame with
+:meth:`~pipelines.geometry.Canvas.crop_map`, then resized to ``maps.size(width, height)`` when maps
+are capped. ``map_width``/``map_height`` record the stored size.
+
+Interpolation:
+
+* preprocessing is the checkpoint's own ``DPTImageProcessor`` config, never overridden (hub:
+  384x384 squash, bilinear, rescale 1/255, mean = std = 0.5; the class default would be bicubic);
+* back to canvas size: bicubic, ``align_corners=False`` (transformers'
+  ``post_process_depth_estimation``, the same as MiDaS's own ``run.py``); bicubic may overshoot
+  slightly below 0 next to sharp edges: values are kept as computed;
+* canvas crop -> capped map size: bilinear with antialiasing (:func:`fit_map`).
+
+Backends (``DepthConfig.backend``):
+
+* ``midas`` (default, the paper's) as above.
+* ``omnidata``: the Omnidata v2 DPT-Hybrid depth head (Eftekhar et al., ICCV 2021; our
+  :class:`~pipelines.annotators.omnidata.OmnidataDPT`). Omnidata predicts relative *depth* (larger =
+  farther, clamped to [0, 1] as its demo does), not inverse depth, and its scale and shift are
+  unknown, so a faithful conversion to disparity (1/z) is impossible. To keep the column's direction
+  (larger = nearer) we store ``1 - d``, the v2 demo's own display. That is a monotone but *non-linear*
+  proxy for MiDaS's disparity: do not mix the two backends in one training set (the ``models``
+  column and ``humanverse.json`` record which one produced each map).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from PIL import Image
+
+from pipelines import rows as R
+from pipelines.configs import check
+from pipelines.geometry import Canvas, MapsConfig
+from pipelines.stages.base import ModelStage
+
+log = logging.getLogger(__name__)
+
+
+# -- shared by the map stages (depth, normal) --------------------------------------------------------
+
+
+class MapInputError(ValueError):
+    """A row's image/canvas bytes or geometry are inconsistent (a per-row problem, not a batch one)."""
+
+
+def map_input(row: dict) -> tuple[Image.Image, Canvas]:
+    """The image a map model sees for ``row`` (the outpainted canvas if any, else the stored image)
+    and the :class:`Canvas` that maps its pixels back to the stored frame.
+
+    Raises :class:`MapInputError` when the bytes do not decode or their size disagrees with the
+    row's ``width``/``height`` and ``outpaint`` record.
+    """
+    from humanverse.codecs import decode_image
+
+    width, height = int(row["width"]), int(row["height"])
+    outpaint = row.get("outpaint")
+    if row.get("canvas") is not None:
+        try:
+            canvas = Canvas.from_record(width, height, outpaint)
+        except (KeyError, TypeError, ValueError) as e:
+            raise MapInputError(f"the outpaint record {outpaint!r} does not describe a canvas for a "
+                                f"{width}x{height} image: {e}") from e
+        what, data, expected = "canvas", row["canvas"], (canvas.canvas_width, canvas.canvas_height)
+    else:
+        if outpaint and outpaint.get("applied"):
+            raise MapInputError("the outpaint record says a canvas was applied but the row carries no canvas bytes.")
+        canvas = Canvas.identity(width, height)
+        what, data, expected = "image", row["image"], (width, height)
+    try:
+        image = decode_image(data)
+    except Exception as e:  # noqa: BLE001 - PIL raises many types for bad bytes
+        raise MapInputError(f"the {what} bytes do not decode: {type(e).__name__}: {e}") from e
+    if image.size != expected:
+        raise MapInputError(f"the {what} is {image.width}x{image.height} but the row's geometry says "
+                            f"{expected[0]}x{expected[1]}.")
+    return image, canvas
+
+
+def fit_map(m: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize an (H, W) or (H, W, C) float map to ``size`` = (width, height): bilinear,
+    ``align_corners=False``, antialiased when shrinking; returned unchanged when already that size."""
+    import torch
+    import torch.nn.functional as F
+
+    width, height = size
+    if m.shape[:2] == (height, width):
+        return m
+    t = torch.from_numpy(np.ascontiguousarray(m, dtype=np.float32))
+    t = t[None, None] if t.ndim == 2 else t.permute(2, 0, 1)[None]  # (1, C, H, W)
+    t = F.interpolate(t, size=(height, width), mode="bilinear", align_corners=False, antialias=True)[0]
+    return (t[0] if m.ndim == 2 else t.permute(1, 2, 0)).numpy()
+
+
+def reject_bad_inputs(stage: str, rows: list[dict]) -> tuple[list[dict], list[Image.Image], list[Canvas]]:
+    """Decode every row's model input; rows whose input is inconsistent are rejected (``model_error``
+    with the reason as detail) so the rest of the batch goes on. Returns the good rows and inputs."""
+    good, images, canvases = [], [], []
+    for r in rows:
+        try:
+            image, canvas = map_input(r)
+        except MapInputError as e:
+            log.warning("%s: rejecting row %s: %s", stage, r.get("id"), e)
+            R.reject(r, stage, "model_error", f"{stage} input: {e}")
+            continue
+        good.append(r)
+        images.append(image)
+        canvases.append(canvas)
+    return good, images, canvases
+
+
+def set_map_size(row: dict, size: tuple[int, int]) -> None:
+    row["map_width"], row["map_height"] = int(size[0]), int(size[1])
+
+
+def load_omnidata(name: str, spec: str, task: Literal["depth", "normal"]):
+    """Load the Omnidata DPT for zoo entry ``name`` from a model spec; returns ``(model, tag)``.
+
+    Besides every spec :func:`humanverse.zoo.resolve` takes, ``spec`` may be the downloaded
+    checkpoint file itself (``omnidata_dpt_{depth,normal}_v2.ckpt`` or a torch-hub ``.pth``), and a
+    resolved directory may hold that file instead of a ``save_pretrained`` folder.
+    """
+    from humanverse.zoo import ZOO, resolve
+    from pipelines.annotators.omnidata import OmnidataDPT, make_tiny_omnidata_depth, make_tiny_omnidata_normal
+
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return OmnidataDPT.from_pretrained(path, task=task), str(path.resolve())
+    builders = {"omnidata-depth": make_tiny_omnidata_depth, "omnidata-normal": make_tiny_omnidata_normal}
+    r = resolve(name, spec, builders=builders)
+    if r.kind == "hub":
+        raise ValueError(f"{name} weights are not on the Hugging Face hub ({spec!r}); download "
+                         f"{', '.join(ZOO[name].files)} by hand and pass the file or its directory.")
+    folder = Path(r.path)
+    if (folder / "config.json").is_file():
+        return OmnidataDPT.from_pretrained(folder, task=task), r.tag
+    for f in ZOO[name].files:
+        if (folder / f).is_file():
+            return OmnidataDPT.from_pretrained(folder / f, task=task), r.tag
+    raise ValueError(f"{folder} holds neither a saved OmnidataDPT (config.json + model.safetensors) nor "
+                     f"{', '.join(ZOO[name].files)}.")
+
+
+# -- the depth stage -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DepthConfig:
+    backend: Literal["midas", "omnidata"] = "midas"
+    #: model spec overriding ``--models`` for this stage (a zoo spec; for ``omnidata`` also the
+    #: checkpoint file)
+    model: str | None = None
+    #: ``omnidata`` only: the shorter side the model sees (rounded to a multiple of 32, aspect kept);
+    #: ``midas`` always uses its checkpoint's processor config (384x384)
+    working_size: int = 384
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+
+    def __post_init__(self):
+        check(self.backend in ("midas", "omnidata"),
+              f"depth.backend must be 'midas' or 'omnidata', got {self.backend!r}.")
+        check(isinstance(self.working_size, int) and self.working_size >= 32 and self.working_size % 32 == 0,
+              f"depth.working_size must be a positive multiple of 32, got {self.working_size!r}.")
+
+
+class _MidasBackend:
+    """``DPTForDepthEstimation`` with its checkpoint's ``DPTImageProcessor``: relative inverse depth."""
+
+    def __init__(self, config: DepthConfig, models: str):
+        import torch
+        from transformers import DPTForDepthEstimation, DPTImageProcessor
+
+        from humanverse.zoo import resolve
+        from pipelines.stages.device import pick_device, pick_dtype
+
+        r = resolve("midas-dpt-hybrid", config.model or models)
+        self.tag = r.tag
+        self.device = pick_device(config.device)
+        self.dtype = pick_dtype(config.dtype, self.device)
+        self.processor = DPTImageProcessor.from_pretrained(r.path, **r.pretrained_kwargs())
+        self.model = DPTForDepthEstimation.from_pretrained(r.path, **r.pretrained_kwargs())
+        self.model.to(self.device, self.dtype).eval()
+        self._torch = torch
+
+    def predict(self, images: list[Image.Image]) -> list[np.ndarray]:
+        """One (H, W) float32 map per image, at that image's size."""
+        torch = self._torch
+        # Preprocess one by one, then batch the images whose inputs share a shape (with the hub's
+        # 384x384 squash: all of them; a keep-aspect processor config would give several groups).
+        inputs = [self.processor(images=im, return_tensors="pt")["pixel_values"] for im in images]
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, x in enumerate(inputs):
+            groups.setdefault(tuple(x.shape), []).append(i)
+        out: list = [None] * len(images)
+        for idx in groups.values():
+            x = torch.cat([inputs[i] for i in idx]).to(self.device, self.dtype)  # (B, 3, 384, 384)
+            with torch.inference_mode():
+                res = self.model(pixel_values=x)
+            res.predicted_depth = res.predicted_depth.float()  # (B, h, w)
+            post = self.processor.post_process_depth_estimation(
+                res, target_sizes=[(images[i].height, images[i].width) for i in idx])  # bicubic
+            for i, p in zip(idx, post):
+                out[i] = p["predicted_depth"].reshape(images[i].height, images[i].width).cpu().numpy()
+        return out
+
+
+class _OmnidataDepthBackend:
+    """Omnidata v2 depth, stored as ``1 - d`` (larger = nearer; see the module docstring)."""
+
+    def __init__(self, config: DepthConfig, models: str):
+        from pipelines.annotators.omnidata import OmnidataProcessor
+        from pipelines.stages.device import pick_device, pick_dtype
+
+        self.model, self.tag = load_omnidata("omnidata-depth", config.model or models, "depth")
+        self.device = pick_device(config.device)
+        self.dtype = pick_dtype(config.dtype, self.device)
+        self.model.to(self.device, self.dtype).eval()
+        self.processor = OmnidataProcessor(task="depth", size=config.working_size)
+        log.warning("depth: the omnidata backend stores 1 - depth (larger = nearer), a non-linear proxy "
+                    "for MiDaS's inverse depth; do not mix backends in one training set.")
+
+    def predict(self, images: list[Image.Image]) -> list[np.ndarray]:
+        from pipelines.annotators.omnidata import predict_maps
+
+        maps = predict_maps(self.model, images, self.processor, batch_size=max(1, len(images)))  # in [0, 1]
+        return [(1.0 - m).astype(np.float32) for m in maps]
+
+
+class DepthEstimator(ModelStage):
+    """Fills ``depth``, ``depth_min``, ``depth_max`` (relative inverse depth, larger = nearer) and
+    ``map_width``/``map_height`` for every alive row."""
+
+    name = "depth"
+
+    def __init__(self, config: DepthConfig, models: str = "paper", clip_dim: int | None = None,
+                 maps: MapsConfig = MapsConfig()):
+        super().__init__(clip_dim)
+        self.config = config
+        self.maps = maps
+        backend = _MidasBackend if config.backend == "midas" else _OmnidataDepthBackend
+        self.backend = backend(config, models)
+        log.info("depth: %s backend, model %s, maps %s", config.backend, self.backend.tag,
+                 f"capped at {maps.max_side}" if maps.max_side else "at the stored size")
+
+    def process(self, rows: list[dict]) -> None:
+        from humanverse.codecs import encode_depth
+
+        rows, images, canvases = reject_bad_inputs(self.name, rows)
+        if not rows:
+            return
+        predictions = self.backend.predict(images)  # each (H_canvas, W_canvas)
+        for r, canvas, pred in zip(rows, canvases, predictions):
+            size = self.maps.size(canvas.width, canvas.height)
+            depth = fit_map(canvas.crop_map(pred), size)  # (map_height, map_width)
+            if not np.isfinite(depth).all():  # e.g. a float16 overflow on one image
+                log.warning("depth: rejecting row %s: the model produced non-finite values", r.get("id"))
+                R.reject(r, self.name, "model_error", "depth: the model produced non-finite values.")
+                continue
+            enc = encode_depth(depth)
+            r["depth"], r["depth_min"], r["depth_max"] = enc.png, enc.depth_min, enc.depth_max
+            set_map_size(r, size)
+            R.add_model(r, self.name, self.backend.tag)
+
+
+__all__ = ["DepthConfig", "DepthEstimator", "MapInputError", "fit_map", "load_omnidata", "map_input",
+           "reject_bad_inputs", "set_map_size"]

@@ -1,0 +1,181 @@
+"""``humanverse build`` end to end on a local Ray cluster with tiny models: the three input kinds,
+bad inputs, resume, config checks."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import duckdb
+import pytest
+from PIL import Image
+
+import humanverse
+from pipelines.build import PRESETS, build, load_config, main
+from pipelines.configs import ConfigError
+
+sys.path.insert(0, str(Path(__file__).parent))
+import bad_images  # noqa: E402
+from fixtures_sources import image_bytes, img2dataset_json, write_parquet, write_tar  # noqa: E402
+
+EXT = {"png": ".png", "webp": ".webp", "bmp": ".bmp", "gif": ".gif", "tiff": ".tif"}
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(tiny_zoo):
+    import ray
+
+    ray.init(address="local", num_cpus=4, include_dashboard=False, _temp_dir=f"/tmp/rt-{uuid.uuid4().hex[:6]}",
+             runtime_env={"env_vars": {"HUMANVERSE_TINY_ZOO": str(tiny_zoo), "HF_HUB_OFFLINE": "1"}})
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    return load_config(PRESETS / "demo.yaml")
+
+
+def _counts(root) -> tuple[int, int]:
+    ds = humanverse.open(root)
+    return ds.num_rows("data"), ds.num_rows("rejects")
+
+
+def _all_keys(root) -> list[tuple[str, int]]:
+    ds = humanverse.open(root)
+    keys = []
+    for kind in ("data", "rejects"):
+        t = ds.to_arrow(kind, columns=["source_shard", "source_index"])
+        keys += list(zip(t.column(0).to_pylist(), t.column(1).to_pylist()))
+    return keys
+
+
+def test_folder_with_every_bad_input(ray_cluster, cfg, tmp_path):
+    src = tmp_path / "in"
+    (src / "good").mkdir(parents=True)
+    (src / "bad").mkdir()
+    for i in range(6):
+        (src / "good" / f"p{i}.jpg").write_bytes(image_bytes(i))
+    cases = bad_images.all_cases()
+    for name, data in cases.items():
+        ext = next((e for k, e in EXT.items() if k in name), ".jpg")
+        (src / "bad" / f"{name}{ext}").write_bytes(data)
+    out = tmp_path / "out"
+    build(str(src), str(out), cfg, models="tiny")
+    n_data, n_rej = _counts(out)
+    assert n_data + n_rej == 6 + len(cases)
+    keys = _all_keys(out)
+    assert len(keys) == len(set(keys))
+    ds = humanverse.open(out)
+    rejects = {r["source_key"]: r for r in ds.to_arrow("rejects").to_pylist()}
+    for name, reason in bad_images.EXPECTED_REASON.items():
+        key = next(k for k in list(rejects) + ds.to_arrow(columns=["source_key"]).column(0).to_pylist()
+                   if Path(k).stem == name)
+        if reason is None:  # decodes fine: may be filtered later, but never at decode/resolution
+            assert key not in rejects or rejects[key]["stage"] not in ("decode", "resolution"), rejects.get(key)
+        else:
+            assert rejects[key]["reason"] == reason, (name, rejects[key])
+    # accepted rows are upright RGB and carry the models that annotated them
+    rows = ds.query("SELECT source_key, image, width, height, orig_width, orig_height, models FROM hv").to_pylist()
+    for r in rows:
+        img = Image.open(__import__("io").BytesIO(r["image"]))
+        assert img.mode == "RGB" and img.size == (r["width"], r["height"])
+        assert {m["stage"] for m in r["models"]} >= {"detect", "aesthetic"}
+    exif6 = [r for r in rows if Path(r["source_key"]).stem == "exif_6"]
+    if exif6:  # orientation 6 stores the picture sideways: upright size swaps width and height
+        assert (exif6[0]["width"], exif6[0]["height"]) == bad_images.UPRIGHT_SIZE
+    # plain DuckDB over the files agrees with the reader
+    n = duckdb.sql(f"SELECT count(*) FROM '{out}/data/*.parquet'").fetchall()[0][0]
+    assert n == n_data
+
+
+def test_webdataset_and_parquet_inputs(ray_cluster, cfg, tmp_path):
+    wds = tmp_path / "wds"
+    wds.mkdir()
+    for shard in range(2):
+        members = []
+        for i in range(5):
+            key = f"{shard:05d}{i:04d}"
+            members += [(f"{key}.jpg", image_bytes(10 * shard + i)), (f"{key}.txt", f"alt {key}".encode()),
+                        (f"{key}.json", img2dataset_json(key, f"http://example.com/{key}.jpg"))]
+        members += [("000009999.json", img2dataset_json("000009999", "http://x/404", status="failed_to_download",
+                                                         error="HTTP Error 404"))] if shard == 1 else []
+        write_tar(wds / f"{shard:05d}.tar", members)
+    out = tmp_path / "out-wds"
+    build(str(wds), str(out), cfg, models="tiny")
+    assert sum(_counts(out)) == 11
+    ds = humanverse.open(out)
+    failed = ds.query("SELECT reason, detail, source_url FROM rejects WHERE reason = 'download_failed'").to_pylist()
+    assert len(failed) == 1 and "404" in failed[0]["detail"] and failed[0]["source_url"] == "http://x/404"
+    alts = ds.query("SELECT alt_text, source_url FROM hv").to_pylist()
+    assert all(a["alt_text"].startswith("alt ") and a["source_url"].startswith("http://example.com/") for a in alts)
+
+    pqdir = tmp_path / "pq"
+    write_parquet(pqdir / "part-0.parquet", {
+        "key": [f"k{i}" for i in range(6)], "url": [f"http://e/{i}" for i in range(6)],
+        "txt": [f"caption {i}" for i in range(6)],
+        "jpg": [image_bytes(100 + i) if i != 3 else None for i in range(6)],
+        "status": ["success" if i != 3 else "failed_to_download" for i in range(6)],
+        "error_message": [None if i != 3 else "timeout" for i in range(6)],
+    })
+    out2 = tmp_path / "out-pq"
+    build(str(pqdir), str(out2), cfg, models="tiny")
+    assert sum(_counts(out2)) == 6
+    assert humanverse.open(out2).query("SELECT count(*) AS n FROM rejects WHERE reason='download_failed'").column("n")[0].as_py() == 1
+
+
+def test_rerun_resumes_and_changed_config_is_refused(ray_cluster, cfg, tmp_path):
+    src = tmp_path / "in"
+    for j, d in enumerate(("a", "b")):
+        (src / d).mkdir(parents=True)
+        for i in range(4):
+            (src / d / f"{i}.jpg").write_bytes(image_bytes(10 * j + i))
+    out = tmp_path / "out"
+    first = build(str(src), str(out), cfg, models="tiny")
+    assert first.rows_written + first.rejects_written == 8
+    again = build(str(src), str(out), cfg, models="tiny")
+    assert again.shards_skipped == again.shards_total == 2 and again.rows_written + again.rejects_written == 0
+    assert sum(_counts(out)) == 8
+    changed = load_config(PRESETS / "demo.yaml", {"detect.score_threshold": 0.9})
+    with pytest.raises(ConfigError, match=r"different config \(detect.score_threshold: 0.82 -> 0.9\).*--force-new-config"):
+        build(str(src), str(out), changed, models="tiny")
+    # a new input shard added later is picked up; the old ones stay done
+    (src / "c").mkdir()
+    (src / "c" / "x.jpg").write_bytes(image_bytes(5))
+    third = build(str(src), str(out), changed, models="tiny", force_new_config=True)
+    assert third.shards_skipped == 2 and sum(_counts(out)) == 9
+    assert len(set(_all_keys(out))) == 9
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--set", "detect.score_threshold=1.5"], "detect.score_threshold must be in [0, 1], got 1.5."),
+    (["--set", "detect.colour=red"], "detect: unknown key(s) ['colour']"),
+    (["--set", "stages=[decode, fly]"], "stages: unknown stage(s) ['fly']"),
+    (["--config", "/nonexistent.yaml"], "config file /nonexistent.yaml does not exist."),
+    (["--models", "/no/such/dir"], "--models must be 'tiny', 'paper' or an existing directory"),
+])
+def test_config_errors_are_one_sentence_and_write_nothing(tmp_path, caplog, args, message):
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "a.jpg").write_bytes(image_bytes(0))
+    out = tmp_path / "out"
+    assert main([str(src), str(out), "--models", "tiny", *args]) == 2
+    assert message in caplog.text
+    assert not out.exists()
+
+
+def test_missing_input_and_gpu_request_on_a_cpu_cluster(ray_cluster, tmp_path, caplog):
+    assert main([str(tmp_path / "nope"), str(tmp_path / "out"), "--models", "tiny"]) == 2
+    assert "does not exist" in caplog.text
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "a.jpg").write_bytes(image_bytes(0))
+    with pytest.raises(ConfigError, match="resources.detect.num_gpus is 0.25 but the Ray cluster has no GPUs"):
+        build(str(src), str(tmp_path / "out"), load_config(None), models="tiny")
+
+
+def test_python_m_entrypoint_help():
+    out = subprocess.run([sys.executable, "-m", "pipelines.build", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "--force-new-config" in out.stdout
