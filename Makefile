@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	# torch first, from the releases on this machine's disk, so no other torch is ever resolved
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -e ".[test,download]"
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 

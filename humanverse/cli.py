@@ -7,6 +7,8 @@
     humanverse zoo make-tiny DIR [--only NAME,...]
     humanverse build INPUT OUTPUT [--config FILE.yaml] [--models tiny|paper|DIR] [--address ADDR]
     humanverse download URLS OUT [...]
+    humanverse latents ROOT OUT [--models ...]
+    humanverse train stage1 --data ROOT [--latents OUT] [--config FILE.yaml] [--models ...] --out RUN
     humanverse demo [--out out/demo]
 
 This module is the only place in ``humanverse`` that reaches into ``pipelines`` and ``model``
@@ -170,6 +172,18 @@ def cmd_download(args: argparse.Namespace) -> int:
     return download_main(args.download_args)
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from model.train import main as train_main
+
+    return train_main(args.train_args)
+
+
+def cmd_latents(args: argparse.Namespace) -> int:
+    from model.latents import main as latents_main
+
+    return latents_main(args.latents_args)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from humanverse.demo import run_demo
 
@@ -227,6 +241,15 @@ def build_parser() -> argparse.ArgumentParser:
                         add_help=False)
     dl.add_argument("download_args", nargs=argparse.REMAINDER)
     dl.set_defaults(func=cmd_download)
+
+    # the trainer's own parsers (model.train / model.latents) take these arguments: importing them
+    # here would load torch for every command
+    tr = sub.add_parser("train", help="train stage 1 (LSDM) or stage 2 on a dataset (Ray Train)", add_help=False)
+    tr.add_argument("train_args", nargs=argparse.REMAINDER)
+    tr.set_defaults(func=cmd_train)
+    la = sub.add_parser("latents", help="build the VAE-latent cache of a dataset (a Ray job)", add_help=False)
+    la.add_argument("latents_args", nargs=argparse.REMAINDER)
+    la.set_defaults(func=cmd_latents)
 
     d = sub.add_parser("demo", help="the offline demo on tiny random models (make demo)")
     d.add_argument("--out", default="out/demo")

@@ -5,11 +5,11 @@ reads: every URL becomes a source row, failed downloads included (with ``source_
 build's reject funnel accounts for them.
 
 img2dataset is an optional extra (``pip install -e '.[download]'``). It runs in a child Python process
-(its own session), for four reasons: its ``spawn`` worker pool re-imports the caller's ``__main__``,
-which hangs a script without an ``if __name__ == "__main__"`` guard; it installs a SIGINT handler and
-prints to stdout; an error in its driver leaves its logger process running, which would keep the
-caller from exiting; and a child can be stopped as a whole (its process group) on Ctrl-C. Its output
-is forwarded to this module's logger.
+(``python -m pipelines.download --img2dataset-child``, in its own session), for four reasons: its
+``spawn`` worker pool re-imports the caller's ``__main__``, which loops forever in a script without an
+``if __name__ == "__main__"`` guard; it installs a SIGINT handler and prints to stdout; an error in its
+driver can leave its logger and pool processes behind; and a child can be stopped as a whole (its
+process group) on Ctrl-C. Its output is forwarded to this module's logger at INFO level.
 
 Defaults keep the original bytes (``resize_mode="no"``: no decode, no re-encode, the sha256 is of the
 served bytes, which the dataset's ``id`` is). In that mode img2dataset checks neither
@@ -88,7 +88,8 @@ class DownloadConfig:
     min_image_size: int = 200
     max_aspect_ratio: float = math.inf
     encode_format: str = "jpg"
-    processes_count: int = 1
+    #: Download processes (each runs ``thread_count`` threads): half the cores, 1 to 4.
+    processes_count: int = field(default_factory=lambda: max(1, min(4, (os.cpu_count() or 2) // 2)))
     thread_count: int = 16
     timeout: int = 10
     retries: int = 1

@@ -58,8 +58,8 @@ KINDS = (FOLDER, WEBDATASET, PARQUET)
 IMAGE_EXTENSIONS = frozenset({"jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff"})
 #: Parquet image columns tried in this order when ``image_column`` is not given.
 IMAGE_COLUMNS = ("jpg", "png", "webp", "image", "image_bytes", "bytes")
-#: Parquet alt-text columns; a row takes the first non-null one.
-ALT_TEXT_COLUMNS = ("txt", "caption", "alt_text", "TEXT")
+#: Parquet alt-text columns; a row takes the first non-null one (``TEXT``: LAION, ``text``: COYO and HF datasets).
+ALT_TEXT_COLUMNS = ("txt", "caption", "alt_text", "TEXT", "text")
 URL_COLUMNS = ("url", "URL")
 SUCCESS = "success"
 
@@ -94,6 +94,8 @@ class SourceShard:
     members: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        if not isinstance(self.members, tuple):  # e.g. a list after a JSON round trip
+            object.__setattr__(self, "members", tuple(self.members))
         if self.kind not in KINDS:
             raise ValueError(f"source shard kind {self.kind!r} is not one of {list(KINDS)}.")
         if self.size < 0:

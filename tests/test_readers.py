@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
+from dataclasses import asdict
 from pathlib import Path
 
 import pyarrow as pa
@@ -11,7 +13,7 @@ import pytest
 
 from pipelines.readers import SourceShard, SourceShardError, discover_shards, read_shard
 from pipelines.rows import SOURCE_SCHEMA
-from tests.fixtures_sources import image_bytes, img2dataset_json, write_parquet, write_tar
+from fixtures_sources import image_bytes, img2dataset_json, write_parquet, write_tar
 
 
 def rows_of(shard: SourceShard, **kw) -> list[dict]:
@@ -61,6 +63,8 @@ def test_folder_discovery(image_folder):
     ]
     assert shards[0].uri == str(root) and shards[1].uri == f"{root}/sub"
     assert discover_shards(str(root), folder_shard_size=2) == shards  # deterministic
+    assert pickle.loads(pickle.dumps(shards)) == shards  # shipped to Ray workers
+    assert [SourceShard(**json.loads(json.dumps(asdict(s)))) for s in shards] == shards  # ... or as JSON
     assert [s.size for s in discover_shards(str(root))] == [2, 3, 1]
 
 
@@ -222,6 +226,12 @@ def test_img2dataset_webdataset_accounts_for_failed_downloads(tmp_path, caplog):
     assert [r["source_index"] for r in rows_of(shards[0], skip=frozenset({0}))] == [1, 2]
 
 
+def test_img2dataset_first_shard_cut_off(tmp_path):
+    img2dataset_webdataset(tmp_path / "dl", "00000", finished=False)
+    with pytest.raises(ValueError, match=r"^no complete \.tar or \.parquet shards under .*dl \(img2dataset has not"):
+        discover_shards(str(tmp_path / "dl"))
+
+
 # -- parquet --------------------------------------------------------------------------------------
 
 
@@ -280,7 +290,7 @@ def test_parquet_hf_struct_image_column(tmp_path):
     rows = rows_of(shard)
     assert [r["source_key"] for r in rows] == ["0", "1", "2", "3"]  # no key column: the index
     assert [r["source_bytes"] for r in rows] == [a, None, None, b]
-    assert [r["alt_text"] for r in rows] == ["alt a", None, None, "alt b"]
+    assert [r["alt_text"] for r in rows] == ["alt a", "y", "z", "alt b"]  # alt_text, else text
     assert rows[1]["source_error"] == ("no image bytes in column 'image' (it names the file /elsewhere/b.png, "
                                        "which is not embedded)")
     assert rows[2]["source_error"] == "no image bytes in column 'image'"
