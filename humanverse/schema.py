@@ -34,7 +34,7 @@ REJECT_REASONS: dict[str, str] = {
     "too_many_persons": "more persons than the maximum",
     "person_too_small": "union of person boxes below the minimum area fraction",
     "low_aesthetic": "aesthetic score below the threshold",
-    "model_error": "a model stage failed on the whole batch twice",
+    "model_error": "a model stage failed on the whole batch twice, or could not read a row's inputs",
 }
 
 BBOX_TYPE = pa.list_(pa.float32(), 4)

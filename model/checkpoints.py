@@ -1,0 +1,69 @@
+"""Atomic, rotated training checkpoints with a completion marker (DESIGN.md §7).
+
+``RUN/checkpoints/step-00001234/`` holds whatever the task saves (safetensors weights, optimizer
+state, ``trainer_state.json``) plus ``COMPLETE``. It is written as ``.tmp-step-…`` and renamed into
+place only once complete, so a crash never leaves a half checkpoint that ``--resume`` could pick;
+``latest_checkpoint`` takes the newest folder that has the marker. Old ones are rotated away.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+MARKER = "COMPLETE"
+PREFIX = "step-"
+
+
+def checkpoint_dir(run: Path, step: int) -> Path:
+    return Path(run) / "checkpoints" / f"{PREFIX}{step:08d}"
+
+
+def save_checkpoint(run: Path, step: int, write: Callable[[Path], None], keep: int | None = 3) -> Path:
+    """Call ``write(tmp_dir)``, add the marker, fsync, rename into place, rotate. Returns the folder."""
+    final = checkpoint_dir(run, step)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:6]}"
+    tmp.mkdir()
+    try:
+        write(tmp)
+        (tmp / MARKER).write_text(json.dumps({"step": step}))
+        for p in tmp.rglob("*"):
+            if p.is_file():
+                fd = os.open(p, os.O_RDONLY)
+                os.fsync(fd)
+                os.close(fd)
+        if final.exists():  # re-saving the same step (e.g. after a resume at that step)
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("saved checkpoint %s", final)
+    if keep is not None:
+        for old in list_checkpoints(run)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    for stale in final.parent.glob(".tmp-*"):  # leftovers of a crash mid-save
+        shutil.rmtree(stale, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(run: Path) -> list[Path]:
+    """Complete checkpoints, oldest first."""
+    d = Path(run) / "checkpoints"
+    if not d.is_dir():
+        return []
+    found = [p for p in d.iterdir() if p.name.startswith(PREFIX) and (p / MARKER).is_file()]
+    return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
+
+
+def latest_checkpoint(run: Path) -> Path | None:
+    cks = list_checkpoints(run)
+    return cks[-1] if cks else None
