@@ -1,9 +1,10 @@
 """``humanverse build`` / ``python -m pipelines.build``: the HumanVerse builder on Ray Data.
 
-HyperHuman §4's funnel, cheapest stage first so expensive models only see survivors::
+HyperHuman §4's funnel, cheapest stage first so expensive models only see survivors, then the
+annotators on the survivors::
 
     read shards -> decode (CPU tasks) -> resolution -> detect (actors) -> person filter
-      -> aesthetic (actors) -> write (exactly-once commits)
+      -> aesthetic -> outpaint -> pose -> depth -> normal -> caption -> write (exactly-once commits)
 
 Resume: the unit of work is the source shard. On start the sink fences earlier runs and recovers
 (:mod:`humanverse.shards`); shards whose committed rows add up to their size are skipped, and
@@ -30,16 +31,26 @@ from pathlib import Path
 import pyarrow as pa
 
 from pipelines.configs import ConfigError, check, load_yaml, to_dict
+from pipelines.geometry import MapsConfig
 from pipelines.stages.aesthetic import AestheticConfig, AestheticScorer, clip_embed_dim
+from pipelines.stages.caption import CaptionConfig, Captioner
 from pipelines.stages.decode import DecodeConfig, DecodeStage
+from pipelines.stages.depth import DepthConfig, DepthEstimator
 from pipelines.stages.detect import DetectConfig, PersonDetector
+from pipelines.stages.normal import NormalConfig, NormalEstimator
+from pipelines.stages.outpaint import OutpaintConfig, Outpainter
 from pipelines.stages.person_filter import PersonFilter, PersonFilterConfig
+from pipelines.stages.pose import PoseConfig, PoseEstimator
 from pipelines.stages.resolution import ResolutionConfig, ResolutionStage
 
 log = logging.getLogger("pipelines.build")
 
 #: Stage order (cheapest first). ``decode`` always runs; the others can be left out by config.
-STAGE_ORDER = ("decode", "resolution", "detect", "person_filter", "aesthetic")
+STAGE_ORDER = ("decode", "resolution", "detect", "person_filter", "aesthetic", "outpaint", "pose", "depth",
+               "normal", "caption")
+#: Model stages: (actor class, config attribute). Each gets ``resources.<stage>``.
+MODEL_STAGES = {"detect": PersonDetector, "aesthetic": AestheticScorer, "outpaint": Outpainter,
+                "pose": PoseEstimator, "depth": DepthEstimator, "normal": NormalEstimator, "caption": Captioner}
 PRESETS = Path(__file__).parent / "presets"
 
 
@@ -66,6 +77,11 @@ class ResourcesConfig:
     decode: Resources = Resources(batch_size=64, concurrency=8, num_cpus=1.0)
     detect: Resources = Resources(batch_size=16, concurrency=2, num_cpus=1.0, num_gpus=0.25)
     aesthetic: Resources = Resources(batch_size=64, concurrency=2, num_cpus=1.0, num_gpus=0.25)
+    outpaint: Resources = Resources(batch_size=4, concurrency=4, num_cpus=1.0, num_gpus=1.0)
+    pose: Resources = Resources(batch_size=16, concurrency=2, num_cpus=1.0, num_gpus=0.5)
+    depth: Resources = Resources(batch_size=16, concurrency=1, num_cpus=1.0, num_gpus=0.25)
+    normal: Resources = Resources(batch_size=16, concurrency=1, num_cpus=1.0, num_gpus=0.25)
+    caption: Resources = Resources(batch_size=16, concurrency=2, num_cpus=1.0, num_gpus=0.5)
 
 
 @dataclass(frozen=True)
@@ -110,6 +126,12 @@ class BuildConfig:
     detect: DetectConfig = DetectConfig()
     person_filter: PersonFilterConfig = PersonFilterConfig()
     aesthetic: AestheticConfig = AestheticConfig()
+    outpaint: OutpaintConfig = OutpaintConfig()
+    pose: PoseConfig = PoseConfig()
+    depth: DepthConfig = DepthConfig()
+    normal: NormalConfig = NormalConfig()
+    caption: CaptionConfig = CaptionConfig()
+    maps: MapsConfig = MapsConfig()
     write: WriteConfig = WriteConfig()
     resources: ResourcesConfig = ResourcesConfig()
     ray: RayConfig = RayConfig()
@@ -120,6 +142,7 @@ class BuildConfig:
         check("decode" in self.stages, "stages: 'decode' cannot be left out (it hashes, validates and stores images).")
         check("person_filter" not in self.stages or "detect" in self.stages,
               "stages: 'person_filter' needs 'detect'.")
+        check("pose" not in self.stages or "detect" in self.stages, "stages: 'pose' needs 'detect' (top-down pose).")
         check(len(set(self.stages)) == len(self.stages), f"stages: {list(self.stages)} lists a stage twice.")
 
     @property
@@ -199,11 +222,29 @@ def _init_ray(cfg: BuildConfig, address: str | None) -> None:
     ctx.enable_progress_bars = cfg.ray.progress_bars
 
 
+def _zoo_models(cfg: BuildConfig) -> list[tuple[str, str]]:
+    """(stage, zoo entry) of every pretrained model this config loads."""
+    out = [("aesthetic", "clip-vit-l14"), ("aesthetic", "aesthetic-mlp"), ("outpaint", "sd2-inpainting"),
+           ("normal", "omnidata-normal"), ("caption", "blip2-opt-2.7b")]
+    if cfg.detect.backend == "yolos":
+        out.append(("detect", "yolos-tiny"))
+    if cfg.pose.backend == "vitpose":
+        out.append(("pose", "vitpose-wholebody"))
+    out.append(("depth", "midas-dpt-hybrid" if cfg.depth.backend == "midas" else "omnidata-depth"))
+    return out
+
+
+def _tiny_builders() -> dict:
+    from pipelines.annotators.omnidata import make_tiny_omnidata_depth, make_tiny_omnidata_normal
+
+    return {"omnidata-depth": make_tiny_omnidata_depth, "omnidata-normal": make_tiny_omnidata_normal}
+
+
 def _check_gpus(cfg: BuildConfig) -> None:
     import ray
 
     have = ray.cluster_resources().get("GPU", 0)
-    for stage in ("detect", "aesthetic"):
+    for stage in MODEL_STAGES:
         need = getattr(cfg.resources, stage).num_gpus
         if stage in cfg.stages and need > 0 and have == 0:
             raise ConfigError(
@@ -236,9 +277,11 @@ def build(input: str, output: str, cfg: BuildConfig, *, models: str = "paper", a
             f"recorded config (humanverse.json) or pass --force-new-config to continue with the new one."
         )
     model_tags = {}
-    for stage, name in (("detect", "yolos-tiny"), ("aesthetic", "clip-vit-l14"), ("aesthetic", "aesthetic-mlp")):
-        if stage in cfg.stages and not (stage == "detect" and cfg.detect.backend != "yolos"):
-            model_tags[name] = resolve(name, models).tag
+    overrides = {"clip-vit-l14": cfg.aesthetic.clip_model, "aesthetic-mlp": cfg.aesthetic.mlp_model}
+    for stage, name in _zoo_models(cfg):
+        if stage in cfg.stages:
+            spec = overrides.get(name, getattr(getattr(cfg, stage), "model", None)) or models
+            model_tags[name] = resolve(name, spec, builders=_tiny_builders()).tag
     manifest = {
         "fingerprint": fingerprint, "config": to_dict(cfg), "models": model_tags, "clip_dim": clip_dim,
         "input": input, "source_shards": {s.name: s.size for s in shards},
@@ -277,9 +320,11 @@ def build(input: str, output: str, cfg: BuildConfig, *, models: str = "paper", a
             elif stage == "person_filter":
                 ds = ds.map_batches(_cpu_stage, fn_kwargs={"factory": functools.partial(PersonFilter, cfg.person_filter, clip_dim)}, **cpu)
             else:
-                cls, stage_cfg, r = {"detect": (PersonDetector, cfg.detect, res.detect),
-                                     "aesthetic": (AestheticScorer, cfg.aesthetic, res.aesthetic)}[stage]
-                ds = ds.map_batches(cls, fn_constructor_kwargs={"config": stage_cfg, "models": models, "clip_dim": clip_dim},
+                r = getattr(res, stage)
+                kwargs = {"config": getattr(cfg, stage), "models": models, "clip_dim": clip_dim}
+                if stage in ("depth", "normal"):
+                    kwargs["maps"] = cfg.maps
+                ds = ds.map_batches(MODEL_STAGES[stage], fn_constructor_kwargs=kwargs,
                                     batch_size=r.batch_size, batch_format="pyarrow",
                                     compute=ray.data.ActorPoolStrategy(size=r.concurrency),
                                     num_cpus=r.num_cpus, num_gpus=r.num_gpus)

@@ -1,0 +1,341 @@
+"""Whole-body pose stage (ViTPose, 133 keypoints) on tiny real-class models, and its coordinate chain:
+box -> 1.25 padding -> 256x192 UDP crop -> 64x48 heatmap -> image -> outpaint canvas -> stored pixels."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from humanverse.codecs import decode_keypoints
+from humanverse.synthetic import make_sample
+from pipelines import rows as R
+from pipelines.configs import ConfigError
+from pipelines.geometry import Canvas, plan_canvas
+from pipelines.stages.outpaint import encode_canvas, outpaint_inputs
+from pipelines.stages.pose import PoseConfig, PoseEstimator, processor_boxes
+
+HM_H, HM_W = 64, 48  # heatmap size of a 256x192 input
+K = 133
+
+#: ``usyd-community/vitpose-base-simple`` preprocessor_config.json (MODELS.md §2): the real processor
+REAL_PROCESSOR = {"do_affine_transform": True, "do_normalize": True, "do_rescale": True,
+                  "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225],
+                  "normalize_factor": 200.0, "rescale_factor": 1 / 255, "size": {"height": 256, "width": 192}}
+
+
+def _jpeg(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def _row(img: Image.Image, i: int, boxes, canvas: Canvas | None = None) -> dict:
+    row = R.empty_row(R.inflight_schema(None))
+    row.update(source_shard="s", source_index=i, id=f"{i:064x}", image=_jpeg(img), width=img.width,
+               height=img.height, orig_width=img.width, orig_height=img.height, num_persons=len(boxes),
+               persons=[{"bbox": list(map(float, b)), "score": 0.9, "keypoints": None} for b in boxes])
+    canvas = canvas or Canvas.identity(img.width, img.height)
+    row["outpaint"] = canvas.record()
+    if canvas.applied:
+        row["canvas"] = encode_canvas(outpaint_inputs(img, canvas, 64).canvas_image)
+    return row
+
+
+def _run(stage, rows):
+    return stage(R.to_table(rows, stage.schema)).to_pylist()
+
+
+def expected_keypoints(box_stored, offset, cells, values, size, padding=1.25):
+    """Where heatmap cells (j = column of 48, i = row of 64) land in stored pixels, computed from
+    ViTPose's definition: the box is grown to the 192:256 aspect, padded, and mapped onto the
+    heatmap's 48 x 64 cell *centres* end to end (UDP: column 0 -> left edge, column 47 -> right)."""
+    x0, y0, x1, y1 = np.asarray(box_stored, np.float64) + [offset[0], offset[1]] * 2  # canvas pixels
+    cx, cy, w, h = (x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0
+    if w > 0.75 * h:
+        h = w / 0.75
+    else:
+        w = h * 0.75
+    w, h = w * padding, h * padding
+    out = np.zeros((len(cells), 3))
+    for k, ((j, i), v) in enumerate(zip(cells, values)):
+        x = cx - w / 2 + j * w / (HM_W - 1) - offset[0]
+        y = cy - h / 2 + i * h / (HM_H - 1) - offset[1]
+        inside = 0 <= x < size[0] and 0 <= y < size[1]
+        out[k] = (x, y, v if inside else 0.0)
+    return out
+
+
+class FixedHeatmaps(torch.nn.Module):
+    """A pose head whose heatmaps are set by hand (ignores its input): stands in for a trained head."""
+
+    def __init__(self, heatmaps: torch.Tensor):
+        super().__init__()
+        self.register_buffer("heatmaps", heatmaps)
+
+    def forward(self, hidden_state, flip_pairs=None):
+        from transformers.models.vitpose.modeling_vitpose import flip_back
+
+        hm = self.heatmaps.to(hidden_state.dtype).expand(hidden_state.shape[0], -1, -1, -1).clone()
+        return flip_back(hm, flip_pairs) if flip_pairs is not None else hm
+
+
+def _peaks(seed=0):
+    """One single-cell peak per keypoint, >= 6 cells from the border (DARK's blur stays symmetric)."""
+    rng = np.random.default_rng(seed)
+    cells = np.stack([rng.integers(6, HM_W - 6, K), rng.integers(6, HM_H - 6, K)], axis=1)
+    cells[:8, 0] = 6  # far left of the crop: outside the frame for a person at the left border
+    values = rng.uniform(0.3, 1.0, K).astype(np.float32)
+    hm = torch.zeros(K, HM_H, HM_W)
+    for k, ((j, i), v) in enumerate(zip(cells, values)):
+        hm[k, i, j] = float(v)
+    return cells, values, hm
+
+
+@pytest.fixture(scope="module")
+def stage(tiny_zoo):
+    return PoseEstimator(PoseConfig(device="cpu", dtype="float32"), models="tiny")
+
+
+def test_tiny_checkpoint_matches_the_real_processor_and_layout(tiny_zoo):
+    from transformers import VitPoseConfig, VitPoseImageProcessor
+
+    proc = VitPoseImageProcessor.from_pretrained(tiny_zoo / "vitpose-wholebody")
+    saved = proc.to_dict()
+    for key, value in REAL_PROCESSOR.items():
+        got = saved[key]
+        assert (dict(got) if isinstance(value, dict) else got) == pytest.approx(value), key
+    cfg = VitPoseConfig.from_pretrained(tiny_zoo / "vitpose-wholebody")
+    assert cfg.num_labels == K and list(cfg.backbone_config.image_size) == [256, 192]
+    assert cfg.id2label[0] == "nose" and cfg.id2label[91] == "left_hand_root"
+
+
+def test_every_person_gets_133_finite_keypoints(stage):
+    img = make_sample(200, 240, num_persons=2, seed=5).image
+    canvas = plan_canvas(200, 240, [[0, 40, 90, 230]], policy="truncated", pad_fraction=0.25, border_margin=0.02)
+    rows = [_row(img, 0, [[0, 40, 90, 230], [110, 60, 180, 200]], canvas),
+            _row(img, 1, [[20, 20, 120, 220]]),
+            _row(img, 2, []),
+            R.reject(_row(img, 3, [[0, 0, 9, 9]]), "detect", "no_person")]
+    out = _run(stage, rows)
+    for r, n in zip(out[:2], (2, 1)):
+        assert len(r["persons"]) == n
+        for p, src in zip(r["persons"], rows[r["source_index"]]["persons"]):
+            assert len(p["keypoints"]) == 3 * K and np.isfinite(p["keypoints"]).all()
+            assert (decode_keypoints(p["keypoints"])[:, 2] >= 0).all()
+            assert p["bbox"] == pytest.approx(src["bbox"])  # boxes stay in stored pixels
+        assert r["models"] == [{"stage": "pose", "model": "tiny:vitpose-wholebody"}]
+    assert out[2]["persons"] == [] and out[2]["models"] is None
+    assert out[3]["reject_reason"] == "no_person" and out[3]["persons"][0]["keypoints"] is None
+
+
+def test_heatmap_peaks_land_at_the_expected_stored_pixels(stage):
+    """THE coordinate test: peaks set by hand, positions computed independently from the box."""
+    cells, values, hm = _peaks()
+    img = make_sample(200, 240, num_persons=2, seed=6).image
+    left = [0, 40, 90, 230]  # touches the left border -> canvas padded on the left
+    inner = [110, 60, 180, 200]
+    canvas = plan_canvas(200, 240, [left], policy="truncated", pad_fraction=0.25, border_margin=0.02)
+    assert (canvas.offset_x, canvas.offset_y, canvas.canvas_width) == (56, 0, 256)
+    rows = [_row(img, 0, [left, inner], canvas), _row(img, 1, [[30, 5, 190, 235]])]
+    head = stage.backend.model.head
+    stage.backend.model.head = FixedHeatmaps(hm)
+    try:
+        out = _run(stage, rows)
+    finally:
+        stage.backend.model.head = head
+    checks = [(out[0]["persons"][0], left, (56, 0)), (out[0]["persons"][1], inner, (56, 0)),
+              (out[1]["persons"][0], [30, 5, 190, 235], (0, 0))]
+    n_outside = 0
+    for person, box, offset in checks:
+        got = decode_keypoints(person["keypoints"])
+        want = expected_keypoints(box, offset, cells, values, (200, 240))
+        np.testing.assert_allclose(got[:, :2], want[:, :2], atol=0.01)
+        np.testing.assert_allclose(got[:, 2], want[:, 2], atol=1e-6)
+        n_outside += int((want[:, 2] == 0).sum())
+    # the left-border person's far-left keypoints fall in the outpainted padding: mapped, score 0
+    first = decode_keypoints(out[0]["persons"][0]["keypoints"])
+    assert (first[:8, 0] < 0).all() and (first[:8, 2] == 0).all() and n_outside >= 8
+
+
+def test_flip_test_runs_and_keeps_symmetric_peaks(stage):
+    """With flip testing the flipped crop's heatmaps are flipped back with left/right swapped: peaks
+    placed mirror-symmetrically (keypoint k at column j, its flip partner at 47 - j) are unchanged."""
+    from humanverse.skeleton import FLIP_INDEX
+
+    cells, values, _ = _peaks(seed=1)
+    for k in range(K):  # make the layout mirror-symmetric under the flip
+        if FLIP_INDEX[k] > k:
+            cells[FLIP_INDEX[k]] = (HM_W - 1 - cells[k][0], cells[k][1])
+            values[FLIP_INDEX[k]] = values[k]
+        elif FLIP_INDEX[k] == k:
+            cells[k][0] = 23 if cells[k][0] < 24 else 24  # self-symmetric points cannot be exact: skip below
+    hm = torch.zeros(K, HM_H, HM_W)
+    for k, ((j, i), v) in enumerate(zip(cells, values)):
+        hm[k, i, j] = float(v)
+    img = make_sample(200, 240, seed=7).image
+    box = [40, 20, 160, 220]
+    config = stage.config
+    stage.backend.config = PoseConfig(device="cpu", dtype="float32", flip_test=True)
+    head = stage.backend.model.head
+    stage.backend.model.head = FixedHeatmaps(hm)
+    try:
+        (r,) = _run(stage, [_row(img, 0, [box])])
+    finally:
+        stage.backend.model.head, stage.backend.config = head, config
+    got = decode_keypoints(r["persons"][0]["keypoints"])
+    paired = FLIP_INDEX != np.arange(K)
+    want = expected_keypoints(box, (0, 0), cells, values, (200, 240))
+    np.testing.assert_allclose(got[paired, :2], want[paired, :2], atol=0.01)
+    np.testing.assert_allclose(got[paired, 2], want[paired, 2], atol=1e-6)
+
+
+def test_processor_crop_follows_our_pixel_centre_convention(tiny_zoo):
+    """A one-pixel dot at index (100, 120) has its centre at (100.5, 120.5) in our convention; a box
+    centred there must put the dot at the crop's centre ((191/2, 255/2) in crop indices)."""
+    from transformers import VitPoseImageProcessor
+
+    proc = VitPoseImageProcessor.from_pretrained(tiny_zoo / "vitpose-wholebody")
+    a = np.zeros((240, 200, 3), np.uint8)
+    a[120, 100] = 255
+    box = [100.5 - 12, 120.5 - 16, 100.5 + 12, 120.5 + 16]  # 24x32: already 3:4, crop scale ~6.4
+    pv = proc(images=[Image.fromarray(a)], boxes=[processor_boxes([box])], return_tensors="pt")["pixel_values"][0]
+    v = (pv[0] * 0.229 + 0.485).numpy()  # red channel back in [0, 1]
+    v = np.clip(v - v.min(), 0, None)
+    ys, xs = np.mgrid[0:256, 0:192]
+    cx, cy = (v * xs).sum() / v.sum(), (v * ys).sum() / v.sum()
+    assert cx == pytest.approx(191 / 2, abs=0.3) and cy == pytest.approx(255 / 2, abs=0.3)
+
+
+def test_box_padding_scales_the_crop(stage):
+    cells, values, hm = _peaks(seed=2)
+    img = make_sample(200, 240, seed=8).image
+    box = [50, 30, 150, 210]
+    config = stage.backend.config
+    stage.backend.config = PoseConfig(device="cpu", dtype="float32", box_padding=1.5)
+    head = stage.backend.model.head
+    stage.backend.model.head = FixedHeatmaps(hm)
+    try:
+        (r,) = _run(stage, [_row(img, 0, [box])])
+    finally:
+        stage.backend.model.head, stage.backend.config = head, config
+    want = expected_keypoints(box, (0, 0), cells, values, (200, 240), padding=1.5)
+    np.testing.assert_allclose(decode_keypoints(r["persons"][0]["keypoints"])[:, :2], want[:, :2], atol=0.01)
+
+
+def _save_vitpose(tmp_path, tiny_zoo, num_labels: int, num_experts: int = 1):
+    from transformers import VitPoseBackboneConfig, VitPoseConfig, VitPoseForPoseEstimation, VitPoseImageProcessor
+
+    backbone = VitPoseBackboneConfig(image_size=[256, 192], patch_size=[16, 16], hidden_size=32, num_hidden_layers=1,
+                                     num_attention_heads=2, mlp_ratio=2, num_experts=num_experts, part_features=8,
+                                     out_indices=[1])
+    torch.manual_seed(0)
+    model = VitPoseForPoseEstimation(VitPoseConfig(backbone_config=backbone, num_labels=num_labels,
+                                                   use_simple_decoder=False)).eval()
+    out = tmp_path / f"vitpose-{num_labels}-{num_experts}"
+    model.save_pretrained(out)
+    VitPoseImageProcessor.from_pretrained(tiny_zoo / "vitpose-wholebody").save_pretrained(out)
+    return out
+
+
+def test_a_17_keypoint_checkpoint_is_refused_clearly(tmp_path, tiny_zoo):
+    path = _save_vitpose(tmp_path, tiny_zoo, 17)
+    with pytest.raises(ValueError, match=r"predicts 17 keypoints .* 133 COCO-WholeBody.*'vitpose-wholebody'"):
+        PoseEstimator(PoseConfig(model=str(path), device="cpu"), models="tiny")
+
+
+def test_vitpose_plus_moe_gets_the_wholebody_expert(tmp_path, tiny_zoo):
+    path = _save_vitpose(tmp_path, tiny_zoo, K, num_experts=6)
+    st = PoseEstimator(PoseConfig(model=str(path), device="cpu", dtype="float32"))
+    assert st.backend.moe
+    seen = []
+    hook = st.backend.model.backbone.register_forward_pre_hook(
+        lambda mod, args, kwargs: seen.append(kwargs.get("dataset_index")), with_kwargs=True)
+    try:
+        (r,) = _run(st, [_row(make_sample(120, 160, seed=9).image, 0, [[10, 10, 100, 150]])])
+    finally:
+        hook.remove()
+    assert r["reject_reason"] is None and np.isfinite(r["persons"][0]["keypoints"]).all()
+    assert seen and seen[0].tolist() == [5]
+
+
+def test_config_errors():
+    with pytest.raises(ConfigError, match="needs pose.mmpose_config"):
+        PoseConfig(backend="mmpose")
+    with pytest.raises(ConfigError, match="only used by pose.backend 'mmpose'"):
+        PoseConfig(mmpose_config="x.py")
+    with pytest.raises(ConfigError, match="box_padding"):
+        PoseConfig(box_padding=0.5)
+
+
+# -- MMPose backend (optional extra) --------------------------------------------------------------
+
+TINY_MMPOSE_CONFIG = """
+_base_ = ['mmpose::_base_/default_runtime.py']
+codec = dict(type='UDPHeatmap', input_size=(192, 256), heatmap_size=(48, 64), sigma=2)
+model = dict(
+    type='TopdownPoseEstimator',
+    data_preprocessor=dict(type='PoseDataPreprocessor', mean=[123.675, 116.28, 103.53],
+                           std=[58.395, 57.12, 57.375], bgr_to_rgb=True),
+    backbone=dict(type='mmpretrain.VisionTransformer',
+                  arch=dict(embed_dims=32, num_layers=1, num_heads=2, feedforward_channels=64),
+                  img_size=(256, 192), patch_size=16, qkv_bias=True, with_cls_token=False,
+                  out_type='featmap', patch_cfg=dict(padding=2)),
+    head=dict(type='HeatmapHead', in_channels=32, out_channels=133, deconv_out_channels=(256, 256),
+              deconv_kernel_sizes=(4, 4), loss=dict(type='KeypointMSELoss', use_target_weight=True),
+              decoder=codec),
+    test_cfg=dict(flip_test=True, flip_mode='heatmap', shift_heatmap=False))
+val_pipeline = [dict(type='LoadImage'), dict(type='GetBBoxCenterScale'),
+                dict(type='TopdownAffine', input_size=codec['input_size'], use_udp=True),
+                dict(type='PackPoseInputs')]
+train_dataloader = dict(batch_size=1, dataset=dict(type='CocoWholeBodyDataset', data_mode='topdown',
+                        ann_file='', pipeline=[]))
+val_dataloader = dict(batch_size=1, dataset=dict(type='CocoWholeBodyDataset', data_mode='topdown',
+                      ann_file='', test_mode=True, pipeline=val_pipeline))
+test_dataloader = val_dataloader
+"""
+
+
+def test_mmpose_backend_agrees_with_the_same_coordinate_chain(tmp_path):
+    from pipelines.annotators.mmpose_backend import MMPoseBackend, mmpose_available
+
+    if not mmpose_available():
+        pytest.skip("the optional MMPose stack is not installed (see pipelines/annotators/mmpose_backend.py)")
+    config = tmp_path / "tiny_wholebody.py"
+    config.write_text(TINY_MMPOSE_CONFIG)
+    random_init = MMPoseBackend(str(config), None, "cpu")
+    ckpt = tmp_path / "tiny.pth"
+    torch.save({"state_dict": random_init.model.state_dict()}, ckpt)
+    backend = MMPoseBackend(str(config), str(ckpt), "cpu", box_padding=1.25, flip_test=False)
+    assert backend.model.dataset_meta["num_keypoints"] == K
+    img = np.asarray(make_sample(200, 240, seed=10).image)
+    boxes = np.array([[0, 40, 90, 230], [110, 60, 180, 200]], np.float32)
+    kp = backend.predict(img, boxes)
+    assert kp.shape == (2, K, 3) and np.isfinite(kp).all()
+
+    cells, values, hm = _peaks(seed=3)
+    backend.model.head.final_layer = FixedHeatmaps(hm)
+    kp = backend.predict(img, boxes)
+    for p, box in zip(kp, boxes):
+        want = expected_keypoints(box, (0, 0), cells, values, (10**6, 10**6))  # image coordinates, no frame
+        np.testing.assert_allclose(p[:, :2], want[:, :2], atol=0.01)
+        np.testing.assert_allclose(p[:, 2], values, atol=1e-6)
+
+    # through the stage: the mmpose backend fills persons like the vitpose one (flip testing on)
+    st = PoseEstimator(PoseConfig(backend="mmpose", mmpose_config=str(config), model=str(ckpt), device="cpu",
+                                  flip_test=True))
+    (r,) = _run(st, [_row(Image.fromarray(img), 0, boxes.tolist())])
+    assert r["models"] == [{"stage": "pose", "model": "mmpose:tiny_wholebody.py:tiny.pth"}]
+    assert all(len(p["keypoints"]) == 3 * K and np.isfinite(p["keypoints"]).all() for p in r["persons"])
+
+
+def test_missing_mmpose_is_one_clear_import_error():
+    from pipelines.annotators.mmpose_backend import mmpose_available
+
+    if mmpose_available():
+        pytest.skip("MMPose is installed here")
+    with pytest.raises(ImportError, match="optional MMPose stack.*mmpose_backend.py"):
+        PoseEstimator(PoseConfig(backend="mmpose", mmpose_config="wholebody.py", model="wholebody.pth", device="cpu"))
