@@ -208,24 +208,6 @@ def normal_tile(png: bytes, size: tuple[int, int]) -> Image.Image:
         return img.convert("RGB").resize(size, Image.Resampling.BILINEAR)
 
 
-def _outpaint_frame(row: dict, sx: float, sy: float) -> tuple[float, float, float, float] | None:
-    """Original frame in thumbnail pixels when outpainting grew the canvas, else None.
-
-    The canvas (canvas_width x canvas_height) is stored as the image (width x height, possibly
-    resized); the original sits at (offset_x, offset_y) in canvas pixels at its original size.
-    """
-    op = row.get("outpaint")
-    if not op or not op["applied"]:
-        return None
-    cw, ch = op["canvas_width"], op["canvas_height"]
-    if cw <= 0 or ch <= 0 or (cw, ch) == (row["orig_width"], row["orig_height"]):
-        return None
-    kx, ky = row["width"] / cw * sx, row["height"] / ch * sy
-    x0, y0 = op["offset_x"], op["offset_y"]
-    x1, y1 = min(cw, x0 + row["orig_width"]), min(ch, y0 + row["orig_height"])
-    return (x0 * kx, y0 * ky, x1 * kx, y1 * ky)
-
-
 def _fmt(v: Any, spec: str) -> str:
     return "-" if v is None else format(v, spec)
 
@@ -264,7 +246,7 @@ def render_sample(row: dict, style: GalleryStyle = GalleryStyle(), lut: np.ndarr
         size = thumb.size
         sx, sy = size[0] / row["width"], size[1] / row["height"]
         image = overlay_annotations(thumb, row["persons"] or [], (sx, sy), threshold=style.keypoint_threshold,
-                                    skeleton=style.skeleton, frame=_outpaint_frame(row, sx, sy),
+                                    skeleton=style.skeleton,
                                     font_size=max(9, style.font_size - 2))
     tiles = {}
     for name, make in (("depth", lambda: depth_tile(row["depth"], size, lut)),

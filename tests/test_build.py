@@ -9,6 +9,7 @@ import uuid
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -33,9 +34,13 @@ def ray_cluster(tiny_zoo):
     ray.shutdown()
 
 
+#: The builder's filtering stages (issue 3); the annotators have their own end-to-end test below.
+FILTER_STAGES = ["decode", "resolution", "detect", "person_filter", "aesthetic"]
+
+
 @pytest.fixture(scope="module")
 def cfg():
-    return load_config(PRESETS / "demo.yaml")
+    return load_config(PRESETS / "demo.yaml", {"stages": FILTER_STAGES})
 
 
 def _counts(root) -> tuple[int, int]:
@@ -91,6 +96,38 @@ def test_folder_with_every_bad_input(ray_cluster, cfg, tmp_path):
     assert n == n_data
 
 
+def test_all_stages_produce_complete_rows(ray_cluster, tmp_path):
+    """Every annotator runs (tiny models): persons with 133 keypoints, depth and normal maps at the
+    stored size, a caption, the outpaint record and the model of every stage (HyperHuman §4)."""
+    from humanverse.codecs import decode_depth, decode_keypoints, decode_normal
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(4):
+        (src / f"p{i}.jpg").write_bytes(image_bytes(40 + i, 224, 288))
+        (src / f"p{i}.txt").write_text(f"alt text of picture {i}")  # the caption fallback
+    out = tmp_path / "out"
+    cfg_all = load_config(PRESETS / "demo.yaml", {"outpaint.working_size": 64, "outpaint.steps": 2})
+    build(str(src), str(out), cfg_all, models="tiny")
+    ds = humanverse.open(out)
+    rows = ds.to_arrow().to_pylist()
+    assert len(rows) + ds.num_rows("rejects") == 4 and rows, "the demo thresholds should let rows through"
+    for r in rows:
+        assert r["num_persons"] >= 1
+        for p in r["persons"]:
+            kp = decode_keypoints(p["keypoints"])
+            assert kp.shape == (133, 3) and np.isfinite(kp).all()
+        assert (r["map_width"], r["map_height"]) == (r["width"], r["height"])
+        assert decode_depth(r["depth"], r["depth_min"], r["depth_max"]).shape == (r["height"], r["width"])
+        n = decode_normal(r["normal"])
+        assert n.shape == (r["height"], r["width"], 3)
+        assert r["caption"] and r["caption_source"] in ("model", "alt_text")
+        op = r["outpaint"]
+        assert op["applied"] and op["canvas_width"] > r["width"] and op["canvas_height"] > r["height"]
+        assert {m["stage"] for m in r["models"]} == {"detect", "aesthetic", "outpaint", "pose", "depth", "normal",
+                                                      "caption"}
+
+
 def test_webdataset_and_parquet_inputs(ray_cluster, cfg, tmp_path):
     wds = tmp_path / "wds"
     wds.mkdir()
@@ -138,7 +175,7 @@ def test_rerun_resumes_and_changed_config_is_refused(ray_cluster, cfg, tmp_path)
     again = build(str(src), str(out), cfg, models="tiny")
     assert again.shards_skipped == again.shards_total == 2 and again.rows_written + again.rejects_written == 0
     assert sum(_counts(out)) == 8
-    changed = load_config(PRESETS / "demo.yaml", {"detect.score_threshold": 0.9})
+    changed = load_config(PRESETS / "demo.yaml", {"detect.score_threshold": 0.9, "stages": FILTER_STAGES})
     with pytest.raises(ConfigError, match=r"different config \(detect.score_threshold: 0.82 -> 0.9\).*--force-new-config"):
         build(str(src), str(out), changed, models="tiny")
     # a new input shard added later is picked up; the old ones stay done

@@ -76,7 +76,7 @@ def test_sigkill_the_driver_and_resume(tiny_zoo, tmp_path):
         temp = f"/tmp/rk-{uuid.uuid4().hex[:6]}"
         cmd = [sys.executable, "-m", "pipelines.build", str(src), str(out), "--models", "tiny",
                "--config", "pipelines/presets/demo.yaml", "--set", f"input.folder_shard_size={SHARD_SIZE}",
-               "--set", "input.batch_rows=8", "--set", "write.rows_per_file=8", "--set", f"ray.temp_dir={temp}",
+               "--set", "stages=[decode, resolution, detect, person_filter, aesthetic]", "--set", "input.batch_rows=8", "--set", "write.rows_per_file=8", "--set", f"ray.temp_dir={temp}",
                "--set", "ray.num_cpus=3"]
         before = max(_committed_rows(out), 0)
         resumed_partial += 0 < before < total

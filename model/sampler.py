@@ -1,0 +1,104 @@
+"""Stage-1 sampler: DDIM (trailing spacing) with classifier-free guidance over text + pose
+(HyperHuman §3.2 and §5: 50 steps, CFG 7.5), producing RGB, depth and normal images together.
+
+The three modality latents start from independent noise and are denoised jointly: at every step the
+LSDM predicts v for all three from the same timestep; guidance mixes the conditional prediction
+(text + pose) with the unconditional one (empty text, zero pose latent), per modality:
+v = v_u + s (v_c − v_u). Depth and normal latents are mapped back from the RGB latent statistics
+before the VAE decodes them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from model import diffusion
+from model.stage1 import MODALITIES, FrozenParts, LatentStats
+
+
+@dataclass
+class Stage1Output:
+    rgb: list[Image.Image]
+    depth: list[Image.Image]  # relative inverse depth as an 8-bit grey image (bright = near)
+    normal: list[Image.Image]  # (n + 1) / 2 as RGB
+    depth_maps: np.ndarray  # (B, H, W) float32 in [0, 1]
+    normal_maps: np.ndarray  # (B, H, W, 3) unit vectors
+    seed: int
+
+
+def _to_uint8(x: torch.Tensor) -> np.ndarray:
+    """(B, 3, H, W) in [-1, 1] -> (B, H, W, 3) uint8."""
+    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+class Stage1Sampler:
+    def __init__(self, unet, frozen: FrozenParts, stats: LatentStats):
+        self.unet, self.frozen, self.stats = unet, frozen, stats
+        self.scheduler = diffusion.sampling_scheduler()
+
+    @torch.no_grad()
+    def __call__(self, prompts: list[str], poses: torch.Tensor, *, steps: int = 50, guidance_scale: float = 7.5,
+                 seed: int = 0, added_cond: torch.Tensor | None = None) -> Stage1Output:
+        """``poses``: (B, 3, H, W) rendered skeletons in [-1, 1] (see ``humanverse.render_skeleton``)."""
+        device = next(self.unet.parameters()).device
+        b, _, h, w = poses.shape
+        if len(prompts) != b:
+            raise ValueError(f"got {len(prompts)} prompts for {b} poses; give one prompt per pose.")
+        gen = torch.Generator().manual_seed(seed)
+        pose = self.frozen.encode_images(poses.to(device), gen)  # (B, 4, h/8, w/8)
+        ctx = self.frozen.encode_text(list(prompts), device)
+        unc = self.frozen.encode_text([""] * b, device)
+        use_cfg = guidance_scale != 1.0
+        lat_shape = (b, 4, h // 8, w // 8)
+        z = {m: torch.randn(lat_shape, generator=gen).to(device) for m in MODALITIES}
+        scheds = {m: diffusion.sampling_scheduler() for m in MODALITIES}
+        for s in scheds.values():
+            s.set_timesteps(steps)
+        cond = added_cond.to(device) if added_cond is not None else None
+        for t in scheds["rgb"].timesteps:
+            tt = torch.full((b,), int(t), device=device, dtype=torch.long)
+            if use_cfg:
+                out = self.unet(*(torch.cat([z[m], z[m]]) for m in MODALITIES),
+                                torch.cat([pose, torch.zeros_like(pose)]), torch.cat([tt, tt]),
+                                torch.cat([ctx, unc]),
+                                added_cond=None if cond is None else torch.cat([cond, cond]))
+                v = {m: (lambda c, u: u + guidance_scale * (c - u))(*getattr(out, m).chunk(2)) for m in MODALITIES}
+            else:
+                out = self.unet(z["rgb"], z["depth"], z["normal"], pose, tt, ctx, added_cond=cond)
+                v = {m: getattr(out, m) for m in MODALITIES}
+            for m in MODALITIES:
+                z[m] = scheds[m].step(v[m], t, z[m]).prev_sample
+        imgs = {}
+        for m in MODALITIES:
+            lat = self.stats.denormalise(z[m], m) / self.frozen.scaling_factor
+            imgs[m] = self.frozen.vae.decode(lat.to(self.frozen.vae.dtype)).sample.float().clamp(-1, 1)
+        depth = ((imgs["depth"].mean(dim=1) + 1) / 2).cpu().numpy()  # (B, H, W) in [0, 1]
+        n = imgs["normal"].permute(0, 2, 3, 1).cpu().numpy()
+        n = n / np.maximum(np.linalg.norm(n, axis=-1, keepdims=True), 1e-6)
+        return Stage1Output(
+            rgb=[Image.fromarray(a) for a in _to_uint8(imgs["rgb"])],
+            depth=[Image.fromarray((d * 255).round().astype(np.uint8), "L").convert("RGB") for d in depth],
+            normal=[Image.fromarray(((x + 1) * 127.5).round().clip(0, 255).astype(np.uint8)) for x in n],
+            depth_maps=depth.astype(np.float32), normal_maps=n.astype(np.float32), seed=seed)
+
+
+def save_grid(out: Stage1Output, poses: torch.Tensor, path: Path, title: str = "") -> Image.Image:
+    """One row per sample: RGB | depth | normal | pose; a title line on top."""
+    pose_imgs = [Image.fromarray(a) for a in _to_uint8(poses)]
+    w, h = out.rgb[0].size
+    head = 18 if title else 0
+    grid = Image.new("RGB", (4 * w, len(out.rgb) * h + head), (255, 255, 255))
+    if title:
+        ImageDraw.Draw(grid).text((4, 3), title + "  |  RGB  depth  normal  pose", fill=(0, 0, 0))
+    for i, row in enumerate(zip(out.rgb, out.depth, out.normal, pose_imgs)):
+        for j, im in enumerate(row):
+            grid.paste(im.resize((w, h)), (j * w, head + i * h))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    grid.save(path)
+    return grid

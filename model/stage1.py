@@ -1,0 +1,212 @@
+"""Stage 1 of HyperHuman: the Latent Structural Diffusion Model's training step (§3.2, Eq. 4).
+
+Per step (one batch of HumanVerse examples, see :mod:`model.data`):
+
+1. text → frozen text encoder (SD-2: OpenCLIP ViT-H text, penultimate layer) → cross-attention
+   context; with probability ``text_dropout`` a caption becomes the empty string;
+2. RGB, depth (3-channel) and normal images and the rendered skeleton → the same frozen VAE → latents
+   × scaling factor; depth and normal latents are normalised to the RGB latent statistics
+   (estimated once on the dataset, stored with the run); with probability ``pose_dropout`` the pose
+   latent is replaced by zeros;
+3. one timestep per sample for all three modalities, independent noise per modality, v-targets;
+4. loss = Σ_m ‖v̂_m − v_m‖² over m ∈ {rgb, depth, normal} (optionally Min-SNR weighted).
+
+Condition dropout is drawn fresh every step from a generator seeded by (seed, step, micro-batch,
+rank), which also draws timesteps and noise: a resumed run repeats the same randomness.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from model import diffusion
+
+log = logging.getLogger(__name__)
+
+MODALITIES = ("rgb", "depth", "normal")
+
+
+@dataclass(frozen=True)
+class LatentStats:
+    """Per-channel mean/std of the scaled VAE latents of each modality (C = 4 each)."""
+
+    mean: dict[str, list[float]]
+    std: dict[str, list[float]]
+
+    def normalise(self, z: torch.Tensor, modality: str) -> torch.Tensor:
+        """Map ``modality``'s latents onto the RGB latent statistics (identity for rgb)."""
+        if modality == "rgb":
+            return z
+        m, s = self._t(self.mean[modality], z), self._t(self.std[modality], z)
+        mr, sr = self._t(self.mean["rgb"], z), self._t(self.std["rgb"], z)
+        return (z - m) / s * sr + mr
+
+    def denormalise(self, z: torch.Tensor, modality: str) -> torch.Tensor:
+        if modality == "rgb":
+            return z
+        m, s = self._t(self.mean[modality], z), self._t(self.std[modality], z)
+        mr, sr = self._t(self.mean["rgb"], z), self._t(self.std["rgb"], z)
+        return (z - mr) / sr * s + m
+
+    @staticmethod
+    def _t(v, like: torch.Tensor) -> torch.Tensor:
+        return torch.tensor(v, dtype=like.dtype, device=like.device).view(1, -1, 1, 1)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> "LatentStats":
+        d = json.loads(text)
+        return cls(mean=d["mean"], std=d["std"])
+
+    @classmethod
+    def estimate(cls, latents: dict[str, list[torch.Tensor]]) -> "LatentStats":
+        mean, std = {}, {}
+        for m, zs in latents.items():
+            z = torch.cat(zs).float()  # (N, 4, h, w)
+            mean[m] = z.mean(dim=(0, 2, 3)).tolist()
+            std[m] = z.std(dim=(0, 2, 3)).clamp_min(1e-4).tolist()
+        return cls(mean, std)
+
+
+@dataclass
+class FrozenParts:
+    """The frozen encoders stage 1 conditions on."""
+
+    tokenizer: object
+    text_encoder: torch.nn.Module
+    vae: torch.nn.Module
+
+    @property
+    def scaling_factor(self) -> float:
+        return float(self.vae.config.scaling_factor)
+
+    @torch.no_grad()
+    def encode_text(self, captions: list[str], device) -> torch.Tensor:
+        ids = self.tokenizer(captions, padding="max_length", max_length=self.tokenizer.model_max_length,
+                             truncation=True, return_tensors="pt").input_ids.to(device)
+        return self.text_encoder(ids)[0]  # (B, 77, D) last hidden state (SD-2's encoder is truncated)
+
+    @torch.no_grad()
+    def encode_images(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """(B, 3, H, W) in [-1, 1] -> scaled latents (B, 4, H/8, W/8), sampled from the posterior."""
+        dist = self.vae.encode(x.to(self.vae.dtype)).latent_dist
+        eps = torch.randn(dist.mean.shape, generator=generator, dtype=dist.mean.dtype).to(dist.mean.device)
+        return (dist.mean + dist.std * eps) * self.scaling_factor
+
+
+def load_frozen_parts(models: str, device, dtype=torch.float32) -> FrozenParts:
+    """Tokenizer + text encoder from SD-2-base, VAE from sd-vae-ft-mse (DESIGN §6), via the zoo."""
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    from humanverse.zoo import resolve
+
+    sd = resolve("sd2-base", models)
+    vae = resolve("sd-vae-ft-mse", models)
+    kw = sd.pretrained_kwargs()
+    tokenizer = CLIPTokenizer.from_pretrained(sd.path, subfolder="tokenizer", **kw)
+    text_encoder = CLIPTextModel.from_pretrained(sd.path, subfolder="text_encoder", use_safetensors=True, **kw)
+    vae_model = AutoencoderKL.from_pretrained(vae.path, use_safetensors=True, **vae.pretrained_kwargs())
+    for m in (text_encoder, vae_model):
+        m.requires_grad_(False).eval().to(device)
+        if dtype != torch.float32:
+            m.to(dtype)
+    return FrozenParts(tokenizer, text_encoder, vae_model)
+
+
+def load_sd2_unet(models: str):
+    from diffusers import UNet2DConditionModel
+
+    from humanverse.zoo import resolve
+
+    sd = resolve("sd2-base", models)
+    return UNet2DConditionModel.from_pretrained(sd.path, subfolder="unet", use_safetensors=True, **sd.pretrained_kwargs())
+
+
+@dataclass(frozen=True)
+class Stage1LossConfig:
+    text_dropout: float = 0.15
+    pose_dropout: float = 0.15
+    snr_gamma: float | None = None
+
+
+class Stage1Objective:
+    """Computes Eq. 4's loss for a batch; owns nothing trainable (the LSDM is passed in)."""
+
+    def __init__(self, frozen: FrozenParts, stats: LatentStats, cfg: Stage1LossConfig):
+        self.frozen, self.stats, self.cfg = frozen, stats, cfg
+        self.scheduler = diffusion.training_scheduler()
+        self.alphas_cumprod = diffusion.alphas_cumprod(self.scheduler)
+        self.weighting = diffusion.LossWeighting(cfg.snr_gamma)
+        self.empty_context: torch.Tensor | None = None
+
+    def latents(self, batch: dict, device, gen: torch.Generator) -> dict[str, torch.Tensor]:
+        """Scaled VAE latents of the four images; depth/normal normalised to the RGB statistics."""
+        if "latents" in batch:  # from the latent cache: (mean, std) per modality, sampled here
+            out = {}
+            for m in (*MODALITIES, "pose"):
+                mean, std = batch["latents"][m]
+                eps = torch.randn(mean.shape, generator=gen).to(mean)
+                out[m] = (mean + std * eps).to(device) * self.frozen.scaling_factor
+        else:
+            out = {m: self.frozen.encode_images(batch[k].to(device), gen)
+                   for m, k in (("rgb", "image"), ("depth", "depth"), ("normal", "normal"), ("pose", "pose"))}
+        for m in ("depth", "normal"):
+            out[m] = self.stats.normalise(out[m], m)
+        return out
+
+    def draw_dropout(self, b: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Condition dropout, drawn fresh each step and independently per sample (paper: 15 % of
+        captions -> "", 15 % of poses -> zeros). Returns boolean masks (text, pose) of shape (B,)."""
+        return (torch.rand(b, generator=gen) < self.cfg.text_dropout,
+                torch.rand(b, generator=gen) < self.cfg.pose_dropout)
+
+    def __call__(self, unet, batch: dict, gen: torch.Generator, device) -> dict[str, torch.Tensor]:
+        z = self.latents(batch, device, gen)
+        b = z["rgb"].shape[0]
+        drop_text, drop_pose = self.draw_dropout(b, gen)
+        captions = ["" if d else c for c, d in zip(batch["caption"], drop_text.tolist())]
+        context = self.frozen.encode_text(captions, device)  # (B, 77, D)
+        pose = z["pose"] * (~drop_pose).to(z["pose"]).view(-1, 1, 1, 1)
+        # one timestep per sample for all modalities, independent noise per modality
+        t = torch.randint(0, self.scheduler.config.num_train_timesteps, (b,), generator=gen)
+        noise = {m: torch.randn(z[m].shape, generator=gen).to(z[m]) for m in MODALITIES}
+        noisy = {m: diffusion.add_noise(self.alphas_cumprod, z[m], noise[m], t.to(device)) for m in MODALITIES}
+        target = {m: diffusion.velocity(self.alphas_cumprod, z[m], noise[m], t.to(device)) for m in MODALITIES}
+        added = batch.get("added_cond")
+        out = unet(noisy["rgb"], noisy["depth"], noisy["normal"], pose, t.to(device), context,
+                   added_cond=None if added is None else added.to(device))
+        w = self.weighting(self.alphas_cumprod, t).to(device)
+        losses = {m: diffusion.v_loss(getattr(out, m), target[m], w) for m in MODALITIES}
+        losses["loss"] = sum(losses[m] for m in MODALITIES)
+        losses["text_dropped"] = drop_text.float().mean()
+        losses["pose_dropped"] = drop_pose.float().mean()
+        return losses
+
+
+@torch.no_grad()
+def estimate_latent_stats(frozen: FrozenParts, batches, device, max_samples: int = 64, seed: int = 0) -> LatentStats:
+    """Per-channel statistics of the scaled latents of each modality over ``max_samples`` examples."""
+    gen = torch.Generator().manual_seed(seed)
+    acc: dict[str, list[torch.Tensor]] = {m: [] for m in MODALITIES}
+    n = 0
+    for batch in batches:
+        for m, k in (("rgb", "image"), ("depth", "depth"), ("normal", "normal")):
+            acc[m].append(frozen.encode_images(batch[k].to(device), gen).cpu())
+        n += batch["image"].shape[0]
+        if n >= max_samples:
+            break
+    if n == 0:
+        raise ValueError("the training data selection is empty: no rows to estimate latent statistics from.")
+    return LatentStats.estimate(acc)
+
+
+def save_stats(stats: LatentStats, path: Path) -> None:
+    Path(path).write_text(stats.to_json())

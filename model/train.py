@@ -1,0 +1,436 @@
+"""``humanverse train stage1`` / ``python -m model.train stage1``: the trainer (Ray Train).
+
+A loop you can read top to bottom (nanoGPT style): build the frozen parts and the trainable
+model, restore the newest complete checkpoint when ``--resume``, then per step: gather
+``grad_accum`` micro-batches, compute the objective, backward, clip, AdamW step, EMA update;
+log, checkpoint (atomic, rotated) and render validation samples every N steps.
+
+Step-exact resume: the data stream is deterministic in (seed, epoch) and its position (epoch,
+batches consumed in the epoch) is saved with the checkpoint; every random draw of a step
+(timesteps, noise, condition dropout) comes from a generator seeded by (seed, step, micro-batch,
+rank). Killing a run at step k and resuming reproduces the uninterrupted run's losses.
+
+On Ray Train (``TorchTrainer``, DDP) each worker runs :func:`train_loop` on its own share of the
+data; ``scaling.use_ray: false`` runs the same loop in this process (tests, debugging).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from model.checkpoints import latest_checkpoint, save_checkpoint
+from model.data import TrainDataConfig
+from model.stage1 import LatentStats, Stage1LossConfig
+
+log = logging.getLogger("model.train")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 1e-5  # paper: AdamW, lr 1e-5, weight decay 0.01
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    grad_clip: float = 1.0
+    warmup_steps: int = 0
+
+    def __post_init__(self):
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"optim.lr must be a positive number, got {self.lr}.")
+        if self.weight_decay < 0 or self.grad_clip <= 0 or self.warmup_steps < 0:
+            raise ValueError("optim.weight_decay and optim.warmup_steps must be >= 0 and optim.grad_clip > 0.")
+
+
+@dataclass(frozen=True)
+class ScalingConfig:
+    use_ray: bool = True
+    num_workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: float = 0.5  # fractional: whole CPUs hang Ray on 2-core machines (RAY-NOTES)
+
+
+@dataclass(frozen=True)
+class Stage1TrainConfig:
+    data: TrainDataConfig = TrainDataConfig()
+    loss: Stage1LossConfig = Stage1LossConfig()
+    optim: OptimConfig = OptimConfig()
+    scaling: ScalingConfig = ScalingConfig()
+    batch_size: int = 4  # per worker and micro-batch
+    grad_accum: int = 1
+    max_steps: int = 1000
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    gradient_checkpointing: bool = False
+    ema_decay: float | None = 0.9999
+    latent_stats_samples: int = 64
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    log_every: int = 10
+    validate_every: int = 500
+    validation_prompts: tuple[str, ...] = ("a person standing in a park", "two people talking on a street")
+    sample_steps: int = 50  # paper: DDIM 50 steps, CFG 7.5
+    guidance_scale: float = 7.5
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("batch_size", "grad_accum", "max_steps", "checkpoint_every", "log_every", "validate_every",
+                     "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in (0, 1) or null, got {self.ema_decay}.")
+
+
+class EMA:
+    """Exponential moving average of the trainable parameters (fp32 shadow copies)."""
+
+    def __init__(self, params: list[torch.nn.Parameter], decay: float):
+        self.decay = decay
+        self.shadow = [p.detach().float().clone() for p in params]
+
+    @torch.no_grad()
+    def update(self, params: list[torch.nn.Parameter]) -> None:
+        torch._foreach_lerp_(self.shadow, [p.detach().float() for p in params], 1.0 - self.decay)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {f"{i}": t for i, t in enumerate(self.shadow)}
+
+    def load_state_dict(self, sd: dict[str, torch.Tensor]) -> None:
+        self.shadow = [sd[f"{i}"].clone() for i in range(len(self.shadow))]
+
+    @torch.no_grad()
+    def copy_to(self, params: list[torch.nn.Parameter]) -> None:
+        for s, p in zip(self.shadow, params):
+            p.copy_(s.to(p.dtype))
+
+
+def _seed_for(*parts: int) -> int:
+    h = 1469598103934665603
+    for p in parts:
+        h = ((h ^ (p & 0xFFFFFFFFFFFFFFFF)) * 1099511628211) & 0xFFFFFFFFFFFFFFFF
+    return h & 0x7FFFFFFFFFFFFFFF
+
+
+def _autocast(cfg: Stage1TrainConfig, device: torch.device):
+    mp = cfg.mixed_precision
+    if mp == "auto":
+        mp = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "no"
+    if mp == "no":
+        return torch.autocast(device.type, enabled=False)
+    return torch.autocast(device.type, dtype=torch.bfloat16 if mp == "bf16" else torch.float16)
+
+
+class DataStream:
+    """Batches from :mod:`model.data` (raw rows) or :mod:`model.latents` (cache), with a position."""
+
+    def __init__(self, data_root: str, latents: str | None, cfg: Stage1TrainConfig, rank: int, world: int,
+                 epoch: int = 0, step_in_epoch: int = 0):
+        self.data_root, self.latents, self.cfg, self.rank, self.world = data_root, latents, cfg, rank, world
+        self.epoch, self.step_in_epoch = epoch, step_in_epoch
+        self._it = self._open(skip=step_in_epoch)
+
+    def _open(self, skip: int):
+        if self.latents:
+            from model.latents import iter_latent_batches
+
+            return iter(iter_latent_batches(self.latents, batch_size=self.cfg.batch_size, seed=self.cfg.data.seed,
+                                            epoch=self.epoch, rank=self.rank, world_size=self.world,
+                                            skip_batches=skip))
+        from model.data import iter_examples
+
+        return iter(iter_examples(self.data_root, self.cfg.data, epoch=self.epoch, rank=self.rank,
+                                  world_size=self.world, skip_batches=skip, batch_size=self.cfg.batch_size))
+
+    def next(self) -> dict:
+        for _ in range(2):
+            try:
+                batch = next(self._it)
+                self.step_in_epoch += 1
+                return batch
+            except StopIteration:
+                self.epoch, self.step_in_epoch = self.epoch + 1, 0
+                self._it = self._open(skip=0)
+        raise ValueError("the training data selection yields no batch (empty selection or batch_size too large).")
+
+
+def train_loop(cfg: Stage1TrainConfig, data_root: str, run: str, models: str, latents: str | None = None,
+               resume: bool = False, rank: int = 0, world: int = 1, report=None) -> dict:
+    """One worker's training loop. Returns the final metrics (rank 0 writes checkpoints and logs)."""
+    from model.lsdm import LatentStructuralUNet
+    from model.stage1 import Stage1Objective, estimate_latent_stats, load_frozen_parts, load_sd2_unet
+
+    run_dir = Path(run)
+    device = torch.device("cuda", torch.cuda.current_device()) if (cfg.scaling.use_gpu and torch.cuda.is_available()) \
+        else torch.device("cpu")
+    torch.manual_seed(cfg.seed)
+    frozen = load_frozen_parts(models, device)
+    ck = latest_checkpoint(run_dir) if resume else None
+    if ck is not None:
+        unet = LatentStructuralUNet.from_pretrained(ck / "lsdm")
+        state = json.loads((ck / "trainer_state.json").read_text())
+        stats = LatentStats.from_json((ck / "latent_stats.json").read_text())
+        log.info("resuming from %s (step %d)", ck, state["step"])
+    else:
+        if resume:
+            log.info("--resume: no complete checkpoint in %s, starting from scratch", run_dir / "checkpoints")
+        unet = LatentStructuralUNet.from_sd2(load_sd2_unet(models))
+        state = {"step": 0, "epoch": 0, "step_in_epoch": 0}
+        stats_batches = DataStream(data_root, None, dataclasses.replace(cfg, data=dataclasses.replace(
+            cfg.data, crop="center", flip_prob=0.0)), rank=0, world=1)
+        stats = estimate_latent_stats(frozen, (stats_batches.next() for _ in range(10 ** 9)), device,
+                                      cfg.latent_stats_samples, cfg.seed)
+    if cfg.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    unet.to(device).train()
+    params = [p for p in unet.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.optim.lr, betas=cfg.optim.betas, eps=cfg.optim.eps,
+                            weight_decay=cfg.optim.weight_decay)
+    ema = EMA(params, cfg.ema_decay) if cfg.ema_decay else None
+    if ck is not None:
+        opt.load_state_dict(torch.load(ck / "optimizer.pt", map_location=device, weights_only=True))
+        if ema is not None:
+            from safetensors.torch import load_file
+
+            ema.load_state_dict(load_file(ck / "ema.safetensors"))
+    model = unet
+    if world > 1:
+        from ray.train.torch import prepare_model
+
+        model = prepare_model(unet, parallel_strategy="ddp", move_to_device=False)
+    objective = Stage1Objective(frozen, stats, cfg.loss)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / cfg.optim.warmup_steps) if cfg.optim.warmup_steps else 1.0,
+        last_epoch=state["step"] - 1 if state["step"] else -1)
+    stream = DataStream(data_root, latents, cfg, rank, world, state["epoch"], state["step_in_epoch"])
+    writer = None
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps(_to_jsonable(cfg), indent=2))
+        (run_dir / "latent_stats.json").write_text(stats.to_json())
+        from tensorboardX import SummaryWriter
+
+        writer = SummaryWriter(str(run_dir / "tensorboard"))
+
+    def write_checkpoint(step: int) -> None:
+        def write(d: Path) -> None:
+            from safetensors.torch import save_file
+
+            unet.save_pretrained(d / "lsdm", safe_serialization=True)
+            torch.save(opt.state_dict(), d / "optimizer.pt")
+            if ema is not None:
+                save_file(ema.state_dict(), d / "ema.safetensors")
+            (d / "latent_stats.json").write_text(stats.to_json())
+            (d / "trainer_state.json").write_text(json.dumps(
+                {"step": step, "epoch": stream.epoch, "step_in_epoch": stream.step_in_epoch, "world_size": world}))
+        save_checkpoint(run_dir, step, write, keep=cfg.keep_checkpoints)
+
+    history: list[dict] = []
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=cfg.max_steps, initial=state["step"], desc="stage1", disable=rank != 0)
+    t_last, samples = time.perf_counter(), 0
+    metrics: dict = {}
+    for step in range(state["step"], cfg.max_steps):
+        opt.zero_grad(set_to_none=True)
+        acc: dict[str, float] = {}
+        for micro in range(cfg.grad_accum):
+            batch = stream.next()
+            gen = torch.Generator().manual_seed(_seed_for(cfg.seed, step, micro, rank))
+            with _autocast(cfg, device):
+                losses = objective(model, batch, gen, device)
+            loss = losses["loss"] / cfg.grad_accum
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"non-finite loss {loss.item()} at step {step} (rgb {losses['rgb'].item():.4g}, depth "
+                    f"{losses['depth'].item():.4g}, normal {losses['normal'].item():.4g}); lower optim.lr or "
+                    f"check the data, then resume from the last checkpoint.")
+            loss.backward()
+            for k, v in losses.items():
+                acc[k] = acc.get(k, 0.0) + float(v.detach()) / cfg.grad_accum
+            samples += batch["image"].shape[0] if "image" in batch else len(batch["caption"])
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
+        opt.step()
+        sched.step()
+        if ema is not None:
+            ema.update(params)
+        done = step + 1
+        metrics = {**acc, "step": done, "lr": sched.get_last_lr()[0], "grad_norm": float(grad_norm)}
+        history.append(metrics)
+        bar.update(1)
+        if rank == 0 and (done % cfg.log_every == 0 or done == cfg.max_steps):
+            now = time.perf_counter()
+            metrics["samples_per_s"] = samples * world / max(now - t_last, 1e-9)
+            t_last, samples = now, 0
+            for k in ("loss", "rgb", "depth", "normal", "lr", "grad_norm", "samples_per_s", "text_dropped", "pose_dropped"):
+                writer.add_scalar(f"train/{k}", metrics[k], done)
+            bar.set_postfix(loss=f"{metrics['loss']:.4f}")
+            log.info("step %d loss %.4f (rgb %.4f depth %.4f normal %.4f) lr %.2e", done, metrics["loss"],
+                     metrics["rgb"], metrics["depth"], metrics["normal"], metrics["lr"])
+        if report is not None:
+            report(metrics)
+        if rank == 0 and (done % cfg.checkpoint_every == 0 or done == cfg.max_steps):
+            write_checkpoint(done)
+        if rank == 0 and (done % cfg.validate_every == 0 or done == cfg.max_steps):
+            _validate(unet, ema, params, frozen, stats, cfg, run_dir, done, device, writer, data_root)
+    bar.close()
+    if writer is not None:
+        writer.close()
+        (run_dir / "history.jsonl").open("a").write("".join(json.dumps(h) + "\n" for h in history))
+    return {"final": metrics, "history": history}
+
+
+def _validate(unet, ema, params, frozen, stats, cfg, run_dir, step, device, writer, data_root) -> None:
+    """Sample the fixed validation prompts with poses from the data; save a grid (RGB | depth | normal | pose)."""
+    from model.data import iter_examples
+    from model.sampler import Stage1Sampler, save_grid
+
+    val_cfg = dataclasses.replace(cfg.data, crop="center", flip_prob=0.0)
+    batch = next(iter(iter_examples(data_root, val_cfg, epoch=0, rank=0, world_size=1, skip_batches=0,
+                                    batch_size=len(cfg.validation_prompts))))
+    backup = None
+    if ema is not None:  # sample with the EMA weights, then restore
+        backup = [p.detach().clone() for p in params]
+        ema.copy_to(params)
+    unet.eval()
+    try:
+        sampler = Stage1Sampler(unet, frozen, stats)
+        n = min(len(cfg.validation_prompts), batch["pose"].shape[0])
+        out = sampler(list(cfg.validation_prompts[:n]), batch["pose"][:n], steps=cfg.sample_steps,
+                      guidance_scale=cfg.guidance_scale, seed=cfg.seed, added_cond=batch["added_cond"][:n])
+        path = run_dir / "samples" / f"step-{step:08d}.png"
+        grid = save_grid(out, batch["pose"][:n], path, title=f"step {step} (EMA)" if ema else f"step {step}")
+        if writer is not None:
+            import numpy as np
+
+            writer.add_image("validation", np.asarray(grid), step, dataformats="HWC")
+        log.info("validation samples: %s", path)
+    finally:
+        if backup is not None:
+            with torch.no_grad():
+                for p, b in zip(params, backup):
+                    p.copy_(b)
+        unet.train()
+
+
+def _to_jsonable(cfg) -> dict:
+    from humanverse.config import to_dict
+
+    return to_dict(cfg)
+
+
+# -- Ray Train ------------------------------------------------------------------------------------
+
+
+def _ray_worker(config: dict) -> None:
+    import ray.train
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+
+    def report(metrics: dict) -> None:
+        ray.train.report({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+
+    train_loop(config["cfg"], config["data_root"], config["run"], config["models"], config["latents"],
+               config["resume"], rank, world, report=report)
+
+
+def run_training(cfg: Stage1TrainConfig, data_root: str, run: str, models: str, latents: str | None = None,
+                 resume: bool = False, address: str | None = None) -> dict | None:
+    if latents:
+        from model.latents import check_cache
+
+        check_cache(latents, data_root, cfg.data)
+    if not cfg.scaling.use_ray:
+        return train_loop(cfg, data_root, run, models, latents, resume)
+    import ray
+    from ray.train import RunConfig, ScalingConfig as RayScaling
+    from ray.train.torch import TorchTrainer
+
+    if not ray.is_initialized():
+        if address or os.environ.get("RAY_ADDRESS"):
+            ray.init(address=address)
+        else:
+            ray.init(address="local", include_dashboard=False,
+                     num_cpus=max(2, math.ceil(cfg.scaling.num_workers * cfg.scaling.cpus_per_worker) + 1))
+    trainer = TorchTrainer(
+        _ray_worker,
+        train_loop_config={"cfg": cfg, "data_root": str(Path(data_root).resolve()), "run": str(Path(run).resolve()),
+                           "models": models, "latents": latents, "resume": resume},
+        scaling_config=RayScaling(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
+                                  resources_per_worker={"CPU": cfg.scaling.cpus_per_worker,
+                                                        **({"GPU": 1} if cfg.scaling.use_gpu else {})}),
+        run_config=RunConfig(name=f"stage1-{Path(run).name}", storage_path=str(Path(run).resolve() / "ray")),
+    )
+    result = trainer.fit()
+    if result.error:
+        raise result.error
+    ck = latest_checkpoint(Path(run))
+    final = json.loads((ck / "trainer_state.json").read_text()) if ck else {}
+    return {**(result.metrics or {}), **final}
+
+
+# -- command line ---------------------------------------------------------------------------------
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("stage", choices=["stage1"], help="which model to train")
+    p.add_argument("--data", required=True, help="HumanVerse dataset root")
+    p.add_argument("--latents", help="latent cache built by `humanverse latents` (optional)")
+    p.add_argument("--config", help="YAML training config")
+    p.add_argument("--models", default="paper", help="tiny | paper | DIR")
+    p.add_argument("--max-steps", type=int)
+    p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in --out")
+    p.add_argument("--out", required=True, help="run folder (checkpoints, tensorboard, samples)")
+    p.add_argument("--address", help="Ray cluster address")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+
+
+def load_train_config(path: str | None, overrides: dict | None = None) -> Stage1TrainConfig:
+    from humanverse.config import load_yaml
+
+    return load_yaml(Stage1TrainConfig, path, overrides)
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    import yaml
+
+    overrides = {}
+    for kv in args.set:
+        if "=" not in kv:
+            raise ValueError(f"--set expects KEY=VALUE, got {kv!r}.")
+        k, v = kv.split("=", 1)
+        overrides[k] = yaml.safe_load(v)
+    if args.max_steps is not None:
+        overrides["max_steps"] = args.max_steps
+    cfg = load_train_config(args.config, overrides)
+    run_training(cfg, args.data, args.out, args.models, args.latents, args.resume, args.address)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m model.train", description=__doc__.split("\n\n")[0])
+    add_arguments(p)
+    p.add_argument("--log-level", default="INFO")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    try:
+        return run_from_args(args)
+    except ValueError as e:
+        log.error("%s", e)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
