@@ -149,15 +149,11 @@ class Stage1Objective:
 
     def latents(self, batch: dict, device, gen: torch.Generator) -> dict[str, torch.Tensor]:
         """Scaled VAE latents of the four images; depth/normal normalised to the RGB statistics."""
-        if "latents" in batch:  # from the latent cache: (mean, std) per modality, sampled here
-            out = {}
-            for m in (*MODALITIES, "pose"):
-                mean, std = batch["latents"][m]
-                eps = torch.randn(mean.shape, generator=gen).to(mean)
-                out[m] = (mean + std * eps).to(device) * self.frozen.scaling_factor
+        pairs = (("rgb", "image"), ("depth", "depth"), ("normal", "normal"), ("pose", "pose"))
+        if batch.get("latent_cache"):  # unscaled latents sampled from the cached posteriors
+            out = {m: batch[k].to(device) * self.frozen.scaling_factor for m, k in pairs}
         else:
-            out = {m: self.frozen.encode_images(batch[k].to(device), gen)
-                   for m, k in (("rgb", "image"), ("depth", "depth"), ("normal", "normal"), ("pose", "pose"))}
+            out = {m: self.frozen.encode_images(batch[k].to(device), gen) for m, k in pairs}
         for m in ("depth", "normal"):
             out[m] = self.stats.normalise(out[m], m)
         return out

@@ -144,9 +144,11 @@ class DataStream:
         if self.latents:
             from model.latents import iter_latent_batches
 
-            return iter(iter_latent_batches(self.latents, batch_size=self.cfg.batch_size, seed=self.cfg.data.seed,
-                                            epoch=self.epoch, rank=self.rank, world_size=self.world,
-                                            skip_batches=skip))
+            batches = iter_latent_batches(self.latents, batch_size=self.cfg.batch_size, seed=self.cfg.data.seed,
+                                          epoch=self.epoch, rank=self.rank, world_size=self.world,
+                                          skip_batches=skip, flip_prob=self.cfg.data.flip_prob,
+                                          shuffle_buffer=self.cfg.data.shuffle_buffer)
+            return ({**b, "latent_cache": True} for b in batches)
         from model.data import iter_examples
 
         return iter(iter_examples(self.data_root, self.cfg.data, epoch=self.epoch, rank=self.rank,
@@ -345,12 +347,24 @@ def _ray_worker(config: dict) -> None:
                config["resume"], rank, world, report=report)
 
 
+def check_latent_cache(latents: str, data_root: str, cfg: Stage1TrainConfig, models: str) -> None:
+    """Refuse (one sentence) a cache built at another resolution, row selection or VAE, or from a
+    dataset that has changed since (see :mod:`model.latents` for when a cache goes stale)."""
+    import dataclasses as dc
+
+    from model.latents import LatentCacheConfig, check_cache, read_cache_manifest
+
+    built = read_cache_manifest(latents)["config"]
+    known = {f.name for f in dc.fields(LatentCacheConfig)}
+    want = LatentCacheConfig(**{**{k: v for k, v in built.items() if k in known},
+                                "resolution": cfg.data.resolution, "where": cfg.data.where})
+    check_cache(latents, data_root, want, models=models)
+
+
 def run_training(cfg: Stage1TrainConfig, data_root: str, run: str, models: str, latents: str | None = None,
                  resume: bool = False, address: str | None = None) -> dict | None:
     if latents:
-        from model.latents import check_cache
-
-        check_cache(latents, data_root, cfg.data)
+        check_latent_cache(latents, data_root, cfg, models)
     if not cfg.scaling.use_ray:
         return train_loop(cfg, data_root, run, models, latents, resume)
     import ray

@@ -122,3 +122,20 @@ def test_two_worker_ray_train_run_and_checkpoint_loads(tiny_zoo, data_root, tmp_
     assert (ck / "COMPLETE").is_file() and json.loads((ck / "trainer_state.json").read_text())["world_size"] == 2
     unet = LatentStructuralUNet.from_pretrained(ck / "lsdm")
     assert sum(p.numel() for p in unet.parameters()) > 0
+
+
+def test_training_from_the_latent_cache(tiny_zoo, data_root, tmp_path):
+    from model.latents import LatentCacheConfig, StaleCacheError, build_latent_cache
+
+    cache = tmp_path / "latents"
+    build_latent_cache(str(data_root), str(cache), LatentCacheConfig(resolution=32, batch_size=8), models="tiny",
+                       use_ray=False)
+    from model.train import run_training
+
+    out = run_training(_cfg(max_steps=3, checkpoint_every=3), str(data_root), str(tmp_path / "run"), "tiny",
+                       latents=str(cache))
+    assert [h["step"] for h in out["history"]] == [1, 2, 3]
+    assert all(h["loss"] == h["loss"] and h["loss"] > 0 for h in out["history"])  # finite
+    with pytest.raises(StaleCacheError, match="resolution"):  # a cache built at another size is refused
+        run_training(_cfg(max_steps=1, data=TrainDataConfig(resolution=64)), str(data_root),
+                     str(tmp_path / "run2"), "tiny", latents=str(cache))
