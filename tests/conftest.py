@@ -4,7 +4,10 @@ import os
 
 for _k, _v in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "YOLO_OFFLINE": "1",
                "NO_ALBUMENTATIONS_UPDATE": "1", "RAY_USAGE_STATS_ENABLED": "0",
-               "TOKENIZERS_PARALLELISM": "false"}.items():
+               "TOKENIZERS_PARALLELISM": "false",
+               # one intra-op thread per process: on 2 cores, two torch threads competing with other
+               # processes made tiny models 100x slower (measured); Ray workers and subprocesses inherit it
+               "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}.items():
     os.environ.setdefault(_k, _v)
 
 
