@@ -82,6 +82,9 @@ class ResourcesConfig:
     depth: Resources = Resources(batch_size=16, concurrency=1, num_cpus=1.0, num_gpus=0.25)
     normal: Resources = Resources(batch_size=16, concurrency=1, num_cpus=1.0, num_gpus=0.25)
     caption: Resources = Resources(batch_size=16, concurrency=2, num_cpus=1.0, num_gpus=0.5)
+    #: write tasks (batch_size unused: see write.rows_per_file). Fractional CPUs, so writes are
+    #: never starved by actor pools holding every CPU (then nothing commits until the end).
+    write: Resources = Resources(batch_size=1, concurrency=4, num_cpus=0.25)
 
 
 @dataclass(frozen=True)
@@ -329,7 +332,8 @@ def build(input: str, output: str, cfg: BuildConfig, *, models: str = "paper", a
                                     compute=ray.data.ActorPoolStrategy(size=r.concurrency),
                                     num_cpus=r.num_cpus, num_gpus=r.num_gpus)
         datasink = make_datasink(sink.writer(), clip_dim, cfg.write.rows_per_file)
-        ds.write_datasink(datasink)
+        ds.write_datasink(datasink, ray_remote_args={"num_cpus": res.write.num_cpus},
+                          concurrency=res.write.concurrency)
         summary_rows = (datasink.summary.data_rows, datasink.summary.reject_rows)
     sink.close()
     ds_read = humanverse.open(output)

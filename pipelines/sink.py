@@ -56,11 +56,14 @@ def make_datasink(writer: ShardWriter, clip_dim: int | None, rows_per_file: int 
             self.summary = WriteSummary()
 
         def write(self, blocks, ctx) -> WriteSummary:
+            # Ray Data coalesces small outputs into large blocks: cut them back to rows_per_file so
+            # files stay bounded and progress is committed as it goes.
             total = WriteSummary()
             for i, block in enumerate(blocks):
                 table = BlockAccessor.for_block(block).to_arrow()
-                if table.num_rows:
-                    total.merge(write_inflight(writer, table, f"{ctx.task_idx:06d}-{i:04d}", clip_dim))
+                for off in range(0, table.num_rows, rows_per_file):
+                    part = table.slice(off, rows_per_file)
+                    total.merge(write_inflight(writer, part, f"{ctx.task_idx:06d}-{i:04d}-{off:07d}", clip_dim))
             return total
 
         def on_write_complete(self, write_result) -> None:
