@@ -69,7 +69,7 @@ def test_sigkill_the_driver_and_resume(tiny_zoo, tmp_path):
     env = {**os.environ, "HUMANVERSE_TINY_ZOO": str(tiny_zoo), "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0",
            "PYTHONUNBUFFERED": "1"}
     rng = random.Random(7)
-    kills, runs, resumed_partial = 0, 0, 0
+    kills, runs = 0, 0
     events: list[str] = []
     log_path = tmp_path / "driver.log"
     while True:
@@ -81,7 +81,6 @@ def test_sigkill_the_driver_and_resume(tiny_zoo, tmp_path):
                "--set", "stages=[decode, resolution, detect, person_filter, aesthetic]", "--set", "input.batch_rows=8", "--set", "write.rows_per_file=2", "--set", f"ray.temp_dir={temp}",
                "--set", "ray.num_cpus=3"]
         before = max(_committed_rows(out), 0)
-        resumed_partial += 0 < before < total
         with open(log_path, "a") as logf:
             proc = subprocess.Popen(cmd, cwd=Path(__file__).parent.parent, env=env, stdout=logf,
                                     stderr=subprocess.STDOUT, start_new_session=True)
@@ -115,14 +114,13 @@ def test_sigkill_the_driver_and_resume(tiny_zoo, tmp_path):
     # On this small input Ray Data hands the writer nearly all rows in one burst at the end, so most
     # kills land before or after the commits (mid-write kills are the sink test's job: 22 of them in
     # tests/test_shards.py); what this test pins is exactly-once across driver kills, Ray stragglers
-    # and resumes of a real build. The events say where each kill landed.
-    assert resumed_partial >= 0, events
+    # and resumes of a real build. ``events`` says where each kill landed.
     ds = humanverse.open(out)
     keys = []
     for kind in ("data", "rejects"):
         t = ds.to_arrow(kind, columns=["source_shard", "source_index"])
         keys += list(zip(t.column(0).to_pylist(), t.column(1).to_pylist()))
-    assert len(keys) == total, (len(keys), total)
+    assert len(keys) == total, (len(keys), total, events)
     assert len(set(keys)) == total
     ids = ds.to_arrow("data", columns=["id"]).column(0).to_pylist()
     assert len(ids) == len(set(ids))
