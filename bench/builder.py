@@ -72,7 +72,8 @@ def main() -> None:
 
         # bench config: the demo thresholds (tiny models) but nothing filtered after detect, so
         # every stage sees every row and "slowest stage alone" is well defined
-        cfg = load_config(PRESETS / "demo.yaml", {"person_filter.min_area": 0.0, "person_filter.max_persons": 100,
+        cfg = load_config(PRESETS / "demo.yaml", {"stages": ["decode", "resolution", "detect", "person_filter", "aesthetic"],
+                                                  "person_filter.min_area": 0.0, "person_filter.max_persons": 100,
                                                   "aesthetic.threshold": -1e9, "detect.score_threshold": 0.5})
         clip_dim = clip_embed_dim(cfg.aesthetic, "tiny")
         rows = [r for sh in readers.discover_shards(str(src)) for b in readers.read_shard(sh) for r in b]

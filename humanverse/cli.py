@@ -140,11 +140,12 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 def cmd_show(args: argparse.Namespace) -> int:
     import humanverse
-    from humanverse.show import render_gallery
+    from humanverse.show import GalleryStyle, render_gallery
 
     ds = humanverse.open(args.root)
     banner = args.banner if args.banner is not None else ds.manifest.get("banner")
-    out = render_gallery(ds, args.out, where=args.where, limit=args.limit, banner=banner)
+    out = render_gallery(ds, args.out, where=args.where, limit=args.limit, banner=banner,
+                         style=GalleryStyle(keypoint_threshold=args.keypoint_threshold))
     log.info("wrote %s", out)
     return 0
 
@@ -221,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--limit", type=int, default=24)
     g.add_argument("--out", required=True, help="FILE.html or FILE.png")
     g.add_argument("--banner", help="text shown above the gallery (default: the dataset's own banner)")
+    g.add_argument("--keypoint-threshold", type=float, default=0.3, help="hide keypoints scoring below this")
     g.set_defaults(func=cmd_show)
 
     z = sub.add_parser("zoo", help="the table of pretrained models and their tiny stand-ins")
