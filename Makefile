@@ -9,7 +9,7 @@ OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 YOLO_OFFLINE=1 NO_ALBUMENTATI
 	RAY_USAGE_STATS_ENABLED=0 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test test-all bench clean
+.PHONY: venv demo test test-all bench mmpose clean
 
 venv: $(STAMP)
 
@@ -30,8 +30,21 @@ test: venv
 test-all: venv
 	$(OFFLINE) $(PY) -m pytest $(PYTEST_ARGS)
 
+# The optional MMPose backend (pose.backend: mmpose): ~1 min here. Not part of `make test`: it
+# downgrades setuptools (<81, mmengine needs pkg_resources) and builds xtcocotools from source.
+mmpose: venv
+	$(PY) -m pip install -q --no-deps mmengine==0.10.7 mmcv-lite==2.1.0 mmpose==1.3.2 mmdet==3.3.0 \
+		mmpretrain==1.2.0 json_tricks munkres addict yapf terminaltables shapely pycocotools einops \
+		"setuptools<81" model-index ordered-set markdown
+	$(PY) -m pip install -q cython
+	$(PY) -m pip install -q --no-deps --no-build-isolation --no-binary xtcocotools xtcocotools
+
 bench: venv
-	$(OFFLINE) $(PY) bench/shards.py
+	$(OFFLINE) OMP_NUM_THREADS=1 $(PY) bench/shards.py
+	$(OFFLINE) OMP_NUM_THREADS=1 $(PY) bench/builder.py
+	$(OFFLINE) OMP_NUM_THREADS=1 $(PY) bench/annotators.py
+	$(OFFLINE) OMP_NUM_THREADS=1 $(PY) bench/train_loader.py
+	$(OFFLINE) OMP_NUM_THREADS=1 $(PY) bench/train_step.py
 
 clean:
 	rm -rf out .pytest_cache
