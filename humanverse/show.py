@@ -146,14 +146,13 @@ def _person_keypoints(persons: list[dict], sx: float, sy: float) -> np.ndarray:
 
 def overlay_annotations(image: Image.Image, persons: list[dict], scale: tuple[float, float] = (1.0, 1.0),
                         *, threshold: float = 0.3, skeleton: SkeletonStyle = GalleryStyle().skeleton,
-                        frame: tuple[float, float, float, float] | None = None,
                         font_size: int = 12) -> Image.Image:
-    """A copy of ``image`` with whole-body skeletons, person boxes and an optional frame drawn on.
+    """A copy of ``image`` with whole-body skeletons and person boxes drawn on.
 
     ``persons`` are rows of the ``persons`` column (stored-image pixels); ``scale`` = (sx, sy) maps
     stored pixels to ``image`` pixels. The skeleton is rendered on black and pasted wherever it is
-    non-black; keypoints with score < ``threshold`` are hidden. ``frame`` (x0, y0, x1, y1, in
-    ``image`` pixels) is the original frame inside an outpainted canvas.
+    non-black; keypoints with score < ``threshold`` are hidden. The stored image is the original
+    frame (the outpainting canvas is not stored), so the outpaint record is shown as text only.
     """
     sx, sy = scale
     out = image.convert("RGB")  # always a copy
@@ -164,12 +163,6 @@ def overlay_annotations(image: Image.Image, persons: list[dict], scale: tuple[fl
         out.paste(skel, (0, 0), mask)
     draw = ImageDraw.Draw(out)
     font = _font(font_size)
-    if frame is not None:
-        x0, y0, x1, y1 = frame
-        draw.rectangle([x0, y0, x1 - 1, y1 - 1], outline=(0, 0, 0), width=3)
-        draw.rectangle([x0, y0, x1 - 1, y1 - 1], outline=(255, 255, 255), width=1)
-        draw.text((x0 + 3, y1 - font_size - 4), "original frame", fill=(255, 255, 255), font=font,
-                  stroke_width=2, stroke_fill=(0, 0, 0))
     for i, p in enumerate(persons):
         color = _BOX_COLORS[i % len(_BOX_COLORS)]
         bx0, by0, bx1, by1 = (float(v) for v in p["bbox"])
