@@ -30,10 +30,9 @@ log = logging.getLogger("humanverse")
 def extra_tiny_builders() -> dict[str, Callable[[Path, int], None]]:
     """Tiny builders for zoo entries whose classes live outside ``humanverse`` (DESIGN.md §6)."""
     from model.lsdm import make_tiny_lsdm
-    from pipelines.annotators.omnidata import make_tiny_omnidata_depth, make_tiny_omnidata_normal
+    from pipelines.annotators.omnidata import TINY_BUILDERS
 
-    return {"omnidata-depth": make_tiny_omnidata_depth, "omnidata-normal": make_tiny_omnidata_normal,
-            "lsdm": make_tiny_lsdm}
+    return {**TINY_BUILDERS, "lsdm": make_tiny_lsdm}
 
 
 # -- commands -------------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from pipelines.annotators.omnidata import TINY_BUILDERS as OMNIDATA_TINY_BUILDERS
 from pipelines.configs import ConfigError, check, load_yaml, to_dict
 from pipelines.geometry import MapsConfig
 from pipelines.stages.aesthetic import AestheticConfig, AestheticScorer, clip_embed_dim
@@ -242,12 +243,6 @@ def _zoo_models(cfg: BuildConfig) -> list[tuple[str, str]]:
     return out
 
 
-def _tiny_builders() -> dict:
-    from pipelines.annotators.omnidata import make_tiny_omnidata_depth, make_tiny_omnidata_normal
-
-    return {"omnidata-depth": make_tiny_omnidata_depth, "omnidata-normal": make_tiny_omnidata_normal}
-
-
 def _check_gpus(cfg: BuildConfig) -> None:
     import ray
 
@@ -289,7 +284,7 @@ def build(input: str, output: str, cfg: BuildConfig, *, models: str = "paper", a
     for stage, name in _zoo_models(cfg):
         if stage in cfg.stages:
             spec = overrides.get(name, getattr(getattr(cfg, stage), "model", None)) or models
-            model_tags[name] = resolve(name, spec, builders=_tiny_builders()).tag
+            model_tags[name] = resolve(name, spec, builders=OMNIDATA_TINY_BUILDERS).tag
     manifest = {
         "fingerprint": fingerprint, "config": to_dict(cfg), "models": model_tags, "clip_dim": clip_dim,
         "input": input, "source_shards": {s.name: s.size for s in shards},

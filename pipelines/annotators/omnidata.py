@@ -907,3 +907,7 @@ def make_tiny_omnidata_normal(out_dir: Path, seed: int) -> None:
 def make_tiny_omnidata_depth(out_dir: Path, seed: int) -> None:
     """Zoo builder for ``omnidata-depth``: the tiny depth model."""
     make_tiny(out_dir, seed=seed, task="depth")
+
+
+#: Tiny builders of the zoo entries whose class is defined here (``humanverse.zoo.make_tiny(builders=...)``).
+TINY_BUILDERS = {"omnidata-depth": make_tiny_omnidata_depth, "omnidata-normal": make_tiny_omnidata_normal}
