@@ -397,7 +397,8 @@ def main(argv: list[str] | None = None) -> int:
                         datefmt="%H:%M:%S")
     try:
         return run_from_args(args)
-    except ConfigError as e:
+    except (ValueError, FileNotFoundError) as e:  # ConfigError, bad model specs, missing inputs
+        log.debug("details", exc_info=True)
         log.error("%s", e)
         return 2
 
