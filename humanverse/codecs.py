@@ -6,13 +6,18 @@
   vectors renormalised to unit length.
 * keypoints <-> flat float32[399] in COCO-WholeBody order.
 
-PNG zlib level: level 1 encodes a 512² 16-bit map ~3x faster than the default level 6 for a few
-per cent larger files (``bench/codecs.py``, BENCHMARKS.md); decoding speed is the same.
+Maps are written by :func:`png_unfiltered`: zlib level 1 (DESIGN.md §4 measured 16 ms vs 48 ms
+at the default level 6 for a 512² 16-bit map) and PNG row filter "None" on every row. Pillow's
+writer picks adaptive filters (mostly Paeth), and undoing them, not zlib, dominated the map decode
+in the training reader (7.5 ms of a 24 ms sample; ``bench/train_loader.py``, BENCHMARKS.md);
+unfiltered maps decode about twice as fast for 15-22 % more bytes. Any PNG decoder reads them.
 """
 
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,10 +35,23 @@ class EncodedDepth:
     depth_max: float
 
 
-def _png_bytes(img: Image.Image, compress_level: int) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format="PNG", compress_level=compress_level)
-    return buf.getvalue()
+def _png_chunk(tag: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+
+
+def png_unfiltered(arr: np.ndarray, compress_level: int = 1) -> bytes:
+    """A PNG of ``arr`` ((H, W) uint8/uint16 grey or (H, W, 3) uint8 RGB) with filter type 0 on
+    every row: a valid PNG (ISO/IEC 15948) that decodes faster than adaptively filtered ones."""
+    a = np.asarray(arr)
+    if a.dtype not in (np.uint8, np.uint16) or not (a.ndim == 2 or (a.ndim == 3 and a.shape[2] == 3)):
+        raise ValueError(f"png_unfiltered takes (H, W) uint8/uint16 or (H, W, 3) uint8, got {a.dtype} {a.shape}.")
+    h, w = a.shape[:2]
+    depth = 16 if a.dtype == np.uint16 else 8
+    rows = a.astype(">u2" if depth == 16 else np.uint8).reshape(h, -1).view(np.uint8)
+    raw = np.concatenate([np.zeros((h, 1), np.uint8), rows], axis=1).tobytes()  # filter byte 0 per row
+    ihdr = struct.pack(">IIBBBBB", w, h, depth, 0 if a.ndim == 2 else 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", zlib.compress(raw, compress_level))
+            + _png_chunk(b"IEND", b""))
 
 
 def encode_depth(depth: np.ndarray, compress_level: int = PNG_COMPRESS_LEVEL) -> EncodedDepth:
@@ -47,8 +65,7 @@ def encode_depth(depth: np.ndarray, compress_level: int = PNG_COMPRESS_LEVEL) ->
     lo, hi = float(d.min()), float(d.max())
     scale = 65535.0 / (hi - lo) if hi > lo else 0.0
     q = np.rint((d - lo) * scale).astype(np.uint16)
-    img = Image.fromarray(q)  # mode "I;16"
-    return EncodedDepth(_png_bytes(img, compress_level), np.float32(lo).item(), np.float32(hi).item())
+    return EncodedDepth(png_unfiltered(q, compress_level), np.float32(lo).item(), np.float32(hi).item())
 
 
 def decode_depth(png: bytes, depth_min: float, depth_max: float) -> np.ndarray:
@@ -69,7 +86,7 @@ def encode_normal(normal: np.ndarray, compress_level: int = PNG_COMPRESS_LEVEL) 
     if not np.isfinite(n).all():
         raise ValueError("normal contains NaN or infinite values; only finite maps can be encoded.")
     rgb = np.clip(np.rint((n.astype(np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
-    return _png_bytes(Image.fromarray(rgb, mode="RGB"), compress_level)
+    return png_unfiltered(rgb, compress_level)
 
 
 def decode_normal(png: bytes, renormalise: bool = True) -> np.ndarray:
