@@ -245,7 +245,3 @@ def validate_rejects(table: pa.Table) -> None:
             issue = _Issue("reason", i, _value(table, "reason", i), f"one of {sorted(REJECT_REASONS)}")
     if issue:
         raise FormatError(issue.sentence("rejects"))
-
-
-def empty_data_table(clip_dim: int | None = None) -> pa.Table:
-    return data_schema(clip_dim).empty_table()

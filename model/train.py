@@ -30,6 +30,7 @@ from typing import Literal
 
 import torch
 
+from humanverse.config import to_dict
 from model.checkpoints import latest_checkpoint, save_checkpoint
 from model.data import TrainDataConfig
 from model.stage1 import LatentStats, Stage1LossConfig
@@ -218,7 +219,7 @@ def train_loop(cfg: Stage1TrainConfig, data_root: str, run: str, models: str, la
     writer = None
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps(_to_jsonable(cfg), indent=2))
+        (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
         (run_dir / "latent_stats.json").write_text(stats.to_json())
         from tensorboardX import SummaryWriter
 
@@ -323,12 +324,6 @@ def _validate(unet, ema, params, frozen, stats, cfg, run_dir, step, device, writ
                 for p, b in zip(params, backup):
                     p.copy_(b)
         unet.train()
-
-
-def _to_jsonable(cfg) -> dict:
-    from humanverse.config import to_dict
-
-    return to_dict(cfg)
 
 
 # -- Ray Train ------------------------------------------------------------------------------------
