@@ -18,9 +18,16 @@ trains stage 1 at 512²; a GPU step of batch 8-16 must not wait on one or two lo
 * latent: :func:`model.latents.iter_latent_batches` (posterior sampling) over a cache of the same
   rows (4×64×64 float16 mean+std for 4 modalities). The cache is built with the tiny VAE: reading
   cost depends only on the latent shape, not on the weights.
+* ray: the trainer's ``data.reader: ray`` (:func:`model.data.iter_ray_examples`, one rank) over
+  the same rows and config as raw: a local Ray with every core as a logical CPU, decode tasks of
+  ``--ray-num-cpus`` CPUs. Its samples/s per core counts the CPU seconds of this process (the
+  consumer: copies out of the blocks, shuffle buffer, collate) plus those of every Ray process it
+  started (decode workers, and raylet/GCS/agents as "system"), measured with psutil; start-up
+  (``ray.init``, first batch of a warm-up epoch) is reported apart.
 
-One process, one torch thread: samples/s per core = samples / process CPU seconds; wall-clock
-rates are reported too (they also count time other processes took from this one).
+Local paths run in one process, one torch thread: samples/s per core = samples / process CPU
+seconds; wall-clock rates are reported too (they also count time other processes took from this
+one). ``--sections`` picks what to run (default: all).
 """
 
 from __future__ import annotations
@@ -141,6 +148,68 @@ def bench_latent(root: Path, out: Path, resolution: int, reps: int, batch_size: 
             "cache_bytes_per_row": round(size / rep_build.rows), "build_s_tiny_vae": round(build_s, 1)}
 
 
+def _ray_process_cpu() -> dict[int, tuple[str, float]]:
+    """{pid: (kind, user+system CPU seconds)} of every live process this one started (Ray's)."""
+    import psutil
+
+    out = {}
+    for p in psutil.Process().children(recursive=True):
+        try:
+            t = p.cpu_times()
+            cmd = p.cmdline()
+            kind = "workers" if cmd and cmd[0].startswith("ray::") else "system"
+            out[p.pid] = (kind, t.user + t.system)
+        except psutil.Error:
+            pass
+    return out
+
+
+def bench_ray(root: Path, resolution: int, reps: int, batch_size: int, num_cpus: float) -> dict:
+    import ray
+    from ray.data import DataContext
+
+    from model import data as D
+
+    cfg = D.TrainDataConfig(resolution=resolution, crop="random", flip_prob=0.5, shuffle_buffer=32, reader="ray",
+                            ray_num_cpus=num_cpus)
+    temp = tempfile.mkdtemp(prefix="hv-bench-ray-", dir="/tmp")
+    t = time.perf_counter()
+    ray.init(address="local", num_cpus=max(2, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False,
+             _temp_dir=temp)
+    init_s = time.perf_counter() - t
+    DataContext.get_current().enable_progress_bars = False
+    try:
+        t = time.perf_counter()  # warm-up epoch: starts the decode workers (they import torch)
+        it = D.iter_ray_examples(root, cfg, epoch=1000, batch_size=batch_size, drop_last=False)
+        next(it)
+        first_batch_s = time.perf_counter() - t
+        for _ in it:
+            pass
+        runs = []
+        for rep in range(reps):
+            before = _ray_process_cpu()
+            c0, w0 = time.process_time(), time.perf_counter()
+            n = sum(len(b["id"]) for b in D.iter_ray_examples(root, cfg, epoch=rep, batch_size=batch_size,
+                                                                drop_last=False))
+            wall, driver = time.perf_counter() - w0, time.process_time() - c0
+            cpu = {"workers": 0.0, "system": 0.0}
+            for pid, (kind, v) in _ray_process_cpu().items():
+                cpu[kind] += v - before.get(pid, (kind, 0.0))[1]
+            runs.append({**_rate(n, driver + cpu["workers"] + cpu["system"], wall),
+                         "consumer_cpu_s": round(driver, 3), "decode_workers_cpu_s": round(cpu["workers"], 3),
+                         "ray_system_cpu_s": round(cpu["system"], 3)})
+    finally:
+        ray.shutdown()
+        shutil.rmtree(temp, ignore_errors=True)
+    best = max(runs, key=lambda r: r["samples_per_s_per_core"])
+    return {"runs": runs, "best": best, "ray_num_cpus": num_cpus, "logical_cpus": max(2, os.cpu_count() or 1),
+            "ray_init_s": round(init_s, 1), "first_batch_s": round(first_batch_s, 1),
+            "decode_only_samples_per_s_per_core": round(best["samples"] / best["decode_workers_cpu_s"], 1)}
+
+
+SECTIONS = ("raw", "raw_malloc_tuned", "raw_maps_without_png_filters", "latent", "ray")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rows", type=int, default=96)
@@ -149,8 +218,13 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--keep", help="use/keep the dataset and cache under this folder")
+    ap.add_argument("--ray-num-cpus", type=float, default=0.25, help="CPUs per Ray decode task (ray section)")
+    ap.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
     ap.add_argument("--raw-only", help=argparse.SUPPRESS)  # internal: bench_raw on this dataset, JSON out
     args = ap.parse_args()
+    sections = set(args.sections.split(","))
+    if not sections <= set(SECTIONS):
+        ap.error(f"--sections: unknown {sorted(sections - set(SECTIONS))}; choose from {list(SECTIONS)}.")
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(1)
     if args.raw_only:
@@ -167,46 +241,53 @@ def main() -> None:
         sizes = ds.query("SELECT avg(width) w, avg(height) h, avg(octet_length(image)) jpg, "
                          "avg(octet_length(depth)) d, avg(octet_length(normal)) n, avg(num_persons) p FROM hv")
         s = sizes.to_pylist()[0]
-        raw = bench_raw(root, args.resolution, args.reps, args.batch_size)
-        # the same in a process whose glibc malloc keeps freed multi-MB blocks (no page faults on
-        # every new tensor): MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_ are plain env vars
-        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(256 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
-        proc = subprocess.run([sys.executable, __file__, "--raw-only", str(root), "--resolution", str(args.resolution),
-                               "--reps", str(args.reps), "--batch-size", str(args.batch_size)],
-                              env=env, capture_output=True, text=True, check=True)
-        raw_malloc = json.loads(proc.stdout)
-        unfiltered = tmp / "dataset-unfiltered-maps"
-        if not (unfiltered / "humanverse.json").exists():
-            make_unfiltered_copy(root, unfiltered)
-        raw_unf = bench_raw(unfiltered, args.resolution, args.reps, args.batch_size)
-        unf_bytes = humanverse.open(unfiltered).query(
-            "SELECT avg(octet_length(depth)) d, avg(octet_length(normal)) n FROM hv").to_pylist()[0]
-        latent = bench_latent(root, cache, args.resolution, args.reps, args.batch_size)
-        result = {
+        result: dict = {
             "bench": "train_loader",
             "resolution": args.resolution,
             "rows": ds.num_rows(),
             "mean_stored_size": [round(s["w"]), round(s["h"])],
             "mean_bytes": {"jpeg": round(s["jpg"]), "depth_png": round(s["d"]), "normal_png": round(s["n"])},
             "mean_persons": round(s["p"], 2),
-            "raw": raw,
-            "raw_malloc_tuned": {"env": {"MALLOC_MMAP_THRESHOLD_": str(256 << 20),
-                                         "MALLOC_TRIM_THRESHOLD_": str(1 << 30)},
-                                 **{k: v for k, v in raw_malloc.items() if k != "runs"}},
-            "raw_maps_without_png_filters": {
+        }
+        if "raw" in sections:
+            raw = bench_raw(root, args.resolution, args.reps, args.batch_size)
+            result.update(raw=raw, target_raw_samples_per_s_per_core=50,
+                          raw_meets_target=raw["best"]["samples_per_s_per_core"] >= 50)
+        if "raw_malloc_tuned" in sections:
+            # the same in a process whose glibc malloc keeps freed multi-MB blocks (no page faults on
+            # every new tensor): MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_ are plain env vars
+            env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(256 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
+            proc = subprocess.run([sys.executable, __file__, "--raw-only", str(root), "--resolution",
+                                   str(args.resolution), "--reps", str(args.reps),
+                                   "--batch-size", str(args.batch_size)],
+                                  env=env, capture_output=True, text=True, check=True)
+            raw_malloc = json.loads(proc.stdout)
+            result["raw_malloc_tuned"] = {"env": {"MALLOC_MMAP_THRESHOLD_": str(256 << 20),
+                                                  "MALLOC_TRIM_THRESHOLD_": str(1 << 30)},
+                                          **{k: v for k, v in raw_malloc.items() if k != "runs"}}
+        if "raw_maps_without_png_filters" in sections:
+            unfiltered = tmp / "dataset-unfiltered-maps"
+            if not (unfiltered / "humanverse.json").exists():
+                make_unfiltered_copy(root, unfiltered)
+            raw_unf = bench_raw(unfiltered, args.resolution, args.reps, args.batch_size)
+            unf_bytes = humanverse.open(unfiltered).query(
+                "SELECT avg(octet_length(depth)) d, avg(octet_length(normal)) n FROM hv").to_pylist()[0]
+            result["raw_maps_without_png_filters"] = {
                 "note": "same pixels; depth/normal PNGs re-encoded with row filter None (a codec option, "
                         "not the current format)",
                 "mean_bytes": {"depth_png": round(unf_bytes["d"]), "normal_png": round(unf_bytes["n"])},
-                **{k: v for k, v in raw_unf.items() if k != "runs"}},
-            "latent": latent,
-            "target_raw_samples_per_s_per_core": 50,
-            "raw_meets_target": raw["best"]["samples_per_s_per_core"] >= 50,
+                **{k: v for k, v in raw_unf.items() if k != "runs"}}
+        if "latent" in sections:
+            result["latent"] = bench_latent(root, cache, args.resolution, args.reps, args.batch_size)
+        if "ray" in sections:
+            result["ray"] = bench_ray(root, args.resolution, args.reps, args.batch_size, args.ray_num_cpus)
+        result.update({
             "torch_threads": torch.get_num_threads(),
             "loadavg_1m": round(os.getloadavg()[0], 2),
             "cpu_count": os.cpu_count(),
             "python": platform.python_version(),
             "torch": torch.__version__,
-        }
+        })
         print(json.dumps(result, indent=1))  # the benchmark's output: one JSON object on stdout
     finally:
         if not args.keep:

@@ -63,16 +63,26 @@ Choices, and why:
   the OS costs another 2-4 ms of page faults per example unless ``MALLOC_MMAP_THRESHOLD_`` /
   ``MALLOC_TRIM_THRESHOLD_`` are raised in the loader's environment.
 
-Two readers give identical per-sample tensors for the same config and epoch:
-:func:`iter_examples` (one process, no Ray: tests, small runs, step-exact resume by skipping row
-positions without decoding them) and :func:`ray_dataset` (Ray Data, for Ray Train's
-``get_dataset_shard("train").iter_torch_batches(**ray_iter_kwargs(...))``).
+The readers give identical per-sample tensors for the same config and epoch:
+
+* :func:`iter_examples` (one process, no Ray: tests, small runs; the trainer's ``reader: local``),
+  step-exact resume by skipping row positions without decoding them;
+* :func:`iter_ray_examples` (the trainer's ``reader: ray``): one Ray Data pipeline per rank over
+  that rank's files, decoding in Ray tasks. Its batches equal :func:`iter_examples`' batch for
+  batch (same rows, order and shuffle buffer), and a resume decodes none of the skipped rows
+  (:func:`_rank_plan`). Measured here (``bench/train_loader.py``) it costs more
+  CPU per sample than the local reader but takes most of it out of the training process;
+* :func:`ray_dataset`: the whole selection as one ``ray.data.Dataset`` (e.g. for Ray Train's
+  ``datasets=`` and ``get_dataset_shard("train").iter_torch_batches(**ray_iter_kwargs(...))``).
+  Same per-sample tensors, but ``streaming_split`` shares blocks out dynamically, so which rank
+  sees which rows is not reproducible: the trainer does not use it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import logging
 import math
 import time
@@ -105,15 +115,18 @@ __all__ = [
     "collate",
     "collate_ray_batch",
     "iter_examples",
+    "iter_ray_examples",
     "iter_rows",
     "epoch_file_order",
     "make_example",
     "plan_crop",
     "ray_dataset",
     "ray_iter_kwargs",
+    "ray_rank_dataset",
     "rows_per_rank",
     "sample_rng",
     "select_rows",
+    "selected_counts",
     "selected_keys",
 ]
 
@@ -150,6 +163,14 @@ class TrainDataConfig:
         skeleton_threshold: keypoints scoring below this are not drawn.
         shuffle_buffer: rows held by the shuffle buffer (0 or 1: no shuffling within files).
         seed: seeds the file order, the shuffle buffer and every per-sample draw.
+        reader: who decodes the rows: ``"local"`` (:func:`iter_examples`, in the training process)
+            or ``"ray"`` (:func:`iter_ray_examples`, a Ray Data pipeline per training worker whose
+            tasks decode in parallel with the training step). Both give bit-identical batches, so a
+            run may resume with the other reader.
+        ray_num_cpus: CPUs each Ray decode task asks for (``reader: ray``). Fractional by default:
+            tasks asking for whole CPUs can starve next to Ray Train workers on small machines.
+        ray_concurrency: most Ray decode tasks in flight per training worker (``reader: ray``);
+            None lets Ray Data scale to the free CPUs.
     """
 
     resolution: int = 512
@@ -159,6 +180,9 @@ class TrainDataConfig:
     skeleton_threshold: float = 0.3
     shuffle_buffer: int = 256
     seed: int = 0
+    reader: Literal["local", "ray"] = "local"
+    ray_num_cpus: float = 0.25
+    ray_concurrency: int | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.resolution, bool) or not isinstance(self.resolution, int) \
@@ -177,6 +201,17 @@ class TrainDataConfig:
             raise ValueError(f"shuffle_buffer must be a non-negative integer, got {self.shuffle_buffer!r}.")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}.")
+        if self.reader not in ("local", "ray"):
+            raise ValueError(f"reader must be 'local' (decode in the training process) or 'ray' (a Ray Data "
+                             f"pipeline per training worker), got {self.reader!r}.")
+        if isinstance(self.ray_num_cpus, bool) or not isinstance(self.ray_num_cpus, (int, float)) \
+                or not math.isfinite(self.ray_num_cpus) or self.ray_num_cpus <= 0:
+            raise ValueError(f"ray_num_cpus must be a positive number of CPUs per Ray decode task (fractional, "
+                             f"e.g. 0.25, on small machines), got {self.ray_num_cpus!r}.")
+        if self.ray_concurrency is not None and (isinstance(self.ray_concurrency, bool)
+                                                 or not isinstance(self.ray_concurrency, int)
+                                                 or self.ray_concurrency < 1):
+            raise ValueError(f"ray_concurrency must be a positive integer or None, got {self.ray_concurrency!r}.")
         if self.where is not None:
             check_where(self.where)
 
@@ -589,8 +624,12 @@ def _rank_stream(fs, files: Sequence[str], select: Callable[[str], np.ndarray], 
                     yield row
                 i += 1
 
-    rng = np.random.default_rng([int(seed), int(epoch), _TAG_BUFFER, int(rank), int(world_size)])
-    return _shuffle_buffer(rows(), shuffle_buffer, rng)
+    return _shuffle_buffer(rows(), shuffle_buffer, _buffer_rng(seed, epoch, rank, world_size))
+
+
+def _buffer_rng(seed: int, epoch: int, rank: int, world_size: int) -> np.random.Generator:
+    """The shuffle buffer's generator: one per (seed, epoch, rank, world size), in both readers."""
+    return np.random.default_rng([int(seed), int(epoch), _TAG_BUFFER, int(rank), int(world_size)])
 
 
 def iter_rows(root, cfg: TrainDataConfig, *, epoch: int, rank: int = 0, world_size: int = 1,
@@ -604,26 +643,33 @@ def iter_rows(root, cfg: TrainDataConfig, *, epoch: int, rank: int = 0, world_si
 
 
 def batches_per_rank(root, cfg: TrainDataConfig, *, epoch: int, world_size: int, batch_size: int,
-                     drop_last: bool = True) -> list[int]:
-    """How many batches each rank's :func:`iter_examples` yields in ``epoch`` (files move between
-    ranks from epoch to epoch, so ask per epoch). A DDP loop passes ``max_batches=min(...)`` so
-    that every rank takes the same number of steps."""
+                     drop_last: bool = True, counts: dict[str, int] | None = None) -> list[int]:
+    """How many batches each rank's :func:`iter_examples` (or :func:`iter_ray_examples`) yields in
+    ``epoch`` (files move between ranks from epoch to epoch, so ask per epoch). A DDP loop passes
+    ``max_batches=min(...)`` so that every rank takes the same number of steps. ``counts``
+    (:func:`selected_counts`, which does not depend on the epoch) saves re-reading the selection."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
     return [(n // batch_size if drop_last else -(-n // batch_size))
-            for n in rows_per_rank(root, cfg, epoch=epoch, world_size=world_size)]
+            for n in rows_per_rank(root, cfg, epoch=epoch, world_size=world_size, counts=counts)]
 
 
-def rows_per_rank(root, cfg: TrainDataConfig, *, epoch: int, world_size: int) -> list[int]:
-    """Selected rows each rank reads in ``epoch`` (reads cheap columns only)."""
+def selected_counts(root, cfg: TrainDataConfig) -> dict[str, int]:
+    """``{committed data file: selected rows}`` (reads cheap columns only; the same every epoch)."""
+    return {f: len(v) for f, v in select_rows(humanverse.open(root), cfg).items()}
+
+
+def rows_per_rank(root, cfg: TrainDataConfig, *, epoch: int, world_size: int,
+                  counts: dict[str, int] | None = None) -> list[int]:
+    """Selected rows each rank reads in ``epoch`` (reads cheap columns only, unless ``counts``
+    from :func:`selected_counts` is given)."""
     _check_rank(0, world_size)
-    ds = humanverse.open(root)
-    sel = select_rows(ds, cfg)
+    sel = selected_counts(root, cfg) if counts is None else counts
     ordered = epoch_file_order(list(sel), cfg.seed, epoch)
     if len(ordered) < world_size:
-        n = sum(len(v) for v in sel.values())
+        n = sum(sel.values())
         return [n // world_size + (r < n % world_size) for r in range(world_size)]
-    return [sum(len(sel[f]) for f in ordered[r::world_size]) for r in range(world_size)]
+    return [sum(sel[f] for f in ordered[r::world_size]) for r in range(world_size)]
 
 
 def iter_examples(root, cfg: TrainDataConfig, *, epoch: int, batch_size: int, rank: int = 0,
@@ -686,9 +732,13 @@ def _ray_examples(batch: pa.Table, cfg: TrainDataConfig, epoch: int) -> dict[str
     mask &= pc.is_valid(batch.column("depth")).to_numpy(zero_copy_only=False)
     mask &= pc.is_valid(batch.column("normal")).to_numpy(zero_copy_only=False)
     rows = batch.filter(pa.array(mask)).select(list(ROW_COLUMNS)).to_pylist()
-    r = cfg.resolution
     exs = [_example_arrays(row, cfg, sample_rng(cfg.seed, epoch, row["source_shard"], row["source_index"]))
            for row in rows]
+    return _stack_compact(exs, cfg.resolution)
+
+
+def _stack_compact(exs: Sequence[dict[str, Any]], r: int) -> dict[str, np.ndarray]:
+    """Compact examples -> one Ray block's numpy columns (what :func:`collate_ray_batch` reads)."""
     if not exs:
         return {"image": np.zeros((0, 3, r, r), np.uint8), "depth": np.zeros((0, 1, r, r), np.float32),
                 "normal": np.zeros((0, 3, r, r), np.uint8), "pose": np.zeros((0, 3, r, r), np.uint8),
@@ -796,3 +846,190 @@ def ray_iter_kwargs(cfg: TrainDataConfig, *, epoch: int, batch_size: int, drop_l
     if cfg.shuffle_buffer > 1:
         kw.update(local_shuffle_buffer_size=cfg.shuffle_buffer, local_shuffle_seed=seed)
     return kw
+
+
+# ---------------------------------------------------------------------------------------------
+# The per-rank Ray Data reader (the trainer's ``reader: ray``)
+
+
+@dataclass(frozen=True)
+class _RankPlan:
+    """What one rank's Ray pipeline decodes in one epoch, given the resume point.
+
+    ``items``: one work item per file to open, in the rank's stream order: ``path``, ``rows`` (the
+    row positions to decode, int64 bytes, when ``given``) and ``given`` (False: the task evaluates
+    the selection itself). ``template[s]`` for the first ``len(template)`` rows of the rank's
+    stream (before the shuffle buffer): True when Ray decodes row ``s``, False when that row was
+    consumed before the resume point (the consumer feeds the buffer a placeholder). Every row past
+    the template is decoded.
+    """
+
+    items: list[dict[str, Any]]
+    template: np.ndarray  # (m,) bool
+    strided: bool
+
+
+def _rank_plan(fs, files: Sequence[str], cfg: TrainDataConfig, *, epoch: int, rank: int, world_size: int,
+               skip_rows: int) -> _RankPlan:
+    """Plan one rank's epoch: the same files, rows and order as :func:`iter_rows`, minus the rows
+    that the first ``skip_rows`` outputs of the shuffle buffer took.
+
+    Which stream rows those are follows from the buffer's seeded draws alone (replayed here over
+    row numbers), so a resume decodes none of them (the local reader reads them without decoding)
+    and does not open files wholly consumed. The selection is evaluated here only for the files the resume
+    point reaches (and for every file when rows are strided, i.e. fewer files than ranks).
+    """
+    ordered = epoch_file_order(files, cfg.seed, epoch)
+    mine, strided = _rank_files(ordered, rank, world_size)
+    size = cfg.shuffle_buffer
+    # The buffer emits its t-th row when stream row size + t arrives (size > 1), or as row t.
+    horizon = 0 if not skip_rows else skip_rows + (size if size > 1 else 0)
+    planned: list[tuple[str, np.ndarray]] = []
+    seen = g = 0  # rows of this rank's stream; selected rows of all files read (striding)
+    for f in mine:
+        if not strided and seen >= horizon:
+            break
+        pos = _file_selection(fs, f, cfg.where)
+        if strided:
+            keep = (g + np.arange(len(pos))) % world_size == rank
+            g += len(pos)
+            pos = pos[keep]
+        planned.append((f, pos))
+        seen += len(pos)
+    consumed = np.zeros(seen, bool)
+    if skip_rows:
+        rng = _buffer_rng(cfg.seed, epoch, rank, world_size)
+        for s in itertools.islice(_shuffle_buffer(iter(range(seen)), size, rng), skip_rows):
+            consumed[s] = True
+    items: list[dict[str, Any]] = []
+    s0 = 0
+    for f, pos in planned:
+        need = ~consumed[s0:s0 + len(pos)]
+        s0 += len(pos)
+        if need.any():
+            items.append({"path": f, "rows": pos[need].astype(np.int64).tobytes(), "given": True})
+    items.extend({"path": f, "rows": b"", "given": False} for f in mine[len(planned):])
+    return _RankPlan(items, ~consumed, strided)
+
+
+def _ray_decode_files(items: dict[str, np.ndarray], fs, cfg: TrainDataConfig, epoch: int,
+                      chunk: int) -> Iterator[dict[str, np.ndarray]]:
+    """Ray ``map_batches`` generator: decode each item's rows in file order (the same per-sample
+    draws as :func:`iter_examples`), ``chunk`` compact examples per yielded batch."""
+    for path, rows, given in zip(items["path"], items["rows"], items["given"]):
+        path = str(path)
+        sel = np.frombuffer(rows, np.int64) if given else _file_selection(fs, path, cfg.where)
+        exs: list[dict[str, Any]] = []
+        for row in _iter_file_rows(fs, path, sel, ROW_COLUMNS):
+            exs.append(_example_arrays(row, cfg, sample_rng(cfg.seed, epoch, row["source_shard"], row["source_index"])))
+            if len(exs) == chunk:
+                yield _stack_compact(exs, cfg.resolution)
+                exs = []
+        if exs:
+            yield _stack_compact(exs, cfg.resolution)
+
+
+def _block_examples(block: dict[str, np.ndarray]) -> Iterator[dict[str, Any]]:
+    """A decoded Ray block -> compact examples as :func:`_finish` makes them. Arrays are copied:
+    a view would pin the whole block while one of its rows waits in the shuffle buffer."""
+    for j in range(len(block["id"])):
+        yield {"image": torch.from_numpy(block["image"][j].copy()),  # (3, R, R) uint8
+               "depth": torch.from_numpy(block["depth"][j].copy()),  # (1, R, R) float32
+               "normal": torch.from_numpy(block["normal"][j].copy()),  # (3, R, R) uint8
+               "pose": torch.from_numpy(block["pose"][j].copy()),  # (3, R, R) uint8
+               "original_size": tuple(int(v) for v in block["original_size"][j]),
+               "crop_top_left": tuple(int(v) for v in block["crop_top_left"][j]),
+               "flipped": bool(block["flipped"][j]), "caption": str(block["caption"][j]), "id": str(block["id"][j])}
+
+
+def ray_rank_dataset(root, cfg: TrainDataConfig, *, epoch: int, rank: int = 0, world_size: int = 1,
+                     skip_rows: int = 0, num_cpus: float | None = None, concurrency: int | None = None,
+                     chunk: int = 8):
+    """One rank's Ray Data pipeline for one epoch: ``(dataset or None, plan)``.
+
+    ``from_items`` (one item per file of this rank, in the epoch's file order) -> ``map_batches``
+    tasks that read the selected rows of their file and decode them, ``chunk`` examples per
+    output batch: ``num_cpus`` CPUs each (default ``cfg.ray_num_cpus``), at most ``concurrency``
+    at a time, placed by Ray Data's default strategy (so CPU-only nodes may decode for GPU
+    workers, shipping ~3.3 MB per 512² example). ``preserve_order`` is set on the dataset's own
+    ``DataContext`` (the current one is left alone), so the stream is this rank's rows before the
+    shuffle buffer in :func:`iter_rows` order, minus the rows a resume skips (see
+    :func:`_rank_plan`). The dataset is None when there is nothing to decode.
+    """
+    _check_rank(rank, world_size)
+    ds = humanverse.open(root)
+    plan = _rank_plan(ds.root.fs, ds.files("data"), cfg, epoch=epoch, rank=rank, world_size=world_size,
+                      skip_rows=skip_rows)
+    if plan.strided:
+        log.info("%d files for %d ranks: every rank reads every file and keeps every %d-th row",
+                 len(ds.files("data")), world_size, world_size)
+    if not plan.items:
+        return None, plan
+    import ray.data
+
+    num_cpus = cfg.ray_num_cpus if num_cpus is None else num_cpus
+    concurrency = cfg.ray_concurrency if concurrency is None else concurrency
+    rds = ray.data.from_items(plan.items, override_num_blocks=len(plan.items)).map_batches(
+        _ray_decode_files, fn_kwargs={"fs": ds.root.fs, "cfg": cfg, "epoch": int(epoch), "chunk": int(chunk)},
+        batch_size=1, batch_format="numpy", num_cpus=num_cpus, concurrency=concurrency)
+    rds.context.execution_options.preserve_order = True  # this dataset's own context (its executor's)
+    return rds, plan
+
+
+def iter_ray_examples(root, cfg: TrainDataConfig, *, epoch: int, batch_size: int, rank: int = 0,
+                      world_size: int = 1, skip_batches: int = 0, max_batches: int | None = None,
+                      drop_last: bool = True, prefetch_batches: int = 2) -> Iterator[dict[str, Any]]:
+    """Collated training batches for one rank and one epoch, decoded by a Ray Data pipeline built
+    on this rank (:func:`ray_rank_dataset`): bit-identical to :func:`iter_examples` with the same
+    arguments, so the readers are interchangeable, even across a resume.
+
+    Each Ray Train worker builds its own pipeline over its own files (file-level sharding, as in
+    :func:`iter_examples`), instead of Ray Train's ``datasets=`` + ``get_dataset_shard``: the
+    latter's ``streaming_split`` hands blocks to whichever worker asks first, so a worker's share
+    differs from run to run and no position can be saved that a resume would honour. Here a
+    worker's share and order depend only on (seed, epoch, rank, world size).
+
+    Ray streams this rank's rows decoded, in stream order; the seeded shuffle buffer runs here, on
+    decoded compact examples (~3.3 MB each at 512²; the local reader buffers encoded rows), with
+    the local reader's generator. Ray's own ``local_shuffle_buffer_size`` is not used: its order
+    depends on block boundaries and Ray's batcher, so it could neither match the local reader
+    nor tell which rows the first ``skip_batches`` batches hold. Knowing that, a resume
+    (``skip_batches``) does not decode the skipped rows; ``max_batches`` as in
+    :func:`iter_examples`. Ray errors surface as Ray's exceptions (wrapping the original).
+    """
+    _check_rank(rank, world_size)
+    _check_batching(batch_size, skip_batches, max_batches, epoch)
+    if max_batches is not None and skip_batches >= max_batches:
+        return
+    rds, plan = ray_rank_dataset(root, cfg, epoch=epoch, rank=rank, world_size=world_size,
+                                 skip_rows=skip_batches * batch_size, chunk=batch_size)
+    batches = iter(()) if rds is None else iter(rds.iter_batches(batch_size=None, batch_format="numpy",
+                                                                 prefetch_batches=prefetch_batches))
+
+    def stream() -> Iterator[dict[str, Any] | None]:
+        decoded = (ex for block in batches for ex in _block_examples(block))
+        for s, need in enumerate(plan.template):
+            if not need:
+                yield None  # consumed before the resume point: never decoded
+                continue
+            ex = next(decoded, None)
+            if ex is None:
+                raise RuntimeError(f"the Ray pipeline of rank {rank} ended at stream row {s} of "
+                                   f"{len(plan.template)} planned; the dataset changed while reading?")
+            yield ex
+        yield from decoded
+
+    shuffled = _shuffle_buffer(stream(), cfg.shuffle_buffer, _buffer_rng(cfg.seed, epoch, rank, world_size))
+    try:
+        yield from _batches(shuffled, _made, _collate_examples_compact, batch_size=batch_size,
+                            skip_batches=skip_batches, max_batches=max_batches, drop_last=drop_last)
+    finally:
+        close = getattr(batches, "close", None)
+        if close is not None:
+            close()  # stops the streaming executor when the epoch is cut short (max_batches)
+
+
+def _made(ex: dict[str, Any] | None) -> dict[str, Any]:
+    if ex is None:  # a placeholder reached a batch the resume did not skip: a planning bug
+        raise RuntimeError("a row skipped by the resume plan reached a batch that is not skipped.")
+    return ex

@@ -1,7 +1,8 @@
-"""``humanverse train stage1`` / ``python -m model.train stage1``: the trainer (Ray Train).
+"""``humanverse train stage1|stage2`` / ``python -m model.train ...``: one trainer for both stages (Ray Train).
 
-A loop you can read top to bottom (nanoGPT style): build the frozen parts and the trainable
-model, restore the newest complete checkpoint when ``--resume``, then per step: gather
+Stage 1 trains the Latent Structural Diffusion Model (§3.2), stage 2 the Structure-Guided Refiner
+(§3.3); what differs lives in :mod:`model.tasks`. A loop you can read top to bottom (nanoGPT
+style): build the frozen parts and the trainable model, restore the newest complete checkpoint when ``--resume``, then per step: gather
 ``grad_accum`` micro-batches, compute the objective, backward, clip, AdamW step, EMA update;
 log, checkpoint (atomic, rotated) and render validation samples every N steps.
 
@@ -24,16 +25,17 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 
 from humanverse.config import to_dict
 from model.checkpoints import latest_checkpoint, save_checkpoint
 from model.data import TrainDataConfig
-from model.stage1 import LatentStats, Stage1LossConfig
+from model.stage1 import Stage1LossConfig
+from model.stage2 import Stage2LossConfig
 
 log = logging.getLogger("model.train")
 
@@ -63,9 +65,9 @@ class ScalingConfig:
 
 
 @dataclass(frozen=True)
-class Stage1TrainConfig:
-    data: TrainDataConfig = TrainDataConfig()
-    loss: Stage1LossConfig = Stage1LossConfig()
+class TrainerConfig:
+    """What both stages' trainers share (the loop, optimiser, checkpoints, logging, Ray Train)."""
+
     optim: OptimConfig = OptimConfig()
     scaling: ScalingConfig = ScalingConfig()
     batch_size: int = 4  # per worker and micro-batch
@@ -74,7 +76,6 @@ class Stage1TrainConfig:
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
     gradient_checkpointing: bool = False
     ema_decay: float | None = 0.9999
-    latent_stats_samples: int = 64
     checkpoint_every: int = 500
     keep_checkpoints: int = 3
     log_every: int = 10
@@ -86,11 +87,47 @@ class Stage1TrainConfig:
 
     def __post_init__(self):
         for name in ("batch_size", "grad_accum", "max_steps", "checkpoint_every", "log_every", "validate_every",
-                     "keep_checkpoints"):
+                     "keep_checkpoints", "sample_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in (0, 1) or null, got {self.ema_decay}.")
+        if not self.validation_prompts:
+            raise ValueError("validation_prompts must hold at least one prompt.")
+
+
+@dataclass(frozen=True)
+class Stage1TrainConfig(TrainerConfig):
+    """Stage 1 (LSDM, §3.2): SD-2-base at 512², condition dropout 15 %."""
+
+    stage: ClassVar[str] = "stage1"
+    data: TrainDataConfig = TrainDataConfig()
+    loss: Stage1LossConfig = Stage1LossConfig()
+    latent_stats_samples: int = 64
+
+
+@dataclass(frozen=True)
+class Stage2TrainConfig(TrainerConfig):
+    """Stage 2 (Structure-Guided Refiner, §3.3): SDXL-base at 1024², robust conditioning 0.5."""
+
+    stage: ClassVar[str] = "stage2"
+    data: TrainDataConfig = TrainDataConfig(resolution=1024)
+    loss: Stage2LossConfig = Stage2LossConfig()
+    conditions: tuple[str, ...] = ("pose", "depth", "normal")
+    embedder_widths: tuple[int, ...] = (16, 32, 96, 256)  # paper §3.3
+
+    def __post_init__(self):
+        super().__post_init__()
+        from model.refiner import CONDITIONS
+
+        if not self.conditions or any(c not in CONDITIONS for c in self.conditions):
+            raise ValueError(f"conditions must be a non-empty subset of {list(CONDITIONS)}, got {list(self.conditions)}.")
+        if len(self.embedder_widths) < 3 or any(w < 1 for w in self.embedder_widths):
+            raise ValueError(f"embedder_widths needs at least 3 positive widths (one per stride-2 conv), "
+                             f"got {list(self.embedder_widths)}.")
+
+
+CONFIGS: dict[str, type[TrainerConfig]] = {"stage1": Stage1TrainConfig, "stage2": Stage2TrainConfig}
 
 
 class EMA:
@@ -123,7 +160,7 @@ def _seed_for(*parts: int) -> int:
     return h & 0x7FFFFFFFFFFFFFFF
 
 
-def _autocast(cfg: Stage1TrainConfig, device: torch.device):
+def _autocast(cfg: TrainerConfig, device: torch.device):
     mp = cfg.mixed_precision
     if mp == "auto":
         mp = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "no"
@@ -133,13 +170,47 @@ def _autocast(cfg: Stage1TrainConfig, device: torch.device):
 
 
 class DataStream:
-    """Batches from :mod:`model.data` (raw rows) or :mod:`model.latents` (cache), with a position."""
+    """Training batches with a position (``epoch``, ``step_in_epoch``: batches consumed in the epoch).
 
-    def __init__(self, data_root: str, latents: str | None, cfg: Stage1TrainConfig, rank: int, world: int,
-                 epoch: int = 0, step_in_epoch: int = 0):
+    Sources: the latent cache (:func:`model.latents.iter_latent_batches`) when ``latents`` is
+    given, else raw rows decoded by ``reader``: ``"local"`` (:func:`model.data.iter_examples`, in
+    this process) or ``"ray"`` (:func:`model.data.iter_ray_examples`: a Ray Data pipeline that
+    this worker builds over its own files each epoch; its tasks decode while the step runs).
+    Both readers yield bit-identical batches, so a run may even resume with the other one.
+
+    Why a pipeline per worker and not Ray Train's ``datasets=`` + ``get_dataset_shard``: that
+    ``streaming_split`` is disjoint but hands blocks to whichever worker asks first, so a worker's
+    share changes from run to run and a saved position could not be honoured. Here a worker's
+    share and order depend only on (seed, epoch, rank, world size), and resuming at
+    ``step_in_epoch`` skips exactly the batches the interrupted run consumed (without decoding
+    them; the Ray reader does not even read them, see :func:`model.data._rank_plan`).
+
+    With ``world > 1`` every rank's epoch (raw rows) is cut at the fewest batches any rank has that
+    epoch (:func:`model.data.batches_per_rank`; file shards differ in size), so all ranks cross
+    epoch boundaries at the same step and rank 0's saved position is every rank's position; the
+    cut rows are different ones each epoch, since files move between ranks. The selection is
+    counted once per stream for that (cheap columns only).
+    """
+
+    def __init__(self, data_root: str, latents: str | None, cfg: TrainerConfig, rank: int, world: int,
+                 epoch: int = 0, step_in_epoch: int = 0, reader: Literal["local", "ray"] = "local"):
+        if reader not in ("local", "ray"):
+            raise ValueError(f"reader must be 'local' or 'ray', got {reader!r}.")
         self.data_root, self.latents, self.cfg, self.rank, self.world = data_root, latents, cfg, rank, world
+        self.reader = reader
         self.epoch, self.step_in_epoch = epoch, step_in_epoch
+        self._counts: dict[str, int] | None = None  # selected rows per file, for the per-epoch cut
         self._it = self._open(skip=step_in_epoch)
+
+    def _max_batches(self) -> int | None:
+        if self.world == 1:
+            return None
+        from model.data import batches_per_rank, selected_counts
+
+        if self._counts is None:
+            self._counts = selected_counts(self.data_root, self.cfg.data)
+        return min(batches_per_rank(self.data_root, self.cfg.data, epoch=self.epoch, world_size=self.world,
+                                    batch_size=self.cfg.batch_size, counts=self._counts))
 
     def _open(self, skip: int):
         if self.latents:
@@ -150,10 +221,11 @@ class DataStream:
                                           skip_batches=skip, flip_prob=self.cfg.data.flip_prob,
                                           shuffle_buffer=self.cfg.data.shuffle_buffer)
             return ({**b, "latent_cache": True} for b in batches)
-        from model.data import iter_examples
+        from model.data import iter_examples, iter_ray_examples
 
-        return iter(iter_examples(self.data_root, self.cfg.data, epoch=self.epoch, rank=self.rank,
-                                  world_size=self.world, skip_batches=skip, batch_size=self.cfg.batch_size))
+        read = iter_ray_examples if self.reader == "ray" else iter_examples
+        return iter(read(self.data_root, self.cfg.data, epoch=self.epoch, rank=self.rank, world_size=self.world,
+                         skip_batches=skip, max_batches=self._max_batches(), batch_size=self.cfg.batch_size))
 
     def next(self) -> dict:
         for _ in range(2):
@@ -167,36 +239,38 @@ class DataStream:
         raise ValueError("the training data selection yields no batch (empty selection or batch_size too large).")
 
 
-def train_loop(cfg: Stage1TrainConfig, data_root: str, run: str, models: str, latents: str | None = None,
+def train_loop(cfg: TrainerConfig, data_root: str, run: str, models: str, latents: str | None = None,
                resume: bool = False, rank: int = 0, world: int = 1, report=None) -> dict:
-    """One worker's training loop. Returns the final metrics (rank 0 writes checkpoints and logs)."""
-    from model.lsdm import LatentStructuralUNet
-    from model.stage1 import Stage1Objective, estimate_latent_stats, load_frozen_parts, load_sd2_unet
+    """One worker's training loop for either stage. Returns the final metrics and the history
+    (rank 0 writes checkpoints, TensorBoard and validation grids)."""
+    from model.tasks import task_for, validation_batch
 
     run_dir = Path(run)
     device = torch.device("cuda", torch.cuda.current_device()) if (cfg.scaling.use_gpu and torch.cuda.is_available()) \
         else torch.device("cpu")
     torch.manual_seed(cfg.seed)
-    frozen = load_frozen_parts(models, device)
+    task = task_for(cfg)(cfg, models, data_root, device)
     ck = latest_checkpoint(run_dir) if resume else None
     if ck is not None:
-        unet = LatentStructuralUNet.from_pretrained(ck / "lsdm")
         state = json.loads((ck / "trainer_state.json").read_text())
-        stats = LatentStats.from_json((ck / "latent_stats.json").read_text())
+        if state.get("stage", task.name) != task.name:
+            raise ValueError(f"{run_dir} holds a {state['stage']} run; resume it with `train {state['stage']}`.")
         log.info("resuming from %s (step %d)", ck, state["step"])
     else:
         if resume:
             log.info("--resume: no complete checkpoint in %s, starting from scratch", run_dir / "checkpoints")
-        unet = LatentStructuralUNet.from_sd2(load_sd2_unet(models))
         state = {"step": 0, "epoch": 0, "step_in_epoch": 0}
-        stats_batches = DataStream(data_root, None, dataclasses.replace(cfg, data=dataclasses.replace(
+
+    def stats_batches():  # centre crops, no flips: the latent statistics of stage 1
+        stream = DataStream(data_root, None, dataclasses.replace(cfg, data=dataclasses.replace(
             cfg.data, crop="center", flip_prob=0.0)), rank=0, world=1)
-        stats = estimate_latent_stats(frozen, (stats_batches.next() for _ in range(10 ** 9)), device,
-                                      cfg.latent_stats_samples, cfg.seed)
+        return (stream.next() for _ in range(10 ** 9))
+
+    net = task.setup(ck, stats_batches)
     if cfg.gradient_checkpointing:
-        unet.enable_gradient_checkpointing()
-    unet.to(device).train()
-    params = [p for p in unet.parameters() if p.requires_grad]
+        net.enable_gradient_checkpointing()
+    net.to(device).train()
+    params = [p for p in net.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.optim.lr, betas=cfg.optim.betas, eps=cfg.optim.eps,
                             weight_decay=cfg.optim.weight_decay)
     ema = EMA(params, cfg.ema_decay) if cfg.ema_decay else None
@@ -206,21 +280,21 @@ def train_loop(cfg: Stage1TrainConfig, data_root: str, run: str, models: str, la
             from safetensors.torch import load_file
 
             ema.load_state_dict(load_file(ck / "ema.safetensors"))
-    model = unet
+    model = net
     if world > 1:
         from ray.train.torch import prepare_model
 
-        model = prepare_model(unet, parallel_strategy="ddp", move_to_device=False)
-    objective = Stage1Objective(frozen, stats, cfg.loss)
+        model = prepare_model(net, parallel_strategy="ddp", move_to_device=False)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / cfg.optim.warmup_steps) if cfg.optim.warmup_steps else 1.0,
         last_epoch=state["step"] - 1 if state["step"] else -1)
-    stream = DataStream(data_root, latents, cfg, rank, world, state["epoch"], state["step_in_epoch"])
+    stream = DataStream(data_root, latents, cfg, rank, world, state["epoch"], state["step_in_epoch"],
+                        reader=cfg.data.reader)
     writer = None
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
-        (run_dir / "latent_stats.json").write_text(stats.to_json())
+        (run_dir / "config.json").write_text(json.dumps({"stage": task.name, **to_dict(cfg)}, indent=2))
+        task.run_files(run_dir)
         from tensorboardX import SummaryWriter
 
         writer = SummaryWriter(str(run_dir / "tensorboard"))
@@ -229,19 +303,42 @@ def train_loop(cfg: Stage1TrainConfig, data_root: str, run: str, models: str, la
         def write(d: Path) -> None:
             from safetensors.torch import save_file
 
-            unet.save_pretrained(d / "lsdm", safe_serialization=True)
+            task.save(d)
             torch.save(opt.state_dict(), d / "optimizer.pt")
             if ema is not None:
                 save_file(ema.state_dict(), d / "ema.safetensors")
-            (d / "latent_stats.json").write_text(stats.to_json())
             (d / "trainer_state.json").write_text(json.dumps(
-                {"step": step, "epoch": stream.epoch, "step_in_epoch": stream.step_in_epoch, "world_size": world}))
+                {"stage": task.name, "step": step, "epoch": stream.epoch, "step_in_epoch": stream.step_in_epoch,
+                 "world_size": world}))
         save_checkpoint(run_dir, step, write, keep=cfg.keep_checkpoints)
+
+    def validate(step: int) -> None:
+        """Sample with the EMA weights (then restore the training weights)."""
+        batch = validation_batch(data_root, cfg, len(cfg.validation_prompts))
+        backup = [p.detach().clone() for p in params] if ema is not None else None
+        if ema is not None:
+            ema.copy_to(params)
+        net.eval()
+        try:
+            path = run_dir / "samples" / f"step-{step:08d}.png"
+            tiny = "TINY RANDOM MODELS (meaningless) " if models.strip().startswith("tiny") else ""
+            grid = task.validate(batch, path, f"{tiny}{task.name} step {step}" + (" (EMA)" if ema else ""))
+            if writer is not None:
+                import numpy as np
+
+                writer.add_image("validation", np.asarray(grid), step, dataformats="HWC")
+            log.info("validation samples: %s", path)
+        finally:
+            if backup is not None:
+                with torch.no_grad():
+                    for p, b in zip(params, backup):
+                        p.copy_(b)
+            net.train()
 
     history: list[dict] = []
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=cfg.max_steps, initial=state["step"], desc="stage1", disable=rank != 0)
+    bar = tqdm(total=cfg.max_steps, initial=state["step"], desc=task.name, disable=rank != 0)
     t_last, samples = time.perf_counter(), 0
     metrics: dict = {}
     for step in range(state["step"], cfg.max_steps):
@@ -251,13 +348,13 @@ def train_loop(cfg: Stage1TrainConfig, data_root: str, run: str, models: str, la
             batch = stream.next()
             gen = torch.Generator().manual_seed(_seed_for(cfg.seed, step, micro, rank))
             with _autocast(cfg, device):
-                losses = objective(model, batch, gen, device)
+                losses = task.loss(model, batch, gen)
             loss = losses["loss"] / cfg.grad_accum
             if not torch.isfinite(loss):
+                parts = ", ".join(f"{k} {v.item():.4g}" for k, v in losses.items() if k != "loss")
                 raise FloatingPointError(
-                    f"non-finite loss {loss.item()} at step {step} (rgb {losses['rgb'].item():.4g}, depth "
-                    f"{losses['depth'].item():.4g}, normal {losses['normal'].item():.4g}); lower optim.lr or "
-                    f"check the data, then resume from the last checkpoint.")
+                    f"non-finite loss {loss.item()} at step {step} ({parts}); lower optim.lr or check the data, "
+                    f"then resume from the last checkpoint.")
             loss.backward()
             for k, v in losses.items():
                 acc[k] = acc.get(k, 0.0) + float(v.detach()) / cfg.grad_accum
@@ -275,55 +372,22 @@ def train_loop(cfg: Stage1TrainConfig, data_root: str, run: str, models: str, la
             now = time.perf_counter()
             metrics["samples_per_s"] = samples * world / max(now - t_last, 1e-9)
             t_last, samples = now, 0
-            for k in ("loss", "rgb", "depth", "normal", "lr", "grad_norm", "samples_per_s", "text_dropped", "pose_dropped"):
+            for k in task.scalars + ("lr", "grad_norm", "samples_per_s"):
                 writer.add_scalar(f"train/{k}", metrics[k], done)
             bar.set_postfix(loss=f"{metrics['loss']:.4f}")
-            log.info("step %d loss %.4f (rgb %.4f depth %.4f normal %.4f) lr %.2e", done, metrics["loss"],
-                     metrics["rgb"], metrics["depth"], metrics["normal"], metrics["lr"])
+            log.info("%s step %d %s lr %.2e", task.name, done, task.describe(metrics), metrics["lr"])
         if report is not None:
             report(metrics)
         if rank == 0 and (done % cfg.checkpoint_every == 0 or done == cfg.max_steps):
             write_checkpoint(done)
         if rank == 0 and (done % cfg.validate_every == 0 or done == cfg.max_steps):
-            _validate(unet, ema, params, frozen, stats, cfg, run_dir, done, device, writer, data_root)
+            validate(done)
     bar.close()
     if writer is not None:
         writer.close()
-        (run_dir / "history.jsonl").open("a").write("".join(json.dumps(h) + "\n" for h in history))
+        with (run_dir / "history.jsonl").open("a") as f:
+            f.write("".join(json.dumps(h) + "\n" for h in history))
     return {"final": metrics, "history": history}
-
-
-def _validate(unet, ema, params, frozen, stats, cfg, run_dir, step, device, writer, data_root) -> None:
-    """Sample the fixed validation prompts with poses from the data; save a grid (RGB | depth | normal | pose)."""
-    from model.data import iter_examples
-    from model.sampler import Stage1Sampler, save_grid
-
-    val_cfg = dataclasses.replace(cfg.data, crop="center", flip_prob=0.0)
-    batch = next(iter(iter_examples(data_root, val_cfg, epoch=0, rank=0, world_size=1, skip_batches=0,
-                                    batch_size=len(cfg.validation_prompts))))
-    backup = None
-    if ema is not None:  # sample with the EMA weights, then restore
-        backup = [p.detach().clone() for p in params]
-        ema.copy_to(params)
-    unet.eval()
-    try:
-        sampler = Stage1Sampler(unet, frozen, stats)
-        n = min(len(cfg.validation_prompts), batch["pose"].shape[0])
-        out = sampler(list(cfg.validation_prompts[:n]), batch["pose"][:n], steps=cfg.sample_steps,
-                      guidance_scale=cfg.guidance_scale, seed=cfg.seed, added_cond=batch["added_cond"][:n])
-        path = run_dir / "samples" / f"step-{step:08d}.png"
-        grid = save_grid(out, batch["pose"][:n], path, title=f"step {step} (EMA)" if ema else f"step {step}")
-        if writer is not None:
-            import numpy as np
-
-            writer.add_image("validation", np.asarray(grid), step, dataformats="HWC")
-        log.info("validation samples: %s", path)
-    finally:
-        if backup is not None:
-            with torch.no_grad():
-                for p, b in zip(params, backup):
-                    p.copy_(b)
-        unet.train()
 
 
 # -- Ray Train ------------------------------------------------------------------------------------
@@ -342,7 +406,7 @@ def _ray_worker(config: dict) -> None:
                config["resume"], rank, world, report=report)
 
 
-def check_latent_cache(latents: str, data_root: str, cfg: Stage1TrainConfig, models: str) -> None:
+def check_latent_cache(latents: str, data_root: str, cfg: TrainerConfig, models: str) -> None:
     """Refuse (one sentence) a cache built at another resolution, row selection or VAE, or from a
     dataset that has changed since (see :mod:`model.latents` for when a cache goes stale)."""
     import dataclasses as dc
@@ -356,22 +420,37 @@ def check_latent_cache(latents: str, data_root: str, cfg: Stage1TrainConfig, mod
     check_cache(latents, data_root, want, models=models)
 
 
-def run_training(cfg: Stage1TrainConfig, data_root: str, run: str, models: str, latents: str | None = None,
+def _init_ray(cfg: TrainerConfig, address: str | None) -> None:
+    """Attach to ``address`` (or ``RAY_ADDRESS``), or start a local Ray with every core of this
+    machine as a logical CPU, at least 2 and enough for the train workers (fractional CPUs)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if address or os.environ.get("RAY_ADDRESS"):
+        ray.init(address=address)
+    else:
+        ray.init(address="local", include_dashboard=False,
+                 num_cpus=max(2, os.cpu_count() or 1,
+                              math.ceil(cfg.scaling.num_workers * cfg.scaling.cpus_per_worker) + 1))
+
+
+def run_training(cfg: TrainerConfig, data_root: str, run: str, models: str, latents: str | None = None,
                  resume: bool = False, address: str | None = None) -> dict | None:
+    """Train either stage (the config's type says which): in this process, or on Ray Train."""
+    stage = cfg.stage
+    if latents and stage == "stage2":
+        raise ValueError("--latents is a stage-1 (SD-2 VAE) cache; stage 2 encodes with the SDXL VAE on the fly.")
     if latents:
         check_latent_cache(latents, data_root, cfg, models)
     if not cfg.scaling.use_ray:
+        if cfg.data.reader == "ray" and not latents:  # one trainer process, Ray Data decoding beside it
+            _init_ray(cfg, address)
         return train_loop(cfg, data_root, run, models, latents, resume)
-    import ray
     from ray.train import RunConfig, ScalingConfig as RayScaling
     from ray.train.torch import TorchTrainer
 
-    if not ray.is_initialized():
-        if address or os.environ.get("RAY_ADDRESS"):
-            ray.init(address=address)
-        else:
-            ray.init(address="local", include_dashboard=False,
-                     num_cpus=max(2, math.ceil(cfg.scaling.num_workers * cfg.scaling.cpus_per_worker) + 1))
+    _init_ray(cfg, address)
     trainer = TorchTrainer(
         _ray_worker,
         train_loop_config={"cfg": cfg, "data_root": str(Path(data_root).resolve()), "run": str(Path(run).resolve()),
@@ -379,7 +458,7 @@ def run_training(cfg: Stage1TrainConfig, data_root: str, run: str, models: str, 
         scaling_config=RayScaling(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
                                   resources_per_worker={"CPU": cfg.scaling.cpus_per_worker,
                                                         **({"GPU": 1} if cfg.scaling.use_gpu else {})}),
-        run_config=RunConfig(name=f"stage1-{Path(run).name}", storage_path=str(Path(run).resolve() / "ray")),
+        run_config=RunConfig(name=f"{stage}-{Path(run).name}", storage_path=str(Path(run).resolve() / "ray")),
     )
     result = trainer.fit()
     if result.error:
@@ -393,7 +472,7 @@ def run_training(cfg: Stage1TrainConfig, data_root: str, run: str, models: str, 
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("stage", choices=["stage1"], help="which model to train")
+    p.add_argument("stage", choices=list(CONFIGS), help="stage1: the LSDM (§3.2); stage2: the refiner (§3.3)")
     p.add_argument("--data", required=True, help="HumanVerse dataset root")
     p.add_argument("--latents", help="latent cache built by `humanverse latents` (optional)")
     p.add_argument("--config", help="YAML training config")
@@ -405,10 +484,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
 
 
-def load_train_config(path: str | None, overrides: dict | None = None) -> Stage1TrainConfig:
+def load_train_config(path: str | None, overrides: dict | None = None, stage: str = "stage1") -> TrainerConfig:
     from humanverse.config import load_yaml
 
-    return load_yaml(Stage1TrainConfig, path, overrides)
+    return load_yaml(CONFIGS[stage], path, overrides)
 
 
 def run_from_args(args: argparse.Namespace) -> int:
@@ -422,7 +501,7 @@ def run_from_args(args: argparse.Namespace) -> int:
         overrides[k] = yaml.safe_load(v)
     if args.max_steps is not None:
         overrides["max_steps"] = args.max_steps
-    cfg = load_train_config(args.config, overrides)
+    cfg = load_train_config(args.config, overrides, args.stage)
     run_training(cfg, args.data, args.out, args.models, args.latents, args.resume, args.address)
     return 0
 

@@ -1,0 +1,156 @@
+"""What differs between the two stages inside the one trainer (:mod:`model.train`).
+
+A task builds the frozen parts and the trainable module (fresh or from a checkpoint), computes the
+stage's loss for a batch, writes and reads its part of a checkpoint, and renders validation
+samples. Everything else (data stream and its position, AdamW, accumulation, clipping, EMA,
+mixed precision, atomic rotated checkpoints, step-exact resume, TensorBoard, Ray Train/DDP) is the
+trainer's and identical for both stages.
+
+* :class:`Stage1Task`: the Latent Structural Diffusion Model (§3.2), SD-2-base + VAE frozen,
+  the LSDM trainable; depth/normal latent statistics estimated on the data and stored.
+* :class:`Stage2Task`: the Structure-Guided Refiner (§3.3), SDXL-base (UNet, text encoders, VAE)
+  frozen, the structure embedders + ControlNet trainable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger("model.train")
+
+
+class Stage1Task:
+    name = "stage1"
+    weights_dir = "lsdm"
+    scalars = ("loss", "rgb", "depth", "normal", "text_dropped", "pose_dropped")
+
+    def __init__(self, cfg, models: str, data_root: str, device: torch.device):
+        self.cfg, self.models, self.data_root, self.device = cfg, models, data_root, device
+        self.frozen = self.stats = self.model = self.objective = None
+
+    def setup(self, ck: Path | None, stats_batches: Callable[[], Iterator[dict]]) -> torch.nn.Module:
+        from model.lsdm import LatentStructuralUNet
+        from model.stage1 import LatentStats, Stage1Objective, estimate_latent_stats, load_frozen_parts, load_sd2_unet
+
+        self.frozen = load_frozen_parts(self.models, self.device)
+        if ck is not None:
+            self.model = LatentStructuralUNet.from_pretrained(ck / self.weights_dir)
+            self.stats = LatentStats.from_json((ck / "latent_stats.json").read_text())
+        else:
+            self.model = LatentStructuralUNet.from_sd2(load_sd2_unet(self.models))
+            self.stats = estimate_latent_stats(self.frozen, stats_batches(), self.device,
+                                               self.cfg.latent_stats_samples, self.cfg.seed)
+        self.objective = Stage1Objective(self.frozen, self.stats, self.cfg.loss)
+        return self.model
+
+    def loss(self, model, batch: dict, gen: torch.Generator) -> dict[str, torch.Tensor]:
+        return self.objective(model, batch, gen, self.device)
+
+    def save(self, d: Path) -> None:
+        self.model.save_pretrained(d / self.weights_dir, safe_serialization=True)
+        (d / "latent_stats.json").write_text(self.stats.to_json())
+
+    def run_files(self, run_dir: Path) -> None:
+        (run_dir / "latent_stats.json").write_text(self.stats.to_json())
+
+    def describe(self, m: dict) -> str:
+        return f"loss {m['loss']:.4f} (rgb {m['rgb']:.4f} depth {m['depth']:.4f} normal {m['normal']:.4f})"
+
+    def validate(self, batch: dict, path: Path, title: str):
+        """Sample the fixed prompts with the batch's poses: grid RGB | depth | normal | pose."""
+        from model.sampler import Stage1Sampler, save_grid
+
+        cfg = self.cfg
+        n = min(len(cfg.validation_prompts), batch["pose"].shape[0])
+        out = Stage1Sampler(self.model, self.frozen, self.stats)(
+            list(cfg.validation_prompts[:n]), batch["pose"][:n], steps=cfg.sample_steps,
+            guidance_scale=cfg.guidance_scale, seed=cfg.seed, added_cond=batch["added_cond"][:n])
+        return save_grid(out, batch["pose"][:n], path, title=title)
+
+
+class Stage2Task:
+    name = "stage2"
+    weights_dir = "refiner"
+
+    def __init__(self, cfg, models: str, data_root: str, device: torch.device):
+        self.cfg, self.models, self.data_root, self.device = cfg, models, data_root, device
+        self.frozen = self.model = self.objective = None
+        self.scalars = ("loss", "text_dropped") + tuple(f"{c}_dropped" for c in cfg.conditions)
+
+    def setup(self, ck: Path | None, stats_batches=None) -> torch.nn.Module:
+        from model.refiner import StructureGuidedControlNet
+        from model.stage2 import Stage2Objective, load_sdxl_parts
+
+        self.frozen = load_sdxl_parts(self.models, self.device)
+        if self.cfg.data.resolution % self.frozen.vae_scale_factor:
+            raise ValueError(f"data.resolution {self.cfg.data.resolution} is not a multiple of the SDXL VAE's "
+                             f"factor {self.frozen.vae_scale_factor}.")
+        if ck is not None:
+            self.model = StructureGuidedControlNet.from_pretrained(ck / self.weights_dir)
+        else:
+            self.model = StructureGuidedControlNet.from_unet(
+                self.frozen.unet, embedder_widths=self.cfg.embedder_widths,
+                vae_scale_factor=self.frozen.vae_scale_factor, conditions=self.cfg.conditions)
+        self.objective = Stage2Objective(self.frozen, self.cfg.loss, self.model.conditions)
+        return self.model
+
+    def loss(self, model, batch: dict, gen: torch.Generator) -> dict[str, torch.Tensor]:
+        return self.objective(model, batch, gen, self.device)
+
+    def save(self, d: Path) -> None:
+        self.model.save_pretrained(d / self.weights_dir, safe_serialization=True)
+
+    def run_files(self, run_dir: Path) -> None:
+        pass
+
+    def describe(self, m: dict) -> str:
+        drops = " ".join(f"{k.split('_')[0]} {m[k]:.2f}" for k in self.scalars[1:])
+        return f"loss {m['loss']:.4f} (dropped: {drops})"
+
+    def validate(self, batch: dict, path: Path, title: str):
+        """Refine the fixed prompts on the batch's ground-truth structure: grid pose | depth | normal | output."""
+        from model.refiner import structure_inputs
+        from model.sampler import _to_uint8
+        from model.stage2 import RefinerSampler
+        from PIL import Image, ImageDraw
+
+        cfg = self.cfg
+        n = min(len(cfg.validation_prompts), batch["pose"].shape[0])
+        cond = structure_inputs(batch["pose"][:n], batch["depth"][:n], batch["normal"][:n], self.model.conditions)
+        out = RefinerSampler(self.model, self.frozen)(list(cfg.validation_prompts[:n]), cond, steps=cfg.sample_steps,
+                                                      guidance_scale=cfg.guidance_scale, seed=cfg.seed)
+        cols = [_to_uint8(batch["pose"][:n]), _to_uint8(batch["depth"][:n]), _to_uint8(batch["normal"][:n])]
+        w, h = out.images[0].size
+        head = 18
+        grid = Image.new("RGB", (4 * w, n * h + head), (255, 255, 255))
+        ImageDraw.Draw(grid).text((4, 3), f"{title}  |  pose  depth  normal  refined", fill=(0, 0, 0))
+        for i in range(n):
+            for j, a in enumerate([c[i] for c in cols] + [None]):
+                im = out.images[i] if a is None else Image.fromarray(a).resize((w, h))
+                grid.paste(im, (j * w, head + i * h))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        grid.save(path)
+        return grid
+
+
+def task_for(cfg) -> type:
+    """The task of a training config, by its ``stage`` (robust to ``python -m model.train``, where the
+    config classes of ``__main__`` are not those of ``model.train``)."""
+    tasks = {"stage1": Stage1Task, "stage2": Stage2Task}
+    stage = getattr(cfg, "stage", None)
+    if stage not in tasks:
+        raise TypeError(f"no training task for {type(cfg).__name__}.")
+    return tasks[stage]
+
+
+def validation_batch(data_root: str, cfg, n: int) -> dict:
+    """The first ``n`` rows of the selection, centre-cropped and unflipped: fixed across steps."""
+    from model.data import iter_examples
+
+    val_cfg = dataclasses.replace(cfg.data, crop="center", flip_prob=0.0)
+    return next(iter(iter_examples(data_root, val_cfg, epoch=0, rank=0, world_size=1, skip_batches=0, batch_size=n)))
