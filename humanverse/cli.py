@@ -8,7 +8,9 @@
     humanverse build INPUT OUTPUT [--config FILE.yaml] [--models tiny|paper|DIR] [--address ADDR]
     humanverse download URLS OUT [...]
     humanverse latents ROOT OUT [--models ...]
-    humanverse train stage1 --data ROOT [--latents OUT] [--config FILE.yaml] [--models ...] --out RUN
+    humanverse train stage1|stage2 --data ROOT [--latents OUT] [--config FILE.yaml] [--models ...] --out RUN
+    humanverse sample --prompt TEXT --pose POSE.json|--pose-from ROOT[#ID]|--testset FILE.jsonl --out DIR
+    humanverse eval --real REAL --generated GEN [--poses TESTSET.jsonl] [--out report.json]
     humanverse demo [--out out/demo]
 
 This module is the only place in ``humanverse`` that reaches into ``pipelines`` and ``model``
@@ -186,6 +188,25 @@ def cmd_latents(args: argparse.Namespace) -> int:
     return latents_main(args.latents_args)
 
 
+def cmd_sample(args: argparse.Namespace) -> int:
+    from model.pipeline import main as sample_main
+
+    return sample_main(args.sample_args)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    return eval_main(args.eval_args)
+
+
+def eval_main(argv: list[str]) -> int:
+    """``humanverse eval``: :mod:`model.evaluate` with the builder's pose annotators injected
+    (``model`` and ``pipelines`` never import each other; this dispatcher joins them)."""
+    from model.evaluate import main as evaluate_main
+    from pipelines.eval_pose import BuilderPoseEstimator
+
+    return evaluate_main(argv, pose_factory=BuilderPoseEstimator)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from humanverse.demo import run_demo
 
@@ -253,6 +274,12 @@ def build_parser() -> argparse.ArgumentParser:
     la = sub.add_parser("latents", help="build the VAE-latent cache of a dataset (a Ray job)", add_help=False)
     la.add_argument("latents_args", nargs=argparse.REMAINDER)
     la.set_defaults(func=cmd_latents)
+    sa = sub.add_parser("sample", help="generate: stage 1 (RGB, depth, normal) then the refiner", add_help=False)
+    sa.add_argument("sample_args", nargs=argparse.REMAINDER)
+    sa.set_defaults(func=cmd_sample)
+    ev = sub.add_parser("eval", help="FID, KID, FID-CLIP, CLIP score, pose AP/AR (paper Table 1)", add_help=False)
+    ev.add_argument("eval_args", nargs=argparse.REMAINDER)
+    ev.set_defaults(func=cmd_eval)
 
     d = sub.add_parser("demo", help="the offline demo on tiny random models (make demo)")
     d.add_argument("--out", default="out/demo")
@@ -260,7 +287,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+#: Subcommands whose own parsers (in ``model``) take every argument after the command name.
+PASSTHROUGH = {"train": "model.train", "latents": "model.latents", "sample": "model.pipeline",
+               "eval": "model.evaluate"}
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "eval":
+        return eval_main(argv[1:])
+    if argv and argv[0] in PASSTHROUGH:  # argparse's REMAINDER drops a leading --option: hand over as is
+        import importlib
+
+        return importlib.import_module(PASSTHROUGH[argv[0]]).main(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")

@@ -1,0 +1,482 @@
+"""The whole HyperHuman generator (paper §3, Fig. 2) and ``humanverse sample``.
+
+Stage 1, the Latent Structural Diffusion Model (§3.2), denoises RGB, depth and surface-normal
+latents jointly from text + pose at 512² (DDIM 50 steps, trailing spacing, CFG 7.5, as in §5).
+Its depth and normal are upsampled to the refiner size; stage 2, the Structure-Guided Refiner
+(§3.3, SDXL + the structure ControlNet), renders the final image from the text, the pose skeleton
+and the predicted depth and normal.
+
+Pose input (``--pose POSE.json``), coordinates in pixels of a ``width`` x ``height`` frame::
+
+    {"width": 512, "height": 512,
+     "persons": [{"keypoints": [[x, y, score], ... 133 entries in COCO-WholeBody order]}]}
+
+``keypoints`` may also be a flat list of 399 numbers (x0, y0, s0, x1, ...); a bare list of
+persons is accepted with width = height = 512. Keypoints with score < ``skeleton_threshold``
+(default 0.3) are not drawn. The frame is fitted into the square generation canvas, centred,
+aspect kept. ``--pose-from ROOT[#ID]`` takes the persons (and, without ``--prompt``, the caption)
+of a HumanVerse row (the first one without ``#ID``). A wrong number of values, a non-finite value,
+or a pose with no keypoint above the threshold is refused with one sentence.
+
+Batched: :class:`HyperHumanPipeline` takes lists of prompts and poses; ``humanverse sample
+--testset FILE.jsonl`` generates ``OUT/<id>.png`` for every row of an evaluation test set (the
+format :mod:`model.evaluate` reads), which ``humanverse eval --generated OUT`` scores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from humanverse.schema import NUM_KEYPOINTS
+
+log = logging.getLogger("model.pipeline")
+
+TINY_BANNER = ("TINY RANDOM MODELS - every image here comes from tiny randomly-initialised models run offline: "
+               "the pictures are meaningless, only the mechanics are real.")
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """Generation settings (defaults: the paper's §5 evaluation settings)."""
+
+    stage1_resolution: int = 512
+    stage1_steps: int = 50
+    stage1_guidance: float = 7.5
+    stage2_resolution: int = 1024
+    stage2_steps: int = 50
+    stage2_guidance: float = 7.5
+    conditioning_scale: float = 1.0
+    skeleton_threshold: float = 0.3
+    negative_prompt: str = ""
+    seed: int = 0
+    batch_size: int = 4
+    refine: bool = True
+
+    def __post_init__(self):
+        for k in ("stage1_resolution", "stage2_resolution"):
+            v = getattr(self, k)
+            if not isinstance(v, int) or v <= 0 or v % 8:
+                raise ValueError(f"{k} must be a positive multiple of 8, got {v!r}.")
+        for k in ("stage1_steps", "stage2_steps", "batch_size"):
+            if not isinstance(getattr(self, k), int) or getattr(self, k) < 1:
+                raise ValueError(f"{k} must be a positive integer, got {getattr(self, k)!r}.")
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}.")
+
+
+# -- pose input ----------------------------------------------------------------------------------
+
+
+@dataclass
+class PoseInput:
+    """Whole-body poses (P, 133, 3) in pixels of a ``width`` x ``height`` frame."""
+
+    keypoints: np.ndarray
+    width: int
+    height: int
+    source: str = ""
+
+    def fitted(self, size: int) -> np.ndarray:
+        """Keypoints mapped into a ``size`` x ``size`` canvas (fit, centred, aspect kept)."""
+        s = size / max(self.width, self.height)
+        kp = self.keypoints.copy()
+        kp[..., 0] = kp[..., 0] * s + (size - self.width * s) / 2
+        kp[..., 1] = kp[..., 1] * s + (size - self.height * s) / 2
+        return kp
+
+
+def check_pose(keypoints, width: int, height: int, threshold: float = 0.3, source: str = "pose") -> PoseInput:
+    """Validate and normalise a pose; raise one clear ``ValueError`` for a bad one."""
+    try:
+        w, h = int(width), int(height)
+    except (TypeError, ValueError):
+        raise ValueError(f"{source}: width and height must be integers, got {width!r} x {height!r}.") from None
+    if w <= 0 or h <= 0:
+        raise ValueError(f"{source}: width and height must be positive, got {w} x {h}.")
+    persons = keypoints if isinstance(keypoints, (list, tuple)) else [keypoints]
+    if isinstance(keypoints, np.ndarray):
+        persons = list(keypoints.reshape(-1, NUM_KEYPOINTS * 3)) if keypoints.size % (NUM_KEYPOINTS * 3) == 0 \
+            else [keypoints]
+    if len(persons) == 0:
+        raise ValueError(f"{source}: the pose has no person; give at least one with 133 keypoints.")
+    out = []
+    for i, p in enumerate(persons):
+        try:
+            a = np.asarray(p, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise ValueError(f"{source}: person {i}'s keypoints are not a list of numbers.") from None
+        if a.size != NUM_KEYPOINTS * 3:
+            raise ValueError(f"{source}: person {i} has {a.size} values; expected 133 keypoints x (x, y, score) "
+                             f"= 399 (COCO-WholeBody order).")
+        a = a.reshape(NUM_KEYPOINTS, 3)
+        if not np.isfinite(a).all():
+            raise ValueError(f"{source}: person {i} has a non-finite (NaN or infinite) keypoint value.")
+        out.append(a)
+    kp = np.stack(out).astype(np.float32)
+    if not (kp[..., 2] >= threshold).any() or not np.abs(kp[..., :2]).any():
+        raise ValueError(f"{source}: the pose is empty (all zero, or no keypoint scores >= {threshold}); "
+                         f"nothing would be drawn.")
+    return PoseInput(kp, w, h, source)
+
+
+def load_pose_json(path: str | Path, threshold: float = 0.3) -> PoseInput:
+    """Read a pose file (format in the module docstring)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"pose file {path} does not exist.") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"pose file {path} is not valid JSON ({e.msg} at line {e.lineno}).") from None
+    if isinstance(data, list):
+        data = {"persons": data}
+    if not isinstance(data, dict) or "persons" not in data:
+        raise ValueError(f"pose file {path} must be an object with 'width', 'height' and 'persons'.")
+    persons = [p["keypoints"] if isinstance(p, dict) and "keypoints" in p else p for p in data["persons"]]
+    return check_pose(persons, data.get("width", 512), data.get("height", 512), threshold, source=str(path))
+
+
+def pose_from_row(spec: str, threshold: float = 0.3) -> tuple[PoseInput, str]:
+    """``ROOT[#ID]`` -> (the row's poses in its stored-image frame, its caption)."""
+    import humanverse
+
+    root, _, rid = spec.partition("#")
+    ds = humanverse.open(root)
+    sql = "SELECT id, width, height, caption, persons FROM hv"
+    sql += f" WHERE id = '{rid.replace(chr(39), '')}'" if rid else " WHERE num_persons > 0 ORDER BY id"
+    rows = ds.query(sql + " LIMIT 1").to_pylist()
+    if not rows:
+        raise ValueError(f"{root} has no row {'with id ' + rid if rid else 'with a person'} to take a pose from.")
+    r = rows[0]
+    kps = [p["keypoints"] for p in (r["persons"] or []) if p.get("keypoints") is not None]
+    return check_pose(kps, r["width"], r["height"], threshold, source=f"{root}#{r['id']}"), r["caption"] or ""
+
+
+# -- loading -------------------------------------------------------------------------------------
+
+
+def _checkpoint_dir(path: str | Path, weights: str) -> Path:
+    """A run folder (newest complete checkpoint), a checkpoint folder, or the weights folder itself."""
+    from model.checkpoints import latest_checkpoint
+
+    p = Path(path)
+    if not p.is_dir():
+        raise ValueError(f"{p} is not a directory (expected a training run, a checkpoint or a {weights}/ folder).")
+    if (p / weights).is_dir():
+        return p
+    if (p / "checkpoints").is_dir():
+        ck = latest_checkpoint(p)
+        if ck is None:
+            raise ValueError(f"the run {p} has no complete checkpoint yet.")
+        return ck
+    if (p / "config.json").is_file():
+        return p  # the weights folder itself
+    raise ValueError(f"{p} holds neither a run, a checkpoint nor {weights}/ weights.")
+
+
+def _load_trained(cls, path: str | Path, weights: str, use_ema: bool):
+    d = _checkpoint_dir(path, weights)
+    wdir = d / weights if (d / weights).is_dir() else d
+    model = cls.from_pretrained(wdir)
+    ema = d / "ema.safetensors"
+    if use_ema and ema.is_file():
+        from safetensors.torch import load_file
+
+        from model.train import EMA
+
+        params = [p for p in model.parameters() if p.requires_grad]
+        e = EMA(params, 0.5)
+        e.load_state_dict(load_file(ema))
+        e.copy_to(params)
+        log.info("loaded %s with its EMA weights from %s", weights, d)
+    return model, d
+
+
+@dataclass
+class HyperHumanResult:
+    prompt: str
+    seed: int
+    pose: Image.Image
+    stage1_rgb: Image.Image
+    depth: Image.Image
+    normal: Image.Image
+    final: Image.Image | None
+    timings: dict = field(default_factory=dict)
+
+
+class HyperHumanPipeline:
+    """Text + pose -> (stage-1 RGB, depth, normal) -> refined image; batched."""
+
+    def __init__(self, stage1, frozen1, stats, refiner=None, frozen2=None, *, device=None, tiny: bool = False,
+                 sources: dict | None = None):
+        self.lsdm, self.frozen1, self.stats = stage1, frozen1, stats
+        self.refiner, self.frozen2 = refiner, frozen2
+        self.device = torch.device(device or "cpu")
+        self.tiny = tiny
+        self.sources = sources or {}
+
+    @classmethod
+    def from_pretrained(cls, models: str = "paper", *, stage1: str | None = None, stage2: str | None = None,
+                        refine: bool = True, device: str | None = None, use_ema: bool = True) -> "HyperHumanPipeline":
+        """Frozen parts from the zoo spec ``models`` (tiny | paper | DIR); trained weights from
+        ``stage1`` / ``stage2`` (a run, a checkpoint or a weights folder). Without ``stage1`` the
+        zoo's ``lsdm`` entry is used (with ``--models tiny``: the tiny LSDM); without ``stage2``
+        the refiner starts fresh from SDXL, i.e. SDXL with zero structure guidance (a warning)."""
+        from model.lsdm import LatentStructuralUNet, make_tiny_lsdm
+        from model.stage1 import LatentStats, load_frozen_parts
+        from humanverse.zoo import resolve
+
+        dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        sources = {"models": models}
+        frozen1 = load_frozen_parts(models, dev)
+        if stage1:
+            lsdm, d = _load_trained(LatentStructuralUNet, stage1, "lsdm", use_ema)
+            stats_file = d / "latent_stats.json"
+            sources["stage1"] = str(d)
+        else:
+            r = resolve("lsdm", models, builders={"lsdm": make_tiny_lsdm})
+            lsdm, stats_file = LatentStructuralUNet.from_pretrained(r.path), Path(r.path) / "latent_stats.json"
+            sources["stage1"] = r.path
+        if stats_file.is_file():
+            stats = LatentStats.from_json(stats_file.read_text())
+        else:
+            log.warning("no latent_stats.json beside the stage-1 weights: depth/normal latents are left unnormalised")
+            stats = LatentStats({m: [0.0] * 4 for m in ("rgb", "depth", "normal")},
+                                {m: [1.0] * 4 for m in ("rgb", "depth", "normal")})
+        lsdm.to(dev).eval()
+        refiner = frozen2 = None
+        if refine:
+            from model.refiner import StructureGuidedControlNet
+            from model.stage2 import load_sdxl_parts
+
+            frozen2 = load_sdxl_parts(models, dev)
+            if stage2:
+                refiner, d = _load_trained(StructureGuidedControlNet, stage2, "refiner", use_ema)
+                sources["stage2"] = str(d)
+            else:
+                log.warning("no --stage2 weights: the refiner starts fresh from SDXL, i.e. plain SDXL without "
+                            "structure guidance")
+                refiner = StructureGuidedControlNet.from_unet(frozen2.unet, vae_scale_factor=frozen2.vae_scale_factor)
+                sources["stage2"] = "fresh (untrained)"
+            refiner.to(dev).eval()
+        tiny = models == "tiny" or models.startswith("tiny:")
+        return cls(lsdm, frozen1, stats, refiner, frozen2, device=dev, tiny=tiny, sources=sources)
+
+    @torch.no_grad()
+    def __call__(self, prompts: list[str], poses: list[PoseInput], cfg: SampleConfig = SampleConfig()) -> list[HyperHumanResult]:
+        from humanverse.skeleton import render_skeleton
+        from model.refiner import structure_inputs
+        from model.sampler import Stage1Sampler
+        from model.stage2 import RefinerSampler, upsample_maps
+
+        if len(prompts) != len(poses):
+            raise ValueError(f"got {len(prompts)} prompts for {len(poses)} poses; give one prompt per pose.")
+        if cfg.refine and self.refiner is None:
+            raise ValueError("this pipeline was loaded without the refiner (refine=False); set cfg.refine=False.")
+        r1, r2 = cfg.stage1_resolution, cfg.stage2_resolution
+        amp = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+        results: list[HyperHumanResult] = []
+        s1 = Stage1Sampler(self.lsdm, self.frozen1, self.stats)
+        for start in range(0, len(prompts), cfg.batch_size):
+            ps, pz = prompts[start:start + cfg.batch_size], poses[start:start + cfg.batch_size]
+            seed = cfg.seed + start
+            renders = [render_skeleton(p.fitted(r1), r1, r1, cfg.skeleton_threshold) for p in pz]
+            pose_t = torch.stack([torch.from_numpy(np.array(im)).permute(2, 0, 1) for im in renders]).float() / 127.5 - 1
+            added = torch.tensor([[r1, r1, 0, 0]] * len(ps), dtype=torch.float32)
+            t0 = time.perf_counter()
+            with amp:
+                out1 = s1(list(ps), pose_t, steps=cfg.stage1_steps, guidance_scale=cfg.stage1_guidance, seed=seed,
+                          added_cond=added)
+            t1 = time.perf_counter()
+            finals: list[Image.Image | None] = [None] * len(ps)
+            if cfg.refine:
+                pose2 = [render_skeleton(p.fitted(r2), r2, r2, cfg.skeleton_threshold) for p in pz]
+                pose2_t = torch.stack([torch.from_numpy(np.array(im)).permute(2, 0, 1) for im in pose2]).float() / 127.5 - 1
+                depth, normal = upsample_maps(out1.depth_maps, out1.normal_maps, (r2, r2))
+                cond = structure_inputs(pose2_t, depth, normal, self.refiner.conditions)
+                with amp:
+                    out2 = RefinerSampler(self.refiner, self.frozen2)(
+                        list(ps), cond, steps=cfg.stage2_steps, guidance_scale=cfg.stage2_guidance, seed=seed,
+                        conditioning_scale=cfg.conditioning_scale, negative_prompt=cfg.negative_prompt)
+                finals = out2.images
+            t2 = time.perf_counter()
+            n = len(ps)
+            for i in range(n):
+                results.append(HyperHumanResult(
+                    prompt=ps[i], seed=seed, pose=renders[i], stage1_rgb=out1.rgb[i], depth=out1.depth[i],
+                    normal=out1.normal[i], final=finals[i],
+                    timings={"stage1_s_per_image": (t1 - t0) / n, "stage2_s_per_image": (t2 - t1) / n}))
+        return results
+
+
+# -- outputs -------------------------------------------------------------------------------------
+
+
+def side_by_side(res: HyperHumanResult, banner: str | None = None) -> Image.Image:
+    """pose | stage-1 RGB | depth | normal | final, labelled, at the final image's height."""
+    tiles = [("pose", res.pose), ("stage 1 RGB", res.stage1_rgb), ("stage 1 depth", res.depth),
+             ("stage 1 normal", res.normal)] + ([("final (stage 2)", res.final)] if res.final is not None else [])
+    h = min(max((res.final or res.stage1_rgb).size[1], 256), 512)  # tiny models' 64 px tiles are enlarged
+    head = 20 + (16 if banner else 0)
+    sheet = Image.new("RGB", (h * len(tiles), h + head + 18), (255, 255, 255))
+    d = ImageDraw.Draw(sheet)
+    if banner:
+        d.text((4, 3), banner[:180], fill=(200, 0, 0))
+    d.text((4, head - 16), f"prompt: {res.prompt[:120]}  |  seed {res.seed}", fill=(0, 0, 0))
+    for j, (label, im) in enumerate(tiles):
+        sheet.paste(im.convert("RGB").resize((h, h)), (j * h, head))
+        d.text((j * h + 4, head + h + 3), label, fill=(0, 0, 0))
+    return sheet
+
+
+def save_result(res: HyperHumanResult, out: Path, settings: dict, banner: str | None = None) -> dict[str, Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"pose": out / "pose.png", "stage1_rgb": out / "stage1_rgb.png", "depth": out / "depth.png",
+             "normal": out / "normal.png"}
+    res.pose.save(paths["pose"])
+    res.stage1_rgb.save(paths["stage1_rgb"])
+    res.depth.save(paths["depth"])
+    res.normal.save(paths["normal"])
+    if res.final is not None:
+        paths["final"] = out / "final.png"
+        res.final.save(paths["final"])
+    paths["sheet"] = out / "sheet.png"
+    side_by_side(res, banner).save(paths["sheet"])
+    paths["settings"] = out / "settings.json"
+    paths["settings"].write_text(json.dumps({**settings, "prompt": res.prompt, "seed": res.seed,
+                                             "timings": res.timings, "files": {k: v.name for k, v in paths.items()}},
+                                            indent=2))
+    return paths
+
+
+# -- command line ---------------------------------------------------------------------------------
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--prompt", help="the text prompt (default with --pose-from: the row's caption)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--pose", help="POSE.json: 133 x (x, y, score) keypoints per person (see the docs)")
+    src.add_argument("--pose-from", metavar="ROOT[#ID]", help="take the pose (and caption) from a HumanVerse row")
+    src.add_argument("--testset", help="an evaluation test set (JSONL): writes OUT/<id>.png for every row")
+    p.add_argument("--models", default="paper", help="frozen parts: tiny | paper | DIR (zoo spec)")
+    p.add_argument("--stage1", help="stage-1 run, checkpoint or lsdm/ folder (default: the zoo's lsdm)")
+    p.add_argument("--stage2", help="stage-2 run, checkpoint or refiner/ folder (default: a fresh refiner)")
+    p.add_argument("--no-refine", action="store_true", help="stop after stage 1")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--device", help="cpu | cuda (default: cuda when available)")
+    p.add_argument("--limit", type=int, help="with --testset: only the first N rows")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a SampleConfig value, e.g. "
+                   "stage1_steps=50, stage2_resolution=1024, seed=0")
+
+
+def _config(args) -> SampleConfig:
+    import yaml
+
+    from humanverse.config import from_dict
+
+    over = {}
+    for kv in args.set:
+        if "=" not in kv:
+            raise ValueError(f"--set expects KEY=VALUE, got {kv!r}.")
+        k, v = kv.split("=", 1)
+        over[k] = yaml.safe_load(v)
+    if args.no_refine:
+        over["refine"] = False
+    return from_dict(SampleConfig, over)
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    out = Path(args.out)
+    jobs: list[tuple[str, str, PoseInput]] = []  # (name, prompt, pose)
+    if args.testset:
+        rows = _read_testset(args.testset, cfg.skeleton_threshold)
+        jobs = [(r["id"], args.prompt or r["caption"], r["pose"]) for r in rows[: args.limit or None]]
+    else:
+        if args.pose:
+            pose, caption = load_pose_json(args.pose, cfg.skeleton_threshold), ""
+        else:
+            pose, caption = pose_from_row(args.pose_from, cfg.skeleton_threshold)
+        prompt = args.prompt if args.prompt is not None else caption
+        if not prompt:
+            raise ValueError("no prompt: give --prompt TEXT (the row has no caption).")
+        jobs = [("sample", prompt, pose)]
+    pipe = HyperHumanPipeline.from_pretrained(args.models, stage1=args.stage1, stage2=args.stage2,
+                                              refine=cfg.refine, device=args.device)
+    banner = TINY_BANNER if pipe.tiny else None
+    settings = {"config": asdict(cfg), "sources": pipe.sources, "tiny_models": pipe.tiny}
+    from tqdm.auto import tqdm
+
+    t0 = time.perf_counter()
+    results: list[HyperHumanResult] = []
+    for i in tqdm(range(0, len(jobs), cfg.batch_size), desc="sample", disable=len(jobs) <= cfg.batch_size):
+        chunk = jobs[i:i + cfg.batch_size]
+        import dataclasses
+
+        part = pipe([j[1] for j in chunk], [j[2] for j in chunk], dataclasses.replace(cfg, seed=cfg.seed + i))
+        results += part
+    if args.testset:
+        out.mkdir(parents=True, exist_ok=True)
+        for (name, _, _), res in zip(jobs, results):
+            (res.final or res.stage1_rgb).save(out / f"{name}.png")
+            (out / "sheets").mkdir(exist_ok=True)
+            side_by_side(res, banner).save(out / "sheets" / f"{name}.png")
+        (out / "settings.json").write_text(json.dumps({**settings, "testset": str(args.testset), "count": len(jobs),
+                                                       "seconds": time.perf_counter() - t0}, indent=2))
+        log.info("wrote %d images to %s (score them with `humanverse eval --generated %s`)", len(jobs), out, out)
+    else:
+        paths = save_result(results[0], out, {**settings, "pose": results and jobs[0][2].source}, banner)
+        sys.stdout.write("\n".join([f"{k:11s} {v}" for k, v in paths.items()]
+                                   + ([banner] if banner else [])) + "\n")
+    return 0
+
+
+def _read_testset(path: str, threshold: float) -> list[dict]:
+    rows = []
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"test set {p} does not exist.")
+    for n, line in enumerate(p.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{p}:{n} is not valid JSON ({e.msg}).") from None
+        if "id" not in r or "persons" not in r:
+            raise ValueError(f"{p}:{n} needs 'id', 'caption' and 'persons'.")
+        kps = [q["keypoints"] if isinstance(q, dict) else q for q in r["persons"]]
+        r["pose"] = check_pose(kps, r.get("width", 512), r.get("height", 512), threshold, source=f"{p}:{n}")
+        r.setdefault("caption", "")
+        rows.append(r)
+    if not rows:
+        raise ValueError(f"test set {p} has no rows.")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m model.pipeline", description=__doc__.split("\n\n")[0])
+    add_arguments(p)
+    p.add_argument("--log-level", default="INFO")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    try:
+        return run_from_args(args)
+    except ValueError as e:
+        log.error("%s", e)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
