@@ -665,11 +665,18 @@ def rows_per_rank(root, cfg: TrainDataConfig, *, epoch: int, world_size: int,
     from :func:`selected_counts` is given)."""
     _check_rank(0, world_size)
     sel = selected_counts(root, cfg) if counts is None else counts
-    ordered = epoch_file_order(list(sel), cfg.seed, epoch)
+    return split_counts(sel, seed=cfg.seed, epoch=epoch, world_size=world_size)
+
+
+def split_counts(counts: dict[str, int], *, seed: int, epoch: int, world_size: int) -> list[int]:
+    """Rows each rank gets in ``epoch`` from ``{file: selected rows}``, sharded as
+    :func:`_rank_stream` shards them (files in the epoch's order dealt round-robin; rows strided
+    when there are fewer files than ranks)."""
+    ordered = epoch_file_order(list(counts), seed, epoch)
     if len(ordered) < world_size:
-        n = sum(sel.values())
+        n = sum(counts.values())
         return [n // world_size + (r < n % world_size) for r in range(world_size)]
-    return [sum(sel[f] for f in ordered[r::world_size]) for r in range(world_size)]
+    return [sum(counts[f] for f in ordered[r::world_size]) for r in range(world_size)]
 
 
 def iter_examples(root, cfg: TrainDataConfig, *, epoch: int, batch_size: int, rank: int = 0,

@@ -719,6 +719,18 @@ def _collate_latents(items: list[dict]) -> dict[str, Any]:
     return out
 
 
+def cache_counts(out) -> dict[str, int]:
+    """``{cache file: source rows}``: every source row is read once per epoch (plain or flipped)."""
+    m = read_cache_manifest(out)
+    o = hfs.resolve_root(out)
+    counts = {}
+    for f in m["files"]:
+        path = o.join(f["file"])
+        flipped = pq.read_table(path, columns=["flipped"], filesystem=o.fs).column(0).to_numpy(zero_copy_only=False)
+        counts[path] = int((~flipped.astype(bool)).sum())
+    return counts
+
+
 def iter_latent_batches(out, *, batch_size: int, epoch: int = 0, rank: int = 0, world_size: int = 1,
                         skip_batches: int = 0, max_batches: int | None = None, drop_last: bool = True,
                         seed: int = 0, shuffle_buffer: int = 256, flip_prob: float = 0.5,

@@ -185,7 +185,7 @@ class DataStream:
     ``step_in_epoch`` skips exactly the batches the interrupted run consumed (without decoding
     them; the Ray reader does not even read them, see :func:`model.data._rank_plan`).
 
-    With ``world > 1`` every rank's epoch (raw rows) is cut at the fewest batches any rank has that
+    With ``world > 1`` every rank's epoch (raw rows or the latent cache) is cut at the fewest batches any rank has that
     epoch (:func:`model.data.batches_per_rank`; file shards differ in size), so all ranks cross
     epoch boundaries at the same step and rank 0's saved position is every rank's position; the
     cut rows are different ones each epoch, since files move between ranks. The selection is
@@ -205,12 +205,17 @@ class DataStream:
     def _max_batches(self) -> int | None:
         if self.world == 1:
             return None
-        from model.data import batches_per_rank, selected_counts
+        from model.data import selected_counts, split_counts
 
         if self._counts is None:
-            self._counts = selected_counts(self.data_root, self.cfg.data)
-        return min(batches_per_rank(self.data_root, self.cfg.data, epoch=self.epoch, world_size=self.world,
-                                    batch_size=self.cfg.batch_size, counts=self._counts))
+            if self.latents:
+                from model.latents import cache_counts
+
+                self._counts = cache_counts(self.latents)
+            else:
+                self._counts = selected_counts(self.data_root, self.cfg.data)
+        rows = split_counts(self._counts, seed=self.cfg.data.seed, epoch=self.epoch, world_size=self.world)
+        return min(rows) // self.cfg.batch_size
 
     def _open(self, skip: int):
         if self.latents:
@@ -219,7 +224,8 @@ class DataStream:
             batches = iter_latent_batches(self.latents, batch_size=self.cfg.batch_size, seed=self.cfg.data.seed,
                                           epoch=self.epoch, rank=self.rank, world_size=self.world,
                                           skip_batches=skip, flip_prob=self.cfg.data.flip_prob,
-                                          shuffle_buffer=self.cfg.data.shuffle_buffer)
+                                          shuffle_buffer=self.cfg.data.shuffle_buffer,
+                                          max_batches=self._max_batches())
             return ({**b, "latent_cache": True} for b in batches)
         from model.data import iter_examples, iter_ray_examples
 

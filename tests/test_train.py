@@ -139,3 +139,34 @@ def test_training_from_the_latent_cache(tiny_zoo, data_root, tmp_path):
     with pytest.raises(StaleCacheError, match="resolution"):  # a cache built at another size is refused
         run_training(_cfg(max_steps=1, data=TrainDataConfig(resolution=64)), str(data_root),
                      str(tmp_path / "run2"), "tiny", latents=str(cache))
+
+
+def test_latent_cache_ranks_cross_epochs_together(tiny_zoo, tmp_path):
+    """Uneven cache files: with two ranks, both epochs end at the same step (rank 0's saved position
+    is every rank's), at the fewest batches any rank has."""
+    from model.data import split_counts
+    from model.latents import LatentCacheConfig, build_latent_cache, cache_counts
+    from model.train import DataStream
+
+    root = tmp_path / "ds"
+    sink = humanverse.ShardSink.open(root)
+    for s, n in enumerate((12, 4, 4)):
+        sink.write(synthetic_table(n, shard=f"u{s}", seed=20 + s, width=64, height=64), "data", f"u{s}")
+    sink.close()
+    cache = tmp_path / "latents"
+    build_latent_cache(str(root), str(cache), LatentCacheConfig(resolution=32, batch_size=8, files_per_chunk=1),
+                       models="tiny", use_ray=False)
+    counts = cache_counts(str(cache))
+    assert sum(counts.values()) == 20
+    cfg = _cfg(batch_size=2)
+    for epoch in (0, 1):
+        rows = split_counts(counts, seed=cfg.data.seed, epoch=epoch, world_size=2)
+        steps = []
+        for rank in (0, 1):
+            st = DataStream(str(root), str(cache), cfg, rank, 2, epoch=epoch)
+            n = 0
+            while st.epoch == epoch:
+                st.next()
+                n += 1
+            steps.append(n - 1)  # the last call opened the next epoch
+        assert steps[0] == steps[1] == min(rows) // 2, (rows, steps)
