@@ -30,7 +30,6 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from pipelines.annotators.omnidata import TINY_BUILDERS as OMNIDATA_TINY_BUILDERS
 from pipelines.configs import ConfigError, check, load_yaml, to_dict
 from pipelines.geometry import MapsConfig
 from pipelines.stages.aesthetic import AestheticConfig, AestheticScorer, clip_embed_dim
@@ -57,7 +56,11 @@ PRESETS = Path(__file__).parent / "presets"
 
 @dataclass(frozen=True)
 class Resources:
-    """Ray resources of one stage. Model stages run as actor pools of ``concurrency`` actors."""
+    """Ray resources of one stage. Model stages run as actor pools of ``concurrency`` actors.
+
+    ``batch_size`` is the model batch of a model stage; ``resources.decode`` sets the CPU stages
+    (decode, resolution, person filter: tasks, one per block, ``batch_size`` rows at a time).
+    """
 
     batch_size: int = 16
     concurrency: int = 1
@@ -94,7 +97,9 @@ class InputConfig:
     image_column: str | None = None
     #: images per source shard for image folders
     folder_shard_size: int = 1000
-    #: rows per block leaving the reader
+    #: rows per block leaving the reader: the unit that flows between stages (an actor call gets
+    #: whole blocks, bundled up to its batch_size). Small enough that the stages overlap (a block
+    #: per source shard made them run one after the other), large enough to amortise per-block cost.
     batch_rows: int = 64
 
     def __post_init__(self):
@@ -119,9 +124,11 @@ class RayConfig:
     progress_bars: bool = True
     #: Ray's session folder for a local cluster (keep it short: socket paths are limited)
     temp_dir: str | None = None
-    #: Ray Data's target block size in MiB (None: Ray's default, 128). Smaller blocks make the stages
-    #: stream (commits then arrive steadily: 8 MiB measured 0.44 of the slowest stage in steady
-    #: state on 2 cores) at some per-block overhead; see BENCHMARKS.md.
+    #: the cluster adds nodes on demand (KubeRay / cluster-launcher autoscaling, e.g. a GPU group with
+    #: minReplicas 0): GPUs or CPUs it lacks at submission only warn instead of refusing the config
+    autoscaling: bool = False
+    #: Ray Data's target block size in MiB (None: Ray's default, 128): an upper bound on the bytes of
+    #: a block. Rows per block are set by ``input.batch_rows``; this only matters for very large images.
     target_max_block_mb: int | None = None
 
 
@@ -192,6 +199,8 @@ class BuildReport:
     rejects_written: int
     seconds: float
     funnel: dict = field(default_factory=dict)
+    #: Ray Data's per-operator execution stats of this run (``Dataset.stats()``), "" if nothing ran
+    ray_stats: str = ""
 
 
 # -- the graph's functions (module level so Ray can pickle them) ------------------------------------
@@ -210,25 +219,37 @@ def _read_shards(batch: pa.Table, input_cfg: InputConfig, clip_dim: int | None):
                 yield from_source_rows(rows, clip_dim)
 
 
-def _cpu_stage(batch: pa.Table, factory) -> pa.Table:
-    return factory()(batch)
+def _cpu_stage(batch: pa.Table, factory, batch_size: int):
+    """Run a CPU stage over one block, ``batch_size`` rows at a time.
+
+    The CPU stages are mapped with ``batch_size=None`` (one call per block) and cut the block here:
+    a ``map_batches(batch_size=N)`` fused after the reader makes Ray Data bundle N *input items*
+    (N whole source shards) into one read task, which serialised the whole run (BENCHMARKS.md).
+    """
+    stage = factory()
+    for off in range(0, batch.num_rows, batch_size):
+        yield stage(batch.slice(off, batch_size))
 
 
-def _init_ray(cfg: BuildConfig, address: str | None) -> None:
+def _init_ray(cfg: BuildConfig, address: str | None) -> bool:
+    """Connect to Ray (or start a local cluster); True when this call started a local cluster."""
     import ray
 
+    started_local = False
     if not ray.is_initialized():
         if address or os.environ.get("RAY_ADDRESS"):
             ray.init(address=address, log_to_driver=True)
         else:
             ray.init(address="local", num_cpus=cfg.ray.num_cpus, include_dashboard=False,
                      _temp_dir=cfg.ray.temp_dir, log_to_driver=True)
+            started_local = True
     from ray.data import DataContext
 
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = cfg.ray.progress_bars
     if cfg.ray.target_max_block_mb is not None:
         ctx.target_max_block_size = cfg.ray.target_max_block_mb * 1024 * 1024
+    return started_local
 
 
 def _zoo_models(cfg: BuildConfig) -> list[tuple[str, str]]:
@@ -250,10 +271,33 @@ def _check_gpus(cfg: BuildConfig) -> None:
     for stage in MODEL_STAGES:
         need = getattr(cfg.resources, stage).num_gpus
         if stage in cfg.stages and need > 0 and have == 0:
-            raise ConfigError(
-                f"resources.{stage}.num_gpus is {need} but the Ray cluster has no GPUs; set it to 0 "
-                f"(e.g. --config {PRESETS / 'cpu.yaml'}) or attach to a GPU cluster with --address."
-            )
+            msg = (f"resources.{stage}.num_gpus is {need} but the Ray cluster has no GPUs; set it to 0 "
+                   f"(e.g. --config {PRESETS / 'cpu.yaml'}) or attach to a GPU cluster with --address")
+            if cfg.ray.autoscaling:  # GPU nodes may still be added (minReplicas 0)
+                log.warning("%s (waiting for the autoscaler to add GPU nodes: ray.autoscaling is true).", msg)
+                return
+            raise ConfigError(msg + ".")
+
+
+#: CPUs one of Ray Data's own tasks asks for (the repartition into ``input.batch_rows`` blocks).
+RAY_DATA_TASK_CPUS = 1.0
+
+
+def cpu_shortfall(cfg: BuildConfig, cluster_cpus: float) -> str | None:
+    """Why ``cfg``'s actor pools would leave no CPU for the tasks of a ``cluster_cpus`` cluster, or None.
+
+    Actors hold their CPUs for the whole run; Ray then never schedules a task that does not fit in
+    what is left and the build waits forever (Ray only logs a warning), so this is checked first.
+    """
+    res = cfg.resources
+    actors = sum(getattr(res, s).concurrency * getattr(res, s).num_cpus for s in MODEL_STAGES if s in cfg.stages)
+    task = max(RAY_DATA_TASK_CPUS, res.read.num_cpus, res.decode.num_cpus, res.write.num_cpus)
+    if actors + task <= cluster_cpus:
+        return None
+    return (f"the model stages' actor pools hold {actors:g} CPUs (resources.<stage>.concurrency x num_cpus) and "
+            f"the read, decode, repartition and write tasks need {task:g} more, but the Ray cluster has "
+            f"{cluster_cpus:g} CPUs, so the build would wait forever; lower resources.<stage>.num_cpus (fractions "
+            f"work, as in {PRESETS / 'cpu.yaml'}) or give the cluster more CPUs (ray.num_cpus for a local cluster).")
 
 
 def build(input: str, output: str, cfg: BuildConfig, *, models: str = "paper", address: str | None = None,
@@ -265,6 +309,7 @@ def build(input: str, output: str, cfg: BuildConfig, *, models: str = "paper", a
     from humanverse.shards import ShardSink, read_manifest
     from humanverse.zoo import resolve
     from pipelines import readers
+    from pipelines.annotators.omnidata import TINY_BUILDERS as OMNIDATA_TINY_BUILDERS  # imports torch
     from pipelines.sink import make_datasink
 
     t0 = time.perf_counter()
@@ -302,10 +347,15 @@ def build(input: str, output: str, cfg: BuildConfig, *, models: str = "paper", a
     keys = sink.committed_keys(partial) if partial else set()
     log.info("%d source shards (%d rows): %d complete, %d to do (%d partly done)", len(shards),
              sum(sizes.values()), len(done), len(todo), len(partial))
-    summary_rows = (0, 0)
+    summary_rows, ray_stats = (0, 0), ""
     if todo:
-        _init_ray(cfg, address)
+        started_local = _init_ray(cfg, address)
         _check_gpus(cfg)
+        shortfall = cpu_shortfall(cfg, ray.cluster_resources().get("CPU", 0))
+        if shortfall and started_local and not cfg.ray.autoscaling:
+            raise ConfigError(shortfall)
+        if shortfall:  # an existing cluster may still add nodes (autoscaling)
+            log.warning("%s (unless the cluster adds nodes)", shortfall)
         items = [{"shard": json.dumps(dataclasses.asdict(s)),
                   "skip": json.dumps(sorted(i for sh, i in keys if sh == s.name))} for s in todo]
         res = cfg.resources
@@ -313,15 +363,20 @@ def build(input: str, output: str, cfg: BuildConfig, *, models: str = "paper", a
         ds = ds.map_batches(_read_shards, fn_kwargs={"input_cfg": cfg.input, "clip_dim": clip_dim},
                             batch_size=1, batch_format="pyarrow", num_cpus=res.read.num_cpus,
                             compute=ray.data.TaskPoolStrategy(size=res.read.concurrency))
-        cpu = {"batch_format": "pyarrow", "batch_size": res.decode.batch_size, "num_cpus": res.decode.num_cpus,
+        # Blocks of input.batch_rows rows from here on. A read task's output is otherwise coalesced
+        # up to Ray's target block size (128 MiB): a whole source shard of small images became one
+        # block, so each stage saw a few large blocks and waited for the previous one to finish
+        # them (BENCHMARKS.md). A streaming repartition: no barrier, no shuffle.
+        ds = ds.repartition(target_num_rows_per_block=cfg.input.batch_rows)
+        cpu = {"batch_format": "pyarrow", "batch_size": None, "num_cpus": res.decode.num_cpus,
                "compute": ray.data.TaskPoolStrategy(size=res.decode.concurrency)}
+        cpu_factories = {"decode": functools.partial(DecodeStage, cfg.decode, clip_dim),
+                         "resolution": functools.partial(ResolutionStage, cfg.resolution, clip_dim),
+                         "person_filter": functools.partial(PersonFilter, cfg.person_filter, clip_dim)}
         for stage in cfg.ordered_stages:
-            if stage == "decode":
-                ds = ds.map_batches(_cpu_stage, fn_kwargs={"factory": functools.partial(DecodeStage, cfg.decode, clip_dim)}, **cpu)
-            elif stage == "resolution":
-                ds = ds.map_batches(_cpu_stage, fn_kwargs={"factory": functools.partial(ResolutionStage, cfg.resolution, clip_dim)}, **cpu)
-            elif stage == "person_filter":
-                ds = ds.map_batches(_cpu_stage, fn_kwargs={"factory": functools.partial(PersonFilter, cfg.person_filter, clip_dim)}, **cpu)
+            if stage in cpu_factories:
+                ds = ds.map_batches(_cpu_stage, fn_kwargs={"factory": cpu_factories[stage],
+                                                           "batch_size": res.decode.batch_size}, **cpu)
             else:
                 r = getattr(res, stage)
                 kwargs = {"config": getattr(cfg, stage), "models": models, "clip_dim": clip_dim}
@@ -335,12 +390,16 @@ def build(input: str, output: str, cfg: BuildConfig, *, models: str = "paper", a
         ds.write_datasink(datasink, ray_remote_args={"num_cpus": res.write.num_cpus},
                           concurrency=res.write.concurrency)
         summary_rows = (datasink.summary.data_rows, datasink.summary.reject_rows)
+        written = getattr(ds, "_write_ds", None)  # what write_datasink executed (holds the stats)
+        ray_stats = written.stats() if written is not None else ""
+        log.debug("Ray Data stats:\n%s", ray_stats)
     sink.close()
     ds_read = humanverse.open(output)
     stats = ds_read.stats()
     report = BuildReport(output=output, shards_total=len(shards), shards_skipped=len(done),
                          rows_written=summary_rows[0], rejects_written=summary_rows[1],
-                         seconds=time.perf_counter() - t0, funnel=stats.get("funnel", {}))
+                         seconds=time.perf_counter() - t0, funnel=stats.get("funnel", {}),
+                         ray_stats=ray_stats)
     log.info("build finished in %.1f s: this run wrote %d rows and %d rejects; dataset now %d rows, %d rejects",
              report.seconds, summary_rows[0], summary_rows[1], ds_read.num_rows("data"), ds_read.num_rows("rejects"))
     return report

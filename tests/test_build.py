@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 import humanverse
-from pipelines.build import PRESETS, build, load_config, main
+from pipelines.build import PRESETS, build, cpu_shortfall, load_config, main
 from pipelines.configs import ConfigError
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -186,6 +186,38 @@ def test_rerun_resumes_and_changed_config_is_refused(ray_cluster, cfg, tmp_path)
     assert len(set(_all_keys(out))) == 9
 
 
+def test_each_shard_is_its_own_read_task_and_blocks_stream(ray_cluster, tmp_path):
+    """Throughput regressions (issue 3, BENCHMARKS.md): every source shard gets its own read task
+    (a batch_size on a CPU stage fused after the reader once bundled every shard into one task), and
+    the model stages see blocks of input.batch_rows rows, not one block per shard."""
+    import re
+
+    src = tmp_path / "in"
+    for j, d in enumerate(("a", "b")):
+        (src / d).mkdir(parents=True)
+        for i in range(6):
+            (src / d / f"{i}.jpg").write_bytes(image_bytes(20 * j + i))
+    cfg_small = load_config(PRESETS / "demo.yaml", {"stages": FILTER_STAGES, "input.batch_rows": 2,
+                                                    "resources.detect.batch_size": 2})
+    rep = build(str(src), str(tmp_path / "out"), cfg_small, models="tiny")
+    assert rep.rows_written + rep.rejects_written == 12
+    tasks = {m.group(1): int(m.group(2))
+             for m in re.finditer(r"Operator \d+ (.+?): (\d+) tasks executed", rep.ray_stats)}
+    assert tasks.get("MapBatches(_read_shards)") == 2, rep.ray_stats
+    assert tasks.get("MapBatches(PersonDetector)", 0) >= 6, rep.ray_stats  # 12 rows in blocks of 2
+
+
+def test_actor_pools_that_leave_no_cpu_for_the_tasks_are_caught():
+    """Actors hold their CPUs for the whole run: a config whose pools leave less than one CPU for
+    Ray Data's tasks would wait forever, so it is named up front (the presets all fit)."""
+    greedy = load_config(PRESETS / "demo.yaml", {"stages": FILTER_STAGES, "resources.detect.num_cpus": 3.5})
+    msg = cpu_shortfall(greedy, 4)
+    assert msg and "actor pools hold 3.75 CPUs" in msg and "need 1 more" in msg and "has 4 CPUs" in msg
+    assert cpu_shortfall(load_config(PRESETS / "cpu.yaml"), 4) is None  # every stage: 7 actors x 0.25
+    assert cpu_shortfall(load_config(PRESETS / "cpu.yaml"), 2) is not None  # hence its ray.num_cpus: 4
+    assert cpu_shortfall(load_config(PRESETS / "gpu-node.yaml"), 96) is None
+
+
 @pytest.mark.parametrize("args,message", [
     (["--set", "detect.score_threshold=1.5"], "detect.score_threshold must be in [0, 1], got 1.5."),
     (["--set", "detect.colour=red"], "detect: unknown key(s) ['colour']"),
@@ -211,6 +243,11 @@ def test_missing_input_and_gpu_request_on_a_cpu_cluster(ray_cluster, tmp_path, c
     (src / "a.jpg").write_bytes(image_bytes(0))
     with pytest.raises(ConfigError, match="resources.detect.num_gpus is 0.25 but the Ray cluster has no GPUs"):
         build(str(src), str(tmp_path / "out"), load_config(None), models="tiny")
+    from pipelines.build import PRESETS, _check_gpus
+
+    caplog.clear()
+    _check_gpus(load_config(PRESETS / "gpu-node.yaml"))  # autoscaling: GPU nodes may still come, a warning
+    assert "waiting for the autoscaler" in caplog.text
 
 
 def test_python_m_entrypoint_help():
