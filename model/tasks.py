@@ -24,6 +24,15 @@ import torch
 log = logging.getLogger("model.train")
 
 
+def frozen_dtype(cfg, device: torch.device) -> torch.dtype:
+    """The frozen encoders' (and stage 2's frozen UNet's) dtype: bf16 where the step runs in bf16
+    autocast on a GPU (halves their memory; SDXL's VAE decodes upcast), else float32."""
+    mp = cfg.mixed_precision
+    if device.type == "cuda" and (mp == "bf16" or (mp == "auto" and torch.cuda.is_bf16_supported())):
+        return torch.bfloat16
+    return torch.float32
+
+
 class Stage1Task:
     name = "stage1"
     weights_dir = "lsdm"
@@ -37,7 +46,7 @@ class Stage1Task:
         from model.lsdm import LatentStructuralUNet
         from model.stage1 import LatentStats, Stage1Objective, estimate_latent_stats, load_frozen_parts, load_sd2_unet
 
-        self.frozen = load_frozen_parts(self.models, self.device)
+        self.frozen = load_frozen_parts(self.models, self.device, frozen_dtype(self.cfg, self.device))
         if ck is not None:
             self.model = LatentStructuralUNet.from_pretrained(ck / self.weights_dir)
             self.stats = LatentStats.from_json((ck / "latent_stats.json").read_text())
@@ -86,7 +95,7 @@ class Stage2Task:
         from model.refiner import StructureGuidedControlNet
         from model.stage2 import Stage2Objective, load_sdxl_parts
 
-        self.frozen = load_sdxl_parts(self.models, self.device)
+        self.frozen = load_sdxl_parts(self.models, self.device, frozen_dtype(self.cfg, self.device))
         if self.cfg.data.resolution % self.frozen.vae_scale_factor:
             raise ValueError(f"data.resolution {self.cfg.data.resolution} is not a multiple of the SDXL VAE's "
                              f"factor {self.frozen.vae_scale_factor}.")
