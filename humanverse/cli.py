@@ -176,26 +176,22 @@ def cmd_download(args: argparse.Namespace) -> int:
     return download_main(args.download_args)
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from model.train import main as train_main
-
-    return train_main(args.train_args)
-
-
-def cmd_latents(args: argparse.Namespace) -> int:
-    from model.latents import main as latents_main
-
-    return latents_main(args.latents_args)
+#: Subcommands whose own parsers (in ``model``) take every argument after the command name, with
+#: their help lines; importing those parsers here would load torch for every command.
+PASSTHROUGH = {
+    "train": ("model.train", "train stage 1 (LSDM) or stage 2 on a dataset (Ray Train)"),
+    "latents": ("model.latents", "build the VAE-latent cache of a dataset (a Ray job)"),
+    "sample": ("model.pipeline", "generate: stage 1 (RGB, depth, normal) then the refiner"),
+    "eval": ("model.evaluate", "FID, KID, FID-CLIP, CLIP score, pose AP/AR (paper Table 1)"),
+}
 
 
-def cmd_sample(args: argparse.Namespace) -> int:
-    from model.pipeline import main as sample_main
+def run_passthrough(command: str, argv: list[str]) -> int:
+    if command == "eval":
+        return eval_main(argv)
+    import importlib
 
-    return sample_main(args.sample_args)
-
-
-def cmd_eval(args: argparse.Namespace) -> int:
-    return eval_main(args.eval_args)
+    return importlib.import_module(PASSTHROUGH[command][0]).main(argv)
 
 
 def eval_main(argv: list[str]) -> int:
@@ -266,20 +262,10 @@ def build_parser() -> argparse.ArgumentParser:
     dl.add_argument("download_args", nargs=argparse.REMAINDER)
     dl.set_defaults(func=cmd_download)
 
-    # the trainer's own parsers (model.train / model.latents) take these arguments: importing them
-    # here would load torch for every command
-    tr = sub.add_parser("train", help="train stage 1 (LSDM) or stage 2 on a dataset (Ray Train)", add_help=False)
-    tr.add_argument("train_args", nargs=argparse.REMAINDER)
-    tr.set_defaults(func=cmd_train)
-    la = sub.add_parser("latents", help="build the VAE-latent cache of a dataset (a Ray job)", add_help=False)
-    la.add_argument("latents_args", nargs=argparse.REMAINDER)
-    la.set_defaults(func=cmd_latents)
-    sa = sub.add_parser("sample", help="generate: stage 1 (RGB, depth, normal) then the refiner", add_help=False)
-    sa.add_argument("sample_args", nargs=argparse.REMAINDER)
-    sa.set_defaults(func=cmd_sample)
-    ev = sub.add_parser("eval", help="FID, KID, FID-CLIP, CLIP score, pose AP/AR (paper Table 1)", add_help=False)
-    ev.add_argument("eval_args", nargs=argparse.REMAINDER)
-    ev.set_defaults(func=cmd_eval)
+    for name, (_, help_text) in PASSTHROUGH.items():
+        sp = sub.add_parser(name, help=help_text, add_help=False)
+        sp.add_argument("rest", nargs=argparse.REMAINDER)
+        sp.set_defaults(func=lambda args, name=name: run_passthrough(name, args.rest))
 
     d = sub.add_parser("demo", help="the offline demo on tiny random models (make demo)")
     d.add_argument("--out", default="out/demo")
@@ -287,19 +273,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-#: Subcommands whose own parsers (in ``model``) take every argument after the command name.
-PASSTHROUGH = {"train": "model.train", "latents": "model.latents", "sample": "model.pipeline",
-               "eval": "model.evaluate"}
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "eval":
-        return eval_main(argv[1:])
-    if argv and argv[0] in PASSTHROUGH:  # argparse's REMAINDER drops a leading --option: hand over as is
-        import importlib
-
-        return importlib.import_module(PASSTHROUGH[argv[0]]).main(argv[1:])
+    # argparse's REMAINDER drops a leading --option: hand these commands their arguments as given
+    level = argv[:2] if argv[:1] == ["--log-level"] else []
+    rest = argv[len(level):]
+    if rest and rest[0] in PASSTHROUGH:
+        return run_passthrough(rest[0], rest[1:] + level)
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")

@@ -214,6 +214,15 @@ class HyperHumanResult:
     timings: dict = field(default_factory=dict)
 
 
+def _render_poses(poses: list[PoseInput], size: int, threshold: float) -> tuple[list[Image.Image], torch.Tensor]:
+    """Skeleton images at ``size``² and the (B, 3, size, size) tensor in [−1, 1] the models take."""
+    from humanverse.skeleton import render_skeleton
+
+    ims = [render_skeleton(p.fitted(size), size, size, threshold) for p in poses]
+    t = torch.stack([torch.from_numpy(np.array(im)).permute(2, 0, 1) for im in ims]).float() / 127.5 - 1
+    return ims, t
+
+
 class HyperHumanPipeline:
     """Text + pose -> (stage-1 RGB, depth, normal) -> refined image; batched."""
 
@@ -274,7 +283,8 @@ class HyperHumanPipeline:
 
     @torch.no_grad()
     def __call__(self, prompts: list[str], poses: list[PoseInput], cfg: SampleConfig = SampleConfig()) -> list[HyperHumanResult]:
-        from humanverse.skeleton import render_skeleton
+        from tqdm.auto import tqdm
+
         from model.refiner import structure_inputs
         from model.sampler import Stage1Sampler
         from model.stage2 import RefinerSampler, upsample_maps
@@ -287,11 +297,11 @@ class HyperHumanPipeline:
         amp = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda")
         results: list[HyperHumanResult] = []
         s1 = Stage1Sampler(self.lsdm, self.frozen1, self.stats)
-        for start in range(0, len(prompts), cfg.batch_size):
+        starts = range(0, len(prompts), cfg.batch_size)
+        for start in tqdm(starts, desc="sample", disable=len(starts) <= 1):
             ps, pz = prompts[start:start + cfg.batch_size], poses[start:start + cfg.batch_size]
             seed = cfg.seed + start
-            renders = [render_skeleton(p.fitted(r1), r1, r1, cfg.skeleton_threshold) for p in pz]
-            pose_t = torch.stack([torch.from_numpy(np.array(im)).permute(2, 0, 1) for im in renders]).float() / 127.5 - 1
+            renders, pose_t = _render_poses(pz, r1, cfg.skeleton_threshold)
             added = torch.tensor([[r1, r1, 0, 0]] * len(ps), dtype=torch.float32)
             t0 = time.perf_counter()
             with amp:
@@ -300,8 +310,7 @@ class HyperHumanPipeline:
             t1 = time.perf_counter()
             finals: list[Image.Image | None] = [None] * len(ps)
             if cfg.refine:
-                pose2 = [render_skeleton(p.fitted(r2), r2, r2, cfg.skeleton_threshold) for p in pz]
-                pose2_t = torch.stack([torch.from_numpy(np.array(im)).permute(2, 0, 1) for im in pose2]).float() / 127.5 - 1
+                _, pose2_t = _render_poses(pz, r2, cfg.skeleton_threshold)
                 depth, normal = upsample_maps(out1.depth_maps, out1.normal_maps, (r2, r2))
                 cond = structure_inputs(pose2_t, depth, normal, self.refiner.conditions)
                 with amp:
@@ -400,8 +409,12 @@ def run_from_args(args: argparse.Namespace) -> int:
     out = Path(args.out)
     jobs: list[tuple[str, str, PoseInput]] = []  # (name, prompt, pose)
     if args.testset:
-        rows = _read_testset(args.testset, cfg.skeleton_threshold)
-        jobs = [(r["id"], args.prompt or r["caption"], r["pose"]) for r in rows[: args.limit or None]]
+        from model.evaluate import load_testset  # the one reader of the test-set contract
+
+        rows = load_testset(args.testset)[: args.limit or None]
+        jobs = [(r.id, args.prompt or r.caption,
+                 check_pose([q.keypoints for q in r.persons], r.width, r.height, cfg.skeleton_threshold,
+                            source=f"{args.testset} id {r.id}")) for r in rows]
     else:
         if args.pose:
             pose, caption = load_pose_json(args.pose, cfg.skeleton_threshold), ""
@@ -415,16 +428,8 @@ def run_from_args(args: argparse.Namespace) -> int:
                                               refine=cfg.refine, device=args.device)
     banner = TINY_BANNER if pipe.tiny else None
     settings = {"config": asdict(cfg), "sources": pipe.sources, "tiny_models": pipe.tiny}
-    from tqdm.auto import tqdm
-
     t0 = time.perf_counter()
-    results: list[HyperHumanResult] = []
-    for i in tqdm(range(0, len(jobs), cfg.batch_size), desc="sample", disable=len(jobs) <= cfg.batch_size):
-        chunk = jobs[i:i + cfg.batch_size]
-        import dataclasses
-
-        part = pipe([j[1] for j in chunk], [j[2] for j in chunk], dataclasses.replace(cfg, seed=cfg.seed + i))
-        results += part
+    results = pipe([j[1] for j in jobs], [j[2] for j in jobs], cfg)
     if args.testset:
         out.mkdir(parents=True, exist_ok=True)
         for (name, _, _), res in zip(jobs, results):
@@ -439,29 +444,6 @@ def run_from_args(args: argparse.Namespace) -> int:
         sys.stdout.write("\n".join([f"{k:11s} {v}" for k, v in paths.items()]
                                    + ([banner] if banner else [])) + "\n")
     return 0
-
-
-def _read_testset(path: str, threshold: float) -> list[dict]:
-    rows = []
-    p = Path(path)
-    if not p.is_file():
-        raise ValueError(f"test set {p} does not exist.")
-    for n, line in enumerate(p.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            r = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{p}:{n} is not valid JSON ({e.msg}).") from None
-        if "id" not in r or "persons" not in r:
-            raise ValueError(f"{p}:{n} needs 'id', 'caption' and 'persons'.")
-        kps = [q["keypoints"] if isinstance(q, dict) else q for q in r["persons"]]
-        r["pose"] = check_pose(kps, r.get("width", 512), r.get("height", 512), threshold, source=f"{p}:{n}")
-        r.setdefault("caption", "")
-        rows.append(r)
-    if not rows:
-        raise ValueError(f"test set {p} has no rows.")
-    return rows
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -90,14 +90,20 @@ class Stage1Sampler:
 def save_grid(out: Stage1Output, poses: torch.Tensor, path: Path, title: str = "") -> Image.Image:
     """One row per sample: RGB | depth | normal | pose; a title line on top."""
     pose_imgs = [Image.fromarray(a) for a in _to_uint8(poses)]
-    w, h = out.rgb[0].size
+    return write_grid(list(zip(out.rgb, out.depth, out.normal, pose_imgs)), path,
+                      title + "  |  RGB  depth  normal  pose" if title else "")
+
+
+def write_grid(rows: list[tuple[Image.Image, ...]], path: Path, title: str = "") -> Image.Image:
+    """Tiles (one row per sample, all resized to the first tile's size) under a title line; saved."""
+    w, h = rows[0][0].size
     head = 18 if title else 0
-    grid = Image.new("RGB", (4 * w, len(out.rgb) * h + head), (255, 255, 255))
+    grid = Image.new("RGB", (len(rows[0]) * w, len(rows) * h + head), (255, 255, 255))
     if title:
-        ImageDraw.Draw(grid).text((4, 3), title + "  |  RGB  depth  normal  pose", fill=(0, 0, 0))
-    for i, row in enumerate(zip(out.rgb, out.depth, out.normal, pose_imgs)):
+        ImageDraw.Draw(grid).text((4, 3), title, fill=(0, 0, 0))
+    for i, row in enumerate(rows):
         for j, im in enumerate(row):
-            grid.paste(im.resize((w, h)), (j * w, head + i * h))
+            grid.paste(im.convert("RGB").resize((w, h)), (j * w, head + i * h))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     grid.save(path)

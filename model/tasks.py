@@ -123,10 +123,11 @@ class Stage2Task:
 
     def validate(self, batch: dict, path: Path, title: str):
         """Refine the fixed prompts on the batch's ground-truth structure: grid pose | depth | normal | output."""
+        from PIL import Image
+
         from model.refiner import structure_inputs
-        from model.sampler import _to_uint8
+        from model.sampler import _to_uint8, write_grid
         from model.stage2 import RefinerSampler
-        from PIL import Image, ImageDraw
 
         cfg = self.cfg
         n = min(len(cfg.validation_prompts), batch["pose"].shape[0])
@@ -134,17 +135,8 @@ class Stage2Task:
         out = RefinerSampler(self.model, self.frozen)(list(cfg.validation_prompts[:n]), cond, steps=cfg.sample_steps,
                                                       guidance_scale=cfg.guidance_scale, seed=cfg.seed)
         cols = [_to_uint8(batch["pose"][:n]), _to_uint8(batch["depth"][:n]), _to_uint8(batch["normal"][:n])]
-        w, h = out.images[0].size
-        head = 18
-        grid = Image.new("RGB", (4 * w, n * h + head), (255, 255, 255))
-        ImageDraw.Draw(grid).text((4, 3), f"{title}  |  pose  depth  normal  refined", fill=(0, 0, 0))
-        for i in range(n):
-            for j, a in enumerate([c[i] for c in cols] + [None]):
-                im = out.images[i] if a is None else Image.fromarray(a).resize((w, h))
-                grid.paste(im, (j * w, head + i * h))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        grid.save(path)
-        return grid
+        rows = [tuple(Image.fromarray(c[i]) for c in cols) + (out.images[i],) for i in range(n)]
+        return write_grid(rows, path, f"{title}  |  pose  depth  normal  refined")
 
 
 def task_for(cfg) -> type:

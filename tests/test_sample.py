@@ -141,7 +141,7 @@ def test_pose_from_row_and_testset_mode(tiny_zoo, tmp_path):
     assert json.loads((out / "settings.json").read_text())["prompt"] == caption  # the row's caption
 
     ts = tmp_path / "testset.jsonl"
-    rows = [{"id": f"img{i}", "caption": f"person {i}", "image": None, "width": 96, "height": 128,
+    rows = [{"id": f"img{i}", "caption": f"person {i}", "image": None, "width": 512, "height": 512,
              "persons": [{"keypoints": _pose(i).reshape(-1).tolist(), "bbox": [0, 0, 10, 10], "area": 100.0}]}
             for i in range(3)]
     ts.write_text("".join(json.dumps(r) + "\n" for r in rows))
