@@ -2,8 +2,12 @@
 on the same rows, plus the per-image CPU cost of decode. Prints one JSON object.
 
 Target (issue 3): end-to-end >= 0.9 x the slowest stage alone. Stages alone run in this process on
-one worker each, exactly as an actor/task would call them (model loaded before the clock starts);
-the pipeline uses the demo preset with one actor per model stage, so the comparison is like for like.
+one worker each, exactly as an actor/task would call them (model loaded before the clock starts)
+and with the torch threads Ray gives that worker (``OMP_NUM_THREADS`` = max(1, floor(num_cpus)):
+1 for the demo preset's 0.25-CPU actors); the pipeline uses the demo preset with one actor per
+model stage, so the comparison is like for like. (Unpinned, torch in this process would use every
+core and the "stage alone" would get resources its actor never has: ``--all-cores`` prints that
+number for information.)
 
 Method (this machine's cores are shared with other work, so everything is measured side by side):
 
@@ -14,6 +18,9 @@ Method (this machine's cores are shared with other work, so everything is measur
   shared machine the pipeline's actors then lose the CPU to other work that the stages alone (timed
   here, at this process's nice value) do not. The local cluster therefore runs its workers at
   ``--worker-niceness`` (default 0, like for like); pass 15 to see Ray's default;
+* ``ray.load_models_in_order`` on (the cpu preset's setting; ``--no-in-order`` for the demo preset's):
+  detect, the first model stage and the slowest, loads while the aesthetic actor waits for its
+  first batch to load CLIP, instead of both importing torch at once on the shared cores;
 * a warm-up build on one source shard starts Ray's task workers (imports); Ray start-up is excluded;
 * ``end_to_end``: rows / wall time of ``build()``, which *includes* starting the model actors
   (process start, ``import torch``/``transformers``, model load: seconds, amortised by a real run);
@@ -33,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import re
@@ -59,20 +67,33 @@ def _inputs(src: Path, n: int, size: tuple[int, int], shards: int = 4) -> None:
         make_sample(*size, num_persons=1 + i % 3, seed=i).image.save(d / f"{i:04d}.jpg", quality=90)
 
 
-def _stage_alone(stage, table, batch: int) -> tuple[float, float, object]:
-    """(rows/s, CPU ms per row) of one stage over ``table`` in batches of ``batch``, and its output."""
+def ray_threads(num_cpus: float) -> int:
+    """The intra-op threads (``OMP_NUM_THREADS``, which torch follows) Ray gives a worker holding
+    ``num_cpus`` CPUs: ``max(1, floor(num_cpus))`` (``ray._private.utils.set_omp_num_threads_if_unset``)."""
+    return max(1, math.floor(num_cpus))
+
+
+def _stage_alone(stage, table, batch: int, threads: int) -> tuple[float, float, object]:
+    """(rows/s, CPU ms per row) of one stage over ``table`` in batches of ``batch`` with torch
+    limited to ``threads`` intra-op threads (as in its Ray worker), and its output."""
     import pyarrow as pa
+    import torch
 
     outs = []
-    c, t = time.process_time(), time.perf_counter()
-    for off in range(0, table.num_rows, batch):
-        outs.append(stage(table.slice(off, batch)))
-    dt, dc = time.perf_counter() - t, time.process_time() - c
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        c, t = time.process_time(), time.perf_counter()
+        for off in range(0, table.num_rows, batch):
+            outs.append(stage(table.slice(off, batch)))
+        dt, dc = time.perf_counter() - t, time.process_time() - c
+    finally:
+        torch.set_num_threads(before)
     return table.num_rows / dt, dc / table.num_rows * 1e3, pa.concat_tables(outs)
 
 
 def _stages_alone(cfg, table, clip_dim) -> tuple[dict, dict, dict]:
-    """rows/s and CPU ms per row of each stage alone, and (stage, batch, input table) of each."""
+    """rows/s and CPU ms per row of each stage alone, and (stage, input table, batch, threads) of each."""
     from pipelines.stages.aesthetic import AestheticScorer
     from pipelines.stages.decode import DecodeStage
     from pipelines.stages.detect import PersonDetector
@@ -80,18 +101,18 @@ def _stages_alone(cfg, table, clip_dim) -> tuple[dict, dict, dict]:
     from pipelines.stages.resolution import ResolutionStage
 
     res = cfg.resources
-    make = {"decode": (lambda: DecodeStage(cfg.decode, clip_dim), res.decode.batch_size),
-            "resolution": (lambda: ResolutionStage(cfg.resolution, clip_dim), res.decode.batch_size),
-            "detect": (lambda: PersonDetector(cfg.detect, "tiny", clip_dim), res.detect.batch_size),
-            "person_filter": (lambda: PersonFilter(cfg.person_filter, clip_dim), res.decode.batch_size),
-            "aesthetic": (lambda: AestheticScorer(cfg.aesthetic, "tiny", clip_dim), res.aesthetic.batch_size)}
+    make = {"decode": (lambda: DecodeStage(cfg.decode, clip_dim), res.decode),
+            "resolution": (lambda: ResolutionStage(cfg.resolution, clip_dim), res.decode),
+            "detect": (lambda: PersonDetector(cfg.detect, "tiny", clip_dim), res.detect),
+            "person_filter": (lambda: PersonFilter(cfg.person_filter, clip_dim), res.decode),
+            "aesthetic": (lambda: AestheticScorer(cfg.aesthetic, "tiny", clip_dim), res.aesthetic)}
     rate, cpu, inputs = {}, {}, {}
     t = table
     for name in STAGES:
-        factory, batch = make[name]
+        factory, r = make[name]
         stage = factory()  # model loaded before the clock starts
-        inputs[name] = (stage, batch, t)
-        rate[name], cpu[name], t = _stage_alone(stage, t, batch)
+        inputs[name] = (stage, t, r.batch_size, ray_threads(r.num_cpus))
+        rate[name], cpu[name], t = _stage_alone(*inputs[name])
     return rate, cpu, inputs
 
 
@@ -122,6 +143,11 @@ def main() -> None:
                     help="nice value of Ray's worker processes (Ray's default is 15; 0 = this process's, "
                          "in which the stages alone are timed)")
     ap.add_argument("--repeat", type=int, default=1, help="pipeline runs (the slowest stage alone is timed between)")
+    ap.add_argument("--in-order", action=argparse.BooleanOptionalAction, default=True,
+                    help="ray.load_models_in_order (default on: the CPU preset's setting)")
+    ap.add_argument("--all-cores", action="store_true",
+                    help="also time the slowest stage alone with torch on every core (information only: "
+                         "not what its actor gets, so not the reference of the ratios)")
     ap.add_argument("--stats", action="store_true", help="also print Ray Data's Dataset.stats() to stderr")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -147,7 +173,8 @@ def main() -> None:
         cfg = load_config(PRESETS / "demo.yaml", {"stages": STAGES,
                                                   "person_filter.min_area": 0.0, "person_filter.max_persons": 100,
                                                   "aesthetic.threshold": -1e9, "detect.score_threshold": 0.5,
-                                                  "write.rows_per_file": args.rows_per_file})
+                                                  "write.rows_per_file": args.rows_per_file,
+                                                  "ray.load_models_in_order": args.in_order})
         clip_dim = clip_embed_dim(cfg.aesthetic, "tiny")
         rows = [r for sh in readers.discover_shards(str(src)) for b in readers.read_shard(sh) for r in b]
         table = from_source_rows(rows, clip_dim)
@@ -156,9 +183,11 @@ def main() -> None:
 
         alone_all, alone_cpu, inputs = _stages_alone(cfg, table, clip_dim)
         slowest = min(alone_all, key=alone_all.get)
-        slowest_stage, slowest_batch, slowest_input = inputs[slowest]
+        slowest_stage, slowest_input, slowest_batch, slowest_threads = inputs[slowest]
         alone_slowest = [alone_all[slowest]]  # measured before, between and after the pipeline runs
         loads = [os.getloadavg()[0]]
+        all_cores = (_stage_alone(slowest_stage, slowest_input, slowest_batch, os.cpu_count())[0]
+                     if args.all_cores else None)
 
         import ray
 
@@ -182,7 +211,7 @@ def main() -> None:
             recs = sorted((c for c in read_log(str(out)).records if c.rows), key=lambda c: c.created)
             span = recs[-1].created - recs[0].created if recs else 0.0
             steady = (sum(c.rows for c in recs) - recs[0].rows) / span if span > 0 else float("nan")
-            alone_slowest.append(_stage_alone(slowest_stage, slowest_input, slowest_batch)[0])
+            alone_slowest.append(_stage_alone(slowest_stage, slowest_input, slowest_batch, slowest_threads)[0])
             loads.append(os.getloadavg()[0])
             ref = (alone_slowest[-2] + alone_slowest[-1]) / 2  # the slowest stage alone, either side
             runs.append({
@@ -207,10 +236,12 @@ def main() -> None:
         print(json.dumps({
             "benchmark": "builder.end_to_end_vs_slowest_stage",
             "images": args.images, "source_shards": args.shards, "image_size": list(args.size), "models": "tiny",
-            "write_rows_per_file": args.rows_per_file,
+            "write_rows_per_file": args.rows_per_file, "load_models_in_order": args.in_order,
             "ray_worker_niceness": args.worker_niceness, "this_process_niceness": os.nice(0),
             "stage_alone_rows_per_s": {k: round(v, 1) for k, v in alone_all.items()},
             "stage_alone_cpu_ms_per_row": {k: round(v, 2) for k, v in alone_cpu.items()},
+            "stage_alone_torch_threads": {k: v[3] for k, v in inputs.items()},
+            "slowest_stage_alone_all_cores_rows_per_s": round(all_cores, 1) if all_cores else None,
             "slowest_stage": slowest,
             "slowest_stage_alone_rows_per_s_each_time": [round(v, 1) for v in alone_slowest],
             "load_avg_1min_each_alone": [round(v, 1) for v in loads],
