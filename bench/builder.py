@@ -18,9 +18,6 @@ Method (this machine's cores are shared with other work, so everything is measur
   shared machine the pipeline's actors then lose the CPU to other work that the stages alone (timed
   here, at this process's nice value) do not. The local cluster therefore runs its workers at
   ``--worker-niceness`` (default 0, like for like); pass 15 to see Ray's default;
-* ``ray.load_models_in_order`` on (the cpu preset's setting; ``--no-in-order`` for the demo preset's):
-  detect, the first model stage and the slowest, loads while the aesthetic actor waits for its
-  first batch to load CLIP, instead of both importing torch at once on the shared cores;
 * a warm-up build on one source shard starts Ray's task workers (imports); Ray start-up is excluded;
 * ``end_to_end``: rows / wall time of ``build()``, which *includes* starting the model actors
   (process start, ``import torch``/``transformers``, model load: seconds, amortised by a real run);
@@ -143,8 +140,6 @@ def main() -> None:
                     help="nice value of Ray's worker processes (Ray's default is 15; 0 = this process's, "
                          "in which the stages alone are timed)")
     ap.add_argument("--repeat", type=int, default=1, help="pipeline runs (the slowest stage alone is timed between)")
-    ap.add_argument("--in-order", action=argparse.BooleanOptionalAction, default=True,
-                    help="ray.load_models_in_order (default on: the CPU preset's setting)")
     ap.add_argument("--all-cores", action="store_true",
                     help="also time the slowest stage alone with torch on every core (information only: "
                          "not what its actor gets, so not the reference of the ratios)")
@@ -173,8 +168,7 @@ def main() -> None:
         cfg = load_config(PRESETS / "demo.yaml", {"stages": STAGES,
                                                   "person_filter.min_area": 0.0, "person_filter.max_persons": 100,
                                                   "aesthetic.threshold": -1e9, "detect.score_threshold": 0.5,
-                                                  "write.rows_per_file": args.rows_per_file,
-                                                  "ray.load_models_in_order": args.in_order})
+                                                  "write.rows_per_file": args.rows_per_file})
         clip_dim = clip_embed_dim(cfg.aesthetic, "tiny")
         rows = [r for sh in readers.discover_shards(str(src)) for b in readers.read_shard(sh) for r in b]
         table = from_source_rows(rows, clip_dim)
@@ -236,7 +230,7 @@ def main() -> None:
         print(json.dumps({
             "benchmark": "builder.end_to_end_vs_slowest_stage",
             "images": args.images, "source_shards": args.shards, "image_size": list(args.size), "models": "tiny",
-            "write_rows_per_file": args.rows_per_file, "load_models_in_order": args.in_order,
+            "write_rows_per_file": args.rows_per_file,
             "ray_worker_niceness": args.worker_niceness, "this_process_niceness": os.nice(0),
             "stage_alone_rows_per_s": {k: round(v, 1) for k, v in alone_all.items()},
             "stage_alone_cpu_ms_per_row": {k: round(v, 2) for k, v in alone_cpu.items()},

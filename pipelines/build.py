@@ -33,7 +33,6 @@ import pyarrow as pa
 from pipelines.configs import ConfigError, check, load_yaml, to_dict
 from pipelines.geometry import MapsConfig
 from pipelines.stages.aesthetic import AestheticConfig, AestheticScorer, clip_embed_dim
-from pipelines.stages.base import load_on_first_batch
 from pipelines.stages.caption import CaptionConfig, Captioner
 from pipelines.stages.decode import DecodeConfig, DecodeStage
 from pipelines.stages.depth import DepthConfig, DepthEstimator
@@ -131,12 +130,6 @@ class RayConfig:
     #: Ray Data's target block size in MiB (None: Ray's default, 128): an upper bound on the bytes of
     #: a block. Rows per block are set by ``input.batch_rows``; this only matters for very large images.
     target_max_block_mb: int | None = None
-    #: load the model stages in pipeline order: every model stage after the first builds its model
-    #: on its first batch (``pipelines.stages.base.load_on_first_batch``) instead of when its actor
-    #: starts, so on a node whose actors share the CPUs the first model stage is not slowed by the
-    #: others' imports and loads (presets cpu/demo: true). A model that fails to load still fails
-    #: the run, only later (when its first batch arrives).
-    load_models_in_order: bool = False
 
 
 @dataclass(frozen=True)
@@ -380,7 +373,6 @@ def build(input: str, output: str, cfg: BuildConfig, *, models: str = "paper", a
         cpu_factories = {"decode": functools.partial(DecodeStage, cfg.decode, clip_dim),
                          "resolution": functools.partial(ResolutionStage, cfg.resolution, clip_dim),
                          "person_filter": functools.partial(PersonFilter, cfg.person_filter, clip_dim)}
-        first_model = next((s for s in cfg.ordered_stages if s in MODEL_STAGES), None)
         for stage in cfg.ordered_stages:
             if stage in cpu_factories:
                 ds = ds.map_batches(_cpu_stage, fn_kwargs={"factory": cpu_factories[stage],
@@ -390,10 +382,7 @@ def build(input: str, output: str, cfg: BuildConfig, *, models: str = "paper", a
                 kwargs = {"config": getattr(cfg, stage), "models": models, "clip_dim": clip_dim}
                 if stage in ("depth", "normal"):
                     kwargs["maps"] = cfg.maps
-                fn = MODEL_STAGES[stage]
-                if cfg.ray.load_models_in_order and stage != first_model:
-                    fn = load_on_first_batch(fn)
-                ds = ds.map_batches(fn, fn_constructor_kwargs=kwargs,
+                ds = ds.map_batches(MODEL_STAGES[stage], fn_constructor_kwargs=kwargs,
                                     batch_size=r.batch_size, batch_format="pyarrow",
                                     compute=ray.data.ActorPoolStrategy(size=r.concurrency),
                                     num_cpus=r.num_cpus, num_gpus=r.num_gpus)

@@ -100,33 +100,6 @@ def test_model_stage_failure_becomes_model_error(tiny_zoo):
     assert out[0]["reject_stage"] == "detect"
 
 
-def test_load_on_first_batch_loads_once_keeps_the_name_and_fails_loudly(tiny_zoo, monkeypatch):
-    """ray.load_models_in_order: the actor's constructor loads nothing, the first batch loads the model
-    once, the output is the eager stage's, and a model that cannot load fails the call (no rejects)."""
-    from ray import cloudpickle  # what Ray ships callable classes with
-
-    from pipelines.stages.base import load_on_first_batch
-
-    loads = []
-    real_init = PersonDetector.__init__
-    monkeypatch.setattr(PersonDetector, "__init__", lambda self, *a, **k: (loads.append(1), real_init(self, *a, **k))[1])
-    kwargs = {"config": DetectConfig(score_threshold=0.0, device="cpu"), "models": "tiny", "clip_dim": 32}
-    cls = load_on_first_batch(PersonDetector)
-    assert cls.__name__ == "PersonDetector"  # Ray Data names the operator MapBatches(PersonDetector)
-    stage = cloudpickle.loads(cloudpickle.dumps(cls))(**kwargs)  # as Ray ships it: by value
-    assert loads == []
-    rows = [_row(make_sample(200, 240, num_persons=2, seed=1).image, 0), _row(make_sample(64, 64).image, 1)]
-    first, second = stage(_table(rows[:1])).to_pylist(), stage(_table(rows[1:])).to_pylist()
-    assert loads == [1]
-    eager = PersonDetector(**kwargs)(_table(rows)).to_pylist()
-    assert [first[0]["persons"], second[0]["persons"]] == [r["persons"] for r in eager]
-
-    bad = load_on_first_batch(PersonDetector)(**dict(kwargs, models=str(tiny_zoo / "no-such-dir")))
-    with pytest.raises(Exception) as err:
-        bad(_table(rows[:1]))
-    assert "model_error" not in str(err.value)
-
-
 def test_aesthetic_scores_match_an_independent_computation(tiny_zoo):
     import open_clip
 

@@ -92,36 +92,3 @@ class ModelStage(Stage):
                 err = e
         for r in rows:
             R.reject(r, self.name, "model_error", f"{type(err).__name__}: {err}")
-
-
-class _LoadOnFirstBatch:
-    """A model stage constructed (weights loaded) on its first batch instead of in its actor's
-    constructor. See :func:`load_on_first_batch`."""
-
-    stage_cls: type[ModelStage]
-
-    def __init__(self, **kwargs):
-        self._kwargs = kwargs
-        self._stage: ModelStage | None = None
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        if self._stage is None:
-            t = time.perf_counter()
-            # outside ModelStage's per-batch retry: a model that cannot load fails the run (as in the
-            # constructor), it never turns rows into model_error rejects
-            self._stage = self.stage_cls(**self._kwargs)
-            log.info("stage %s: model loaded on the first batch in %.1f s", self.stage_cls.name, time.perf_counter() - t)
-        return self._stage(batch)
-
-
-def load_on_first_batch(stage_cls: type[ModelStage]) -> type:
-    """``stage_cls`` as a Ray Data callable class that loads its model when the first batch arrives.
-
-    On a node whose actors share the CPUs (``ray.load_models_in_order``), every model actor importing
-    torch and loading weights at once slows the first model stage's start, and with it the whole
-    pipeline; deferring the later stages' loads to their first batch loads the models in pipeline
-    order, each while the stages before it already run. The class keeps ``stage_cls``'s name, so
-    Ray Data's operator (and its stats) read ``MapBatches(<stage class>)`` as before; it is made here
-    and not importable, so Ray pickles it by value.
-    """
-    return type(stage_cls.__name__, (_LoadOnFirstBatch,), {"stage_cls": stage_cls, "__doc__": stage_cls.__doc__})
