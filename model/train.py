@@ -3,8 +3,9 @@
 Stage 1 trains the Latent Structural Diffusion Model (§3.2), stage 2 the Structure-Guided Refiner
 (§3.3); what differs lives in :mod:`model.tasks`. A loop you can read top to bottom (nanoGPT
 style): build the frozen parts and the trainable model, restore the newest complete checkpoint
-when ``--resume``, then per step: gather ``grad_accum`` micro-batches, compute the objective, backward, clip, AdamW step, EMA update;
-log, checkpoint (atomic, rotated) and render validation samples every N steps.
+when ``--resume``, then per step: gather ``grad_accum`` micro-batches, compute the objective,
+backward, clip, AdamW step, EMA update; log, checkpoint (atomic, rotated) and render validation
+samples every N steps.
 
 Step-exact resume: the data stream is deterministic in (seed, epoch) and its position (epoch,
 batches consumed in the epoch) is saved with the checkpoint; every random draw of a step
