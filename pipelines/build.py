@@ -300,6 +300,20 @@ def cpu_shortfall(cfg: BuildConfig, cluster_cpus: float) -> str | None:
             f"work, as in {PRESETS / 'cpu.yaml'}) or give the cluster more CPUs (ray.num_cpus for a local cluster).")
 
 
+def map_model_stage(ds, cfg: BuildConfig, stage: str, models: str, clip_dim: int | None):
+    """``ds`` followed by model stage ``stage`` as an actor pool sized by ``resources.<stage>``
+    (each actor loads its model once, on its worker)."""
+    import ray
+
+    r = getattr(cfg.resources, stage)
+    kwargs = {"config": getattr(cfg, stage), "models": models, "clip_dim": clip_dim}
+    if stage in ("depth", "normal"):
+        kwargs["maps"] = cfg.maps
+    return ds.map_batches(MODEL_STAGES[stage], fn_constructor_kwargs=kwargs, batch_size=r.batch_size,
+                          batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=r.concurrency),
+                          num_cpus=r.num_cpus, num_gpus=r.num_gpus)
+
+
 def build(input: str, output: str, cfg: BuildConfig, *, models: str = "paper", address: str | None = None,
           force_new_config: bool = False) -> BuildReport:
     """Run the builder from ``input`` (folder, webdataset tars, Parquet) into dataset ``output``."""
@@ -378,14 +392,7 @@ def build(input: str, output: str, cfg: BuildConfig, *, models: str = "paper", a
                 ds = ds.map_batches(_cpu_stage, fn_kwargs={"factory": cpu_factories[stage],
                                                            "batch_size": res.decode.batch_size}, **cpu)
             else:
-                r = getattr(res, stage)
-                kwargs = {"config": getattr(cfg, stage), "models": models, "clip_dim": clip_dim}
-                if stage in ("depth", "normal"):
-                    kwargs["maps"] = cfg.maps
-                ds = ds.map_batches(MODEL_STAGES[stage], fn_constructor_kwargs=kwargs,
-                                    batch_size=r.batch_size, batch_format="pyarrow",
-                                    compute=ray.data.ActorPoolStrategy(size=r.concurrency),
-                                    num_cpus=r.num_cpus, num_gpus=r.num_gpus)
+                ds = map_model_stage(ds, cfg, stage, models, clip_dim)
         datasink = make_datasink(sink.writer(), clip_dim, cfg.write.rows_per_file)
         ds.write_datasink(datasink, ray_remote_args={"num_cpus": res.write.num_cpus},
                           concurrency=res.write.concurrency)
