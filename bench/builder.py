@@ -74,6 +74,11 @@ def ray_threads(num_cpus: float) -> int:
     return max(1, math.floor(num_cpus))
 
 
+def _in_batches(stage, table, batch: int) -> list:
+    """``stage`` called on ``table`` in slices of ``batch`` rows, as its worker calls it: the outputs."""
+    return [stage(table.slice(off, batch)) for off in range(0, table.num_rows, batch)]
+
+
 def _stages_alone(stages: dict, table, batches: dict, threads: dict, chunk: int,
                   only: str | None = None) -> tuple[dict, dict]:
     """(rows/s, CPU ms per row) of each stage run alone over all of ``table`` in batches of
@@ -95,9 +100,8 @@ def _stages_alone(stages: dict, table, batches: dict, threads: dict, chunk: int,
             t = table.slice(start, chunk)
             for name, stage in stages.items():
                 torch.set_num_threads(threads[name])
-                step = batches[name]
                 c0, t0 = time.process_time(), time.perf_counter()
-                outs = [stage(t.slice(off, step)) for off in range(0, t.num_rows, step)]
+                outs = _in_batches(stage, t, batches[name])
                 if only in (None, name):
                     wall[name] += time.perf_counter() - t0
                     cpu[name] += time.process_time() - c0
@@ -120,7 +124,7 @@ def _stage_input(stages: dict, table, batches: dict, chunk: int, name: str):
         for n, stage in stages.items():
             if n == name:
                 break
-            t = pa.concat_tables([stage(t.slice(off, batches[n])) for off in range(0, t.num_rows, batches[n])])
+            t = pa.concat_tables(_in_batches(stage, t, batches[n]))
         outs.append(t)
     return pa.concat_tables(outs)
 
