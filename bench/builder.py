@@ -34,12 +34,22 @@ Method (this machine's cores are shared with other work, so everything is measur
   overhead), ``not_busy_s`` = the rest of the wall time (start-up, idle gaps, drain);
 * ``pipeline_cpu_ms_per_row``: CPU time per row of each Ray Data operator (``Dataset.stats()``),
   to compare with ``stage_alone_cpu_ms_per_row``: equal numbers mean the pipeline adds no per-row
-  work to that stage and any gap is CPU share or start-up.
+  work to that stage and any gap is CPU share or start-up;
+* ``slowest_calls``: where the slowest stage's wall time went, from its own actor: in the pipeline
+  runs (and the Ray-job reference) its class is replaced by a subclass that records every call
+  (start on the system-wide monotonic clock, wall, the calling thread's CPU time, and its run-queue
+  wait from ``/proc/thread-self/schedstat``, Linux). ``first_call_s`` is the start-up (actor process,
+  imports, model load, pipeline fill), ``gaps_s`` the time between calls (Ray Data's per-block path),
+  ``run_queue_wait_s`` the time the stage was ready to compute but another process had its core,
+  ``drain_s`` the time from its last call to the end of ``build()``; ``loss_vs_alone_s`` splits
+  ``end_to_end_s - rows / slowest_alone_rows_per_s`` into those parts plus ``slower_compute`` (time
+  in calls, less the run-queue wait, beyond what the stage alone took).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -127,6 +137,75 @@ def _stage_input(stages: dict, table, batches: dict, chunk: int, name: str):
             t = pa.concat_tables(_in_batches(stage, t, batches[n]))
         outs.append(t)
     return pa.concat_tables(outs)
+
+
+def _recording_class(cls, log_dir: str):
+    """``cls`` with every ``__call__`` recorded to ``log_dir/calls-<pid>.jsonl`` (see ``slowest_calls``
+    in the module docstring); same name, so Ray Data's stats still call the operator ``cls.__name__``.
+    Defined here, it travels to the actor by value."""
+
+    def schedstat() -> tuple[float, float] | None:
+        try:  # on-CPU time and run-queue wait of this thread, ns (Linux)
+            cpu, wait, _ = open("/proc/thread-self/schedstat").read().split()
+            return int(cpu) / 1e9, int(wait) / 1e9
+        except OSError:
+            return None
+
+    class Recording(cls):
+        def __call__(self, batch):
+            if not hasattr(self, "_calls_log"):
+                self._calls_log = open(os.path.join(log_dir, f"calls-{os.getpid()}.jsonl"), "a")
+            s0, c0, t0 = schedstat(), time.thread_time(), time.perf_counter()
+            out = super().__call__(batch)
+            wall, cpu, s1 = time.perf_counter() - t0, time.thread_time() - c0, schedstat()
+            wait = s1[1] - s0[1] if s0 and s1 else None
+            self._calls_log.write(json.dumps({"start": t0, "wall": wall, "cpu": cpu, "wait": wait,
+                                              "rows": batch.num_rows}) + "\n")
+            self._calls_log.flush()
+            return out
+
+    Recording.__name__, Recording.__qualname__ = cls.__name__, cls.__qualname__
+    return Recording
+
+
+class _RecordCalls:
+    """Within the block, ``build()`` and ``map_model_stage()`` run ``stage`` as a recording subclass;
+    ``summary(t0, t1)`` then decomposes the wall time ``t0..t1`` (``time.perf_counter()`` of this
+    process: on Linux the same monotonic clock as the actor's) from what the actor recorded."""
+
+    def __init__(self, stage: str, log_dir: Path):
+        self.stage, self.dir = stage, log_dir
+
+    def __enter__(self):
+        from pipelines import build as B
+
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._orig = B.MODEL_STAGES[self.stage]
+        B.MODEL_STAGES[self.stage] = _recording_class(self._orig, str(self.dir))
+        return self
+
+    def __exit__(self, *exc):
+        from pipelines import build as B
+
+        B.MODEL_STAGES[self.stage] = self._orig
+
+    def summary(self, t0: float, t1: float) -> dict | None:
+        calls = sorted((json.loads(line) for f in self.dir.glob("calls-*.jsonl") for line in f.read_text().splitlines()),
+                       key=lambda c: c["start"])
+        if not calls:
+            return None
+        first, last = calls[0]["start"], max(c["start"] + c["wall"] for c in calls)
+        in_call = sum(c["wall"] for c in calls)
+        cpu = sum(c["cpu"] for c in calls)
+        waits = [c["wait"] for c in calls if c["wait"] is not None]
+        wait = sum(waits) if len(waits) == len(calls) else None
+        rows = sum(c["rows"] for c in calls)
+        return {"first_call_s": round(first - t0, 2), "in_calls_s": round(in_call, 2),
+                "gaps_s": round(last - first - in_call, 2), "drain_s": round(t1 - last, 2),
+                "on_cpu_s": round(cpu, 2), "run_queue_wait_s": round(wait, 2) if wait is not None else None,
+                "other_in_calls_s": round(in_call - cpu - (wait or 0.0), 2),
+                "on_cpu_share_of_calls": round(cpu / in_call, 3), "cpu_ms_per_row": round(cpu / rows * 1e3, 2),
+                "calls": len(calls), "actors": len(list(self.dir.glob("calls-*.jsonl")))}
 
 
 def _stage_alone_ray(cfg, name: str, source, clip_dim) -> float:
@@ -248,13 +327,24 @@ def main() -> None:
             ray_source = ray.data.from_arrow([rows_in.slice(o, step) for o in range(0, rows_in.num_rows, step)])
             ray_source = ray_source.materialize()
             del rows_in
-        alone_ray = [_stage_alone_ray(cfg, slowest, ray_source, clip_dim)] if ray_source is not None else []
+
+        def ray_job_reference(tag: str) -> float:
+            with _RecordCalls(slowest, tmp / f"calls-ray-job-{tag}") as rec:
+                t = time.perf_counter()
+                rate = _stage_alone_ray(cfg, slowest, ray_source, clip_dim)
+                ray_job_calls.append(rec.summary(t, time.perf_counter()))
+            return rate
+
+        ray_job_calls: list = []
+        alone_ray = [ray_job_reference("0")] if ray_source is not None else []
         runs = []
         for r in range(args.repeat):
             out = tmp / f"out{r}"
             load0, wall0, t0 = os.getloadavg()[0], time.time(), time.perf_counter()
-            rep = build(str(src), str(out), cfg, models="tiny")
+            with _RecordCalls(slowest, tmp / f"calls-{r}") if slowest in MODEL_STAGES else contextlib.nullcontext() as rec:
+                rep = build(str(src), str(out), cfg, models="tiny")
             e2e_s = time.perf_counter() - t0
+            calls = rec.summary(t0, t0 + e2e_s) if rec else None
             if args.stats:
                 sys.stderr.write(rep.ray_stats + "\n")
             n = rep.rows_written + rep.rejects_written
@@ -267,10 +357,15 @@ def main() -> None:
             steady = (sum(c.rows for c in recs) - recs[0].rows) / span if span > 0 else float("nan")
             alone_slowest.append(_stages_alone(stages, table, batches, threads, args.chunk, only=slowest)[0][slowest])
             if alone_ray:
-                alone_ray.append(_stage_alone_ray(cfg, slowest, ray_source, clip_dim))
+                alone_ray.append(ray_job_reference(str(r + 1)))
             loads.append(os.getloadavg()[0])
             ref = (alone_slowest[-2] + alone_slowest[-1]) / 2  # the slowest stage alone, either side
             ref_ray = (alone_ray[-2] + alone_ray[-1]) / 2 if alone_ray else None
+            if calls:  # e2e - rows/alone, split into its parts (they add up to it by construction)
+                calls["loss_vs_alone_s"] = {
+                    "start_up": calls["first_call_s"], "gaps": calls["gaps_s"], "drain": calls["drain_s"],
+                    "run_queue_wait": calls["run_queue_wait_s"],
+                    "slower_compute": round(calls["in_calls_s"] - (calls["run_queue_wait_s"] or 0.0) - n / ref, 2)}
             runs.append({
                 "rows": n, "load_avg_1min": round(load0, 1), "slowest_alone_rows_per_s": round(ref, 1),
                 "end_to_end_s": round(e2e_s, 2), "end_to_end_rows_per_s": round(n / e2e_s, 1),
@@ -285,6 +380,7 @@ def main() -> None:
                 "not_busy_s": round(e2e_s - busy, 2) if busy else None,
                 "pipeline_cpu_ms_per_row": {k: round(v["cpu_s"] / n * 1e3, 2)
                                             for k, v in ops.items() if "cpu_s" in v and n},
+                "slowest_calls": calls,
             })
         ray.shutdown()
 
@@ -307,6 +403,7 @@ def main() -> None:
             "ratio_end_to_end_vs_slowest": med("ratio_end_to_end"),
             "slowest_stage_alone_ray_job_rows_per_s_each_time": [round(v, 1) for v in alone_ray],
             "ratio_end_to_end_vs_slowest_as_ray_job": med("ratio_end_to_end_vs_ray_job"),
+            "slowest_calls_in_ray_job_reference": ray_job_calls,
             "ratio_steady_state_vs_slowest": med("ratio_steady_state"),
             "ratio_while_busy_vs_slowest": med("ratio_while_busy"),
             "time_to_first_commit_s": med("time_to_first_commit_s"),
