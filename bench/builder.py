@@ -190,7 +190,8 @@ class _RecordCalls:
         B.MODEL_STAGES[self.stage] = self._orig
 
     def summary(self, t0: float, t1: float) -> dict | None:
-        calls = sorted((json.loads(line) for f in self.dir.glob("calls-*.jsonl") for line in f.read_text().splitlines()),
+        logs = list(self.dir.glob("calls-*.jsonl"))
+        calls = sorted((json.loads(line) for f in logs for line in f.read_text().splitlines()),
                        key=lambda c: c["start"])
         if not calls:
             return None
@@ -205,7 +206,7 @@ class _RecordCalls:
                 "on_cpu_s": round(cpu, 2), "run_queue_wait_s": round(wait, 2) if wait is not None else None,
                 "other_in_calls_s": round(in_call - cpu - (wait or 0.0), 2),
                 "on_cpu_share_of_calls": round(cpu / in_call, 3), "cpu_ms_per_row": round(cpu / rows * 1e3, 2),
-                "calls": len(calls), "actors": len(list(self.dir.glob("calls-*.jsonl")))}
+                "calls": len(calls), "actors": len(logs)}
 
 
 def _stage_alone_ray(cfg, name: str, source, clip_dim) -> float:
@@ -341,7 +342,9 @@ def main() -> None:
         for r in range(args.repeat):
             out = tmp / f"out{r}"
             load0, wall0, t0 = os.getloadavg()[0], time.time(), time.perf_counter()
-            with _RecordCalls(slowest, tmp / f"calls-{r}") if slowest in MODEL_STAGES else contextlib.nullcontext() as rec:
+            recording = (_RecordCalls(slowest, tmp / f"calls-{r}") if slowest in MODEL_STAGES
+                         else contextlib.nullcontext())
+            with recording as rec:
                 rep = build(str(src), str(out), cfg, models="tiny")
             e2e_s = time.perf_counter() - t0
             calls = rec.summary(t0, t0 + e2e_s) if rec else None
