@@ -43,13 +43,19 @@ Method (this machine's cores are shared with other work, so everything is measur
   ``run_queue_wait_s`` the time the stage was ready to compute but another process had its core,
   ``drain_s`` the time from its last call to the end of ``build()``; ``loss_vs_alone_s`` splits
   ``end_to_end_s - rows / slowest_alone_rows_per_s`` into those parts plus ``slower_compute`` (time
-  in calls, less the run-queue wait, beyond what the stage alone took).
+  in calls, less the run-queue wait, beyond what the stage alone took);
+* ``--dedicated-cores N [M ...]``: the runs' ``resources.<slowest>.dedicated_cores`` (0: every process
+  shares every core, as by default). Several values alternate (ABBA over ``--repeat 2``), each on a
+  local cluster started for it by the builder's own ``_init_ray`` (a cluster's processes keep the
+  cores they started on); the Ray-job reference runs on the same cores as the pipeline's actor.
+  ``by_dedicated_cores`` holds each value's median ratios.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -209,7 +215,7 @@ class _RecordCalls:
                 "calls": len(calls), "actors": len(logs)}
 
 
-def _stage_alone_ray(cfg, name: str, source, clip_dim) -> float:
+def _stage_alone_ray(cfg, name: str, source, clip_dim, plan=None) -> float:
     """rows/s of model stage ``name`` run alone as its own Ray Data job over ``source`` (a dataset
     already materialised in the object store), with the actor pool ``build()`` gives it: like the
     pipeline, this includes starting the actor (process, imports, model load) and Ray Data's
@@ -217,7 +223,7 @@ def _stage_alone_ray(cfg, name: str, source, clip_dim) -> float:
     from pipelines.build import map_model_stage
 
     t = time.perf_counter()
-    ds = map_model_stage(source, cfg, name, "tiny", clip_dim)
+    ds = map_model_stage(source, cfg, name, "tiny", clip_dim, plan)
     n = sum(b.num_rows for b in ds.iter_batches(batch_size=None, batch_format="pyarrow"))
     return n / (time.perf_counter() - t)
 
@@ -268,7 +274,11 @@ def main() -> None:
     ap.add_argument("--worker-niceness", type=int, default=0,
                     help="nice value of Ray's worker processes (Ray's default is 15; 0 = this process's, "
                          "in which the stages alone are timed)")
-    ap.add_argument("--repeat", type=int, default=1, help="pipeline runs (the slowest stage alone is timed between)")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="pipeline runs per --dedicated-cores value (the slowest stage alone is timed between)")
+    ap.add_argument("--dedicated-cores", type=int, nargs="+", default=[0],
+                    help="resources.<slowest stage>.dedicated_cores of the runs; several values alternate "
+                         "(ABBA with --repeat 2), each on a local cluster started for it")
     ap.add_argument("--all-cores", action="store_true",
                     help="also time the slowest stage alone with torch on every core (information only: "
                          "not what its actor gets, so not the reference of the ratios)")
@@ -315,42 +325,65 @@ def main() -> None:
 
         import ray
 
-        ray.init(address="local", num_cpus=cfg.ray.num_cpus, include_dashboard=False,
-                 _temp_dir=f"/tmp/rb-{uuid.uuid4().hex[:6]}", log_to_driver=False,
-                 _system_config={"worker_niceness": args.worker_niceness})
-        build(str(src / "d0"), str(tmp / "warm"), cfg, models="tiny")  # warm-up: task workers, imports
-        from pipelines.build import MODEL_STAGES
+        from pipelines.build import MODEL_STAGES, _init_ray, core_plan
 
-        ray_source = None
-        if slowest in MODEL_STAGES:  # the slowest stage's input, in the object store in build()'s blocks
-            rows_in = _stage_input(stages, table, batches, args.chunk, slowest)
-            step = cfg.input.batch_rows
-            ray_source = ray.data.from_arrow([rows_in.slice(o, step) for o in range(0, rows_in.num_rows, step)])
-            ray_source = ray_source.materialize()
-            del rows_in
+        if any(args.dedicated_cores) and slowest not in MODEL_STAGES:
+            raise SystemExit(f"--dedicated-cores: the slowest stage, {slowest}, is not a model stage (actor pool).")
 
-        def ray_job_reference(tag: str) -> float:
+        def start_cluster(n: int):
+            """(config, core plan, the slowest stage's input in the object store) of a fresh local
+            cluster whose slowest stage has ``n`` dedicated cores; a warm-up build starts Ray's task
+            workers (imports)."""
+            cfg_n = dataclasses.replace(cfg, ray=dataclasses.replace(
+                cfg.ray, worker_niceness=args.worker_niceness, temp_dir=f"/tmp/rb-{uuid.uuid4().hex[:6]}"))
+            if n:  # only the slowest stage's dedicated_cores differ from the bench config
+                cfg_n = dataclasses.replace(cfg_n, resources=dataclasses.replace(
+                    cfg.resources, **{slowest: dataclasses.replace(getattr(cfg.resources, slowest), dedicated_cores=n)}))
+            plan = core_plan(cfg_n)
+            _init_ray(cfg_n, None, plan)
+            build(str(src / "d0"), str(tmp / f"warm-{uuid.uuid4().hex[:6]}"), cfg_n, models="tiny")
+            source = None
+            if slowest in MODEL_STAGES:  # the slowest stage's input, in the object store in build()'s blocks
+                rows_in = _stage_input(stages, table, batches, args.chunk, slowest)
+                step = cfg.input.batch_rows
+                source = ray.data.from_arrow([rows_in.slice(o, step) for o in range(0, rows_in.num_rows, step)])
+                source = source.materialize()
+                del rows_in
+            return cfg_n, plan, source
+
+        def ray_job_reference(cfg_n, plan, source, tag: str) -> float:
             with _RecordCalls(slowest, tmp / f"calls-ray-job-{tag}") as rec:
                 t = time.perf_counter()
-                rate = _stage_alone_ray(cfg, slowest, ray_source, clip_dim)
+                rate = _stage_alone_ray(cfg_n, slowest, source, clip_dim, plan)
                 ray_job_calls.append(rec.summary(t, time.perf_counter()))
             return rate
 
+        order = [n for r in range(args.repeat) for n in (args.dedicated_cores if r % 2 == 0
+                                                          else args.dedicated_cores[::-1])]
         ray_job_calls: list = []
-        alone_ray = [ray_job_reference("0")] if ray_source is not None else []
-        runs = []
-        for r in range(args.repeat):
+        alone_ray: list = []
+        current, runs = None, []
+        for r, n in enumerate(order):
+            if n != current:  # a cluster for this setting: its processes' cores are fixed when it starts
+                if current is not None:
+                    ray.shutdown()
+                cfg_n, plan, ray_source = start_cluster(n)
+                current = n
+                ref_ray_before = (ray_job_reference(cfg_n, plan, ray_source, f"{r}-start")
+                                  if ray_source is not None else None)
+                if ref_ray_before:
+                    alone_ray.append(ref_ray_before)
             out = tmp / f"out{r}"
             load0, wall0, t0 = os.getloadavg()[0], time.time(), time.perf_counter()
             recording = (_RecordCalls(slowest, tmp / f"calls-{r}") if slowest in MODEL_STAGES
                          else contextlib.nullcontext())
             with recording as rec:
-                rep = build(str(src), str(out), cfg, models="tiny")
+                rep = build(str(src), str(out), cfg_n, models="tiny")
             e2e_s = time.perf_counter() - t0
             calls = rec.summary(t0, t0 + e2e_s) if rec else None
             if args.stats:
                 sys.stderr.write(rep.ray_stats + "\n")
-            n = rep.rows_written + rep.rejects_written
+            n_rows = rep.rows_written + rep.rejects_written
             ops = _operator_totals(rep.ray_stats)
             # how long the slowest stage's actor was busy in its calls: the rest of the wall time is
             # start-up (actor process, imports, model load), idle gaps and the drain after its last batch
@@ -359,37 +392,49 @@ def main() -> None:
             span = recs[-1].created - recs[0].created if recs else 0.0
             steady = (sum(c.rows for c in recs) - recs[0].rows) / span if span > 0 else float("nan")
             alone_slowest.append(_stages_alone(stages, table, batches, threads, args.chunk, only=slowest)[0][slowest])
-            if alone_ray:
-                alone_ray.append(ray_job_reference(str(r + 1)))
+            ref_ray = None
+            if ref_ray_before:
+                after = ray_job_reference(cfg_n, plan, ray_source, str(r))
+                alone_ray.append(after)
+                ref_ray, ref_ray_before = (ref_ray_before + after) / 2, after
             loads.append(os.getloadavg()[0])
             ref = (alone_slowest[-2] + alone_slowest[-1]) / 2  # the slowest stage alone, either side
-            ref_ray = (alone_ray[-2] + alone_ray[-1]) / 2 if alone_ray else None
             if calls:  # e2e - rows/alone, split into its parts (they add up to it by construction)
                 calls["loss_vs_alone_s"] = {
                     "start_up": calls["first_call_s"], "gaps": calls["gaps_s"], "drain": calls["drain_s"],
                     "run_queue_wait": calls["run_queue_wait_s"],
-                    "slower_compute": round(calls["in_calls_s"] - (calls["run_queue_wait_s"] or 0.0) - n / ref, 2)}
+                    "slower_compute": round(calls["in_calls_s"] - (calls["run_queue_wait_s"] or 0.0) - n_rows / ref, 2)}
             runs.append({
-                "rows": n, "load_avg_1min": round(load0, 1), "slowest_alone_rows_per_s": round(ref, 1),
-                "end_to_end_s": round(e2e_s, 2), "end_to_end_rows_per_s": round(n / e2e_s, 1),
-                "ratio_end_to_end": round(n / e2e_s / ref, 3),
+                "dedicated_cores": n, "cores": ({"shared": list(plan.shared), slowest: list(plan.stages[slowest])}
+                                                if plan else None),
+                "rows": n_rows, "load_avg_1min": round(load0, 1), "slowest_alone_rows_per_s": round(ref, 1),
+                "end_to_end_s": round(e2e_s, 2), "end_to_end_rows_per_s": round(n_rows / e2e_s, 1),
+                "ratio_end_to_end": round(n_rows / e2e_s / ref, 3),
                 "slowest_alone_ray_job_rows_per_s": round(ref_ray, 1) if ref_ray else None,
-                "ratio_end_to_end_vs_ray_job": round(n / e2e_s / ref_ray, 3) if ref_ray else None,
+                "ratio_end_to_end_vs_ray_job": round(n_rows / e2e_s / ref_ray, 3) if ref_ray else None,
                 "time_to_first_commit_s": round(recs[0].created - wall0, 2) if recs else None,
                 "commits": len(recs),
                 "steady_state_rows_per_s": round(steady, 1), "ratio_steady_state": round(steady / ref, 3),
                 "slowest_busy_s": round(busy, 2) if busy else None,
-                "ratio_while_busy": round(n / busy / ref, 3) if busy else None,
+                "ratio_while_busy": round(n_rows / busy / ref, 3) if busy else None,
                 "not_busy_s": round(e2e_s - busy, 2) if busy else None,
-                "pipeline_cpu_ms_per_row": {k: round(v["cpu_s"] / n * 1e3, 2)
-                                            for k, v in ops.items() if "cpu_s" in v and n},
+                "pipeline_cpu_ms_per_row": {k: round(v["cpu_s"] / n_rows * 1e3, 2)
+                                            for k, v in ops.items() if "cpu_s" in v and n_rows},
                 "slowest_calls": calls,
             })
         ray.shutdown()
 
-        def med(key):
-            vals = [x[key] for x in runs if x[key] is not None]
+        def med(key, n):
+            vals = [x[key] for x in runs if x[key] is not None and x["dedicated_cores"] == n]
             return round(statistics.median(vals), 3) if vals else None
+
+        by_cores = {str(n): {"runs": sum(x["dedicated_cores"] == n for x in runs),
+                             "ratio_end_to_end_vs_slowest": med("ratio_end_to_end", n),
+                             "ratio_end_to_end_vs_slowest_as_ray_job": med("ratio_end_to_end_vs_ray_job", n),
+                             "ratio_steady_state_vs_slowest": med("ratio_steady_state", n),
+                             "ratio_while_busy_vs_slowest": med("ratio_while_busy", n),
+                             "time_to_first_commit_s": med("time_to_first_commit_s", n)}
+                    for n in args.dedicated_cores}
 
         print(json.dumps({
             "benchmark": "builder.end_to_end_vs_slowest_stage",
@@ -403,13 +448,9 @@ def main() -> None:
             "slowest_stage": slowest,
             "slowest_stage_alone_rows_per_s_each_time": [round(v, 1) for v in alone_slowest],
             "load_avg_1min_each_alone": [round(v, 1) for v in loads],
-            "ratio_end_to_end_vs_slowest": med("ratio_end_to_end"),
             "slowest_stage_alone_ray_job_rows_per_s_each_time": [round(v, 1) for v in alone_ray],
-            "ratio_end_to_end_vs_slowest_as_ray_job": med("ratio_end_to_end_vs_ray_job"),
             "slowest_calls_in_ray_job_reference": ray_job_calls,
-            "ratio_steady_state_vs_slowest": med("ratio_steady_state"),
-            "ratio_while_busy_vs_slowest": med("ratio_while_busy"),
-            "time_to_first_commit_s": med("time_to_first_commit_s"),
+            "by_dedicated_cores": by_cores,
             "target_ratio": 0.9,
             "runs": runs,
             "decode_cpu_ms_per_image": round(alone_cpu["decode"], 2),

@@ -18,6 +18,7 @@ pipelines.build INPUT OUTPUT --config FILE.yaml``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 import json
@@ -33,6 +34,7 @@ import pyarrow as pa
 from pipelines.configs import ConfigError, check, load_yaml, to_dict
 from pipelines.geometry import MapsConfig
 from pipelines.stages.aesthetic import AestheticConfig, AestheticScorer, clip_embed_dim
+from pipelines.stages.base import worker_logging
 from pipelines.stages.caption import CaptionConfig, Captioner
 from pipelines.stages.decode import DecodeConfig, DecodeStage
 from pipelines.stages.depth import DepthConfig, DepthEstimator
@@ -60,17 +62,23 @@ class Resources:
 
     ``batch_size`` is the model batch of a model stage; ``resources.decode`` sets the CPU stages
     (decode, resolution, person filter: tasks, one per block, ``batch_size`` rows at a time).
+    ``dedicated_cores`` (model stages, local clusters on Linux): see :func:`core_plan`.
     """
 
     batch_size: int = 16
     concurrency: int = 1
     num_cpus: float = 1.0
     num_gpus: float = 0.0
+    #: cores of their own for this stage's actors when ``build()`` starts a local cluster (a CPU-only
+    #: machine's bottleneck stage): they run there alone; Ray, the driver and every other stage run on
+    #: the remaining cores. 0: share every core (the default; ignored when attaching to a cluster).
+    dedicated_cores: int = 0
 
     def __post_init__(self):
         check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}.")
         check(self.concurrency >= 1, f"concurrency must be >= 1, got {self.concurrency}.")
         check(self.num_cpus >= 0 and self.num_gpus >= 0, "num_cpus and num_gpus must be >= 0.")
+        check(self.dedicated_cores >= 0, f"dedicated_cores must be >= 0, got {self.dedicated_cores}.")
 
 
 @dataclass(frozen=True)
@@ -130,6 +138,13 @@ class RayConfig:
     #: Ray Data's target block size in MiB (None: Ray's default, 128): an upper bound on the bytes of
     #: a block. Rows per block are set by ``input.batch_rows``; this only matters for very large images.
     target_max_block_mb: int | None = None
+    #: nice value of the worker processes of a local cluster (None: Ray's default, 15, which yields the
+    #: CPU to everything else on a shared machine; 0 runs them like the driver); ignored when attaching
+    worker_niceness: int | None = None
+
+    def __post_init__(self):
+        check(self.worker_niceness is None or 0 <= self.worker_niceness <= 19,
+              f"ray.worker_niceness must be in [0, 19] or null, got {self.worker_niceness}.")
 
 
 @dataclass(frozen=True)
@@ -159,6 +174,10 @@ class BuildConfig:
               "stages: 'person_filter' needs 'detect'.")
         check("pose" not in self.stages or "detect" in self.stages, "stages: 'pose' needs 'detect' (top-down pose).")
         check(len(set(self.stages)) == len(self.stages), f"stages: {list(self.stages)} lists a stage twice.")
+        for name in ("read", "decode", "write"):
+            n = getattr(self.resources, name).dedicated_cores
+            check(n == 0, f"resources.{name}.dedicated_cores is {n}, but only model stages (actor pools) can "
+                          f"have cores of their own.")
 
     @property
     def ordered_stages(self) -> list[str]:
@@ -231,8 +250,97 @@ def _cpu_stage(batch: pa.Table, factory, batch_size: int):
         yield stage(batch.slice(off, batch_size))
 
 
-def _init_ray(cfg: BuildConfig, address: str | None) -> bool:
-    """Connect to Ray (or start a local cluster); True when this call started a local cluster."""
+@dataclass(frozen=True)
+class CorePlan:
+    """Which cores of this machine each model stage with ``dedicated_cores`` gets, and the rest."""
+
+    #: cores left for Ray's processes, the driver, the CPU tasks and the other model stages
+    shared: tuple[int, ...]
+    #: model stage -> its cores (shared by that stage's actors)
+    stages: dict[str, tuple[int, ...]]
+
+
+def core_plan(cfg: BuildConfig, available: set[int] | None = None) -> CorePlan | None:
+    """The cores of ``resources.<stage>.dedicated_cores`` (None when no stage asks for any).
+
+    For CPU-only machines, where the slowest model stage shares its cores with everything else: on
+    2 cores its actor waited ~7 % of its compute time for a core that another process held, although
+    the machine was only ~85 % busy, and no nice value helped; a core of its own brought that to
+    ~1.5 % (BENCHMARKS.md, builder). The highest-numbered ``available`` cores (default: those this
+    process may run on) go to the stages in stage order; at least one core stays shared.
+    """
+    want = {s: getattr(cfg.resources, s).dedicated_cores for s in cfg.ordered_stages if s in MODEL_STAGES}
+    want = {s: n for s, n in want.items() if n > 0}
+    if not want:
+        return None
+    if not hasattr(os, "sched_setaffinity"):
+        raise ConfigError("resources.<stage>.dedicated_cores needs Linux (CPU affinity); set it to 0 on this system.")
+    cores = sorted(available if available is not None else os.sched_getaffinity(0))
+    need = sum(want.values())
+    if need >= len(cores):
+        raise ConfigError(
+            f"resources.<stage>.dedicated_cores ask for {need} cores ({', '.join(f'{s}: {n}' for s, n in want.items())}) "
+            f"but this process may run on {len(cores)} (CPUs {cores}), and at least one must stay for Ray, the "
+            f"driver and the other stages; lower them.")
+    stages, end = {}, len(cores)
+    for stage, n in want.items():
+        stages[stage] = tuple(cores[end - n:end])
+        end -= n
+    return CorePlan(shared=tuple(cores[:end]), stages=stages)
+
+
+def _set_process_affinity(cores) -> None:
+    """Move every thread of this process onto ``cores`` (threads and processes it starts inherit it)."""
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            os.sched_setaffinity(int(tid), cores)
+        except (ProcessLookupError, PermissionError):  # the thread ended meanwhile
+            pass
+
+
+@contextlib.contextmanager
+def _thread_on_cores(cores):
+    """Run the block with this thread on ``cores`` (None: unchanged); what it starts inherits them."""
+    if cores is None:
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cores)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+def _on_cores(cls, cores: tuple[int, ...], dedicated: bool, threads: int | None):
+    """``cls`` whose actor first moves onto ``cores`` (and, given ``threads``, sets torch's intra-op
+    threads to it) and logs where it runs; same name, so Ray Data's stats still say ``cls.__name__``."""
+
+    class OnCores(cls):
+        def __init__(self, *args, **kwargs):
+            worker_logging()
+            _set_process_affinity(cores)
+            if threads is not None:
+                import torch
+
+                torch.set_num_threads(threads)
+            log.info("%s actor (pid %d) runs on CPUs %s (%s), nice %d", cls.__name__, os.getpid(), list(cores),
+                     "dedicated" if dedicated else "shared", os.nice(0))
+            super().__init__(*args, **kwargs)
+
+    OnCores.__name__, OnCores.__qualname__ = cls.__name__, cls.__qualname__
+    return OnCores
+
+
+#: (node id, core plan) of the local cluster ``_init_ray`` started with ``dedicated_cores``: its
+#: processes run on the plan's shared cores (they inherit them from the thread that started them).
+_LOCAL_CLUSTER_CORES: tuple[str, CorePlan] | None = None
+
+
+def _init_ray(cfg: BuildConfig, address: str | None, plan: CorePlan | None = None) -> bool:
+    """Connect to Ray (or start a local cluster, its processes on ``plan``'s shared cores); True when
+    this call started a local cluster."""
+    global _LOCAL_CLUSTER_CORES
     import ray
 
     started_local = False
@@ -240,9 +348,13 @@ def _init_ray(cfg: BuildConfig, address: str | None) -> bool:
         if address or os.environ.get("RAY_ADDRESS"):
             ray.init(address=address, log_to_driver=True)
         else:
-            ray.init(address="local", num_cpus=cfg.ray.num_cpus, include_dashboard=False,
-                     _temp_dir=cfg.ray.temp_dir, log_to_driver=True)
+            system = {"worker_niceness": cfg.ray.worker_niceness} if cfg.ray.worker_niceness is not None else None
+            with _thread_on_cores(plan.shared if plan else None):
+                ray.init(address="local", num_cpus=cfg.ray.num_cpus, include_dashboard=False,
+                         _temp_dir=cfg.ray.temp_dir, log_to_driver=True, _system_config=system)
             started_local = True
+            node = ray.get_runtime_context().get_node_id()
+            _LOCAL_CLUSTER_CORES = (node, plan) if plan else None
     from ray.data import DataContext
 
     ctx = DataContext.get_current()
@@ -250,6 +362,21 @@ def _init_ray(cfg: BuildConfig, address: str | None) -> bool:
     if cfg.ray.target_max_block_mb is not None:
         ctx.target_max_block_size = cfg.ray.target_max_block_mb * 1024 * 1024
     return started_local
+
+
+def _active_core_plan(plan: CorePlan | None) -> CorePlan | None:
+    """``plan`` if the Ray cluster now connected was started on it by this process, else None (and a
+    warning: an existing cluster's processes cannot be moved)."""
+    import ray
+
+    if plan is None:
+        return None
+    if _LOCAL_CLUSTER_CORES == (ray.get_runtime_context().get_node_id(), plan):
+        return plan
+    log.warning("resources.<stage>.dedicated_cores %s ignored: it applies only to a local cluster that this "
+                "process starts (its processes inherit the shared cores), not to one already running.",
+                {s: len(c) for s, c in plan.stages.items()})
+    return None
 
 
 def _zoo_models(cfg: BuildConfig) -> list[tuple[str, str]]:
@@ -300,16 +427,24 @@ def cpu_shortfall(cfg: BuildConfig, cluster_cpus: float) -> str | None:
             f"work, as in {PRESETS / 'cpu.yaml'}) or give the cluster more CPUs (ray.num_cpus for a local cluster).")
 
 
-def map_model_stage(ds, cfg: BuildConfig, stage: str, models: str, clip_dim: int | None):
+def map_model_stage(ds, cfg: BuildConfig, stage: str, models: str, clip_dim: int | None,
+                    plan: CorePlan | None = None):
     """``ds`` followed by model stage ``stage`` as an actor pool sized by ``resources.<stage>``
-    (each actor loads its model once, on its worker)."""
+    (each actor loads its model once, on its worker). With a core ``plan`` (:func:`core_plan`) the
+    actors first move onto their stage's dedicated cores, or the shared ones."""
     import ray
 
     r = getattr(cfg.resources, stage)
     kwargs = {"config": getattr(cfg, stage), "models": models, "clip_dim": clip_dim}
     if stage in ("depth", "normal"):
         kwargs["maps"] = cfg.maps
-    return ds.map_batches(MODEL_STAGES[stage], fn_constructor_kwargs=kwargs, batch_size=r.batch_size,
+    cls = MODEL_STAGES[stage]
+    if plan is not None:
+        own = plan.stages.get(stage)
+        # torch follows the cores a dedicated stage's actors share (Ray's OMP_NUM_THREADS follows num_cpus)
+        threads = max(1, len(own) // r.concurrency) if own and len(own) > 1 else None
+        cls = _on_cores(cls, own or plan.shared, own is not None, threads)
+    return ds.map_batches(cls, fn_constructor_kwargs=kwargs, batch_size=r.batch_size,
                           batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=r.concurrency),
                           num_cpus=r.num_cpus, num_gpus=r.num_gpus)
 
@@ -327,6 +462,7 @@ def build(input: str, output: str, cfg: BuildConfig, *, models: str = "paper", a
     from pipelines.sink import make_datasink
 
     t0 = time.perf_counter()
+    plan = core_plan(cfg)  # before any work: too many dedicated cores is a config error
     shards = readers.discover_shards(input, image_column=cfg.input.image_column,
                                      folder_shard_size=cfg.input.folder_shard_size)
     clip_dim = clip_embed_dim(cfg.aesthetic, models) if ("aesthetic" in cfg.stages and cfg.aesthetic.store_embedding) else None
@@ -363,42 +499,44 @@ def build(input: str, output: str, cfg: BuildConfig, *, models: str = "paper", a
              sum(sizes.values()), len(done), len(todo), len(partial))
     summary_rows, ray_stats = (0, 0), ""
     if todo:
-        started_local = _init_ray(cfg, address)
+        started_local = _init_ray(cfg, address, plan)
+        plan = _active_core_plan(plan)
         _check_gpus(cfg)
         shortfall = cpu_shortfall(cfg, ray.cluster_resources().get("CPU", 0))
         if shortfall and started_local and not cfg.ray.autoscaling:
             raise ConfigError(shortfall)
         if shortfall:  # an existing cluster may still add nodes (autoscaling)
             log.warning("%s (unless the cluster adds nodes)", shortfall)
-        items = [{"shard": json.dumps(dataclasses.asdict(s)),
-                  "skip": json.dumps(sorted(i for sh, i in keys if sh == s.name))} for s in todo]
-        res = cfg.resources
-        ds = ray.data.from_items(items, override_num_blocks=len(items))
-        ds = ds.map_batches(_read_shards, fn_kwargs={"input_cfg": cfg.input, "clip_dim": clip_dim},
-                            batch_size=1, batch_format="pyarrow", num_cpus=res.read.num_cpus,
-                            compute=ray.data.TaskPoolStrategy(size=res.read.concurrency))
-        # Blocks of input.batch_rows rows from here on. A read task's output is otherwise coalesced
-        # up to Ray's target block size (128 MiB): a whole source shard of small images became one
-        # block, so each stage saw a few large blocks and waited for the previous one to finish
-        # them (BENCHMARKS.md). A streaming repartition: no barrier, no shuffle.
-        ds = ds.repartition(target_num_rows_per_block=cfg.input.batch_rows)
-        cpu = {"batch_format": "pyarrow", "batch_size": None, "num_cpus": res.decode.num_cpus,
-               "compute": ray.data.TaskPoolStrategy(size=res.decode.concurrency)}
-        cpu_factories = {"decode": functools.partial(DecodeStage, cfg.decode, clip_dim),
-                         "resolution": functools.partial(ResolutionStage, cfg.resolution, clip_dim),
-                         "person_filter": functools.partial(PersonFilter, cfg.person_filter, clip_dim)}
-        for stage in cfg.ordered_stages:
-            if stage in cpu_factories:
-                ds = ds.map_batches(_cpu_stage, fn_kwargs={"factory": cpu_factories[stage],
-                                                           "batch_size": res.decode.batch_size}, **cpu)
-            else:
-                ds = map_model_stage(ds, cfg, stage, models, clip_dim)
-        datasink = make_datasink(sink.writer(), clip_dim, cfg.write.rows_per_file)
-        ds.write_datasink(datasink, ray_remote_args={"num_cpus": res.write.num_cpus},
-                          concurrency=res.write.concurrency)
-        summary_rows = (datasink.summary.data_rows, datasink.summary.reject_rows)
-        written = getattr(ds, "_write_ds", None)  # what write_datasink executed (holds the stats)
-        ray_stats = written.stats() if written is not None else ""
+        with _thread_on_cores(plan.shared if plan else None):  # Ray Data's executor threads inherit it
+            items = [{"shard": json.dumps(dataclasses.asdict(s)),
+                      "skip": json.dumps(sorted(i for sh, i in keys if sh == s.name))} for s in todo]
+            res = cfg.resources
+            ds = ray.data.from_items(items, override_num_blocks=len(items))
+            ds = ds.map_batches(_read_shards, fn_kwargs={"input_cfg": cfg.input, "clip_dim": clip_dim},
+                                batch_size=1, batch_format="pyarrow", num_cpus=res.read.num_cpus,
+                                compute=ray.data.TaskPoolStrategy(size=res.read.concurrency))
+            # Blocks of input.batch_rows rows from here on. A read task's output is otherwise coalesced
+            # up to Ray's target block size (128 MiB): a whole source shard of small images became one
+            # block, so each stage saw a few large blocks and waited for the previous one to finish
+            # them (BENCHMARKS.md). A streaming repartition: no barrier, no shuffle.
+            ds = ds.repartition(target_num_rows_per_block=cfg.input.batch_rows)
+            cpu = {"batch_format": "pyarrow", "batch_size": None, "num_cpus": res.decode.num_cpus,
+                   "compute": ray.data.TaskPoolStrategy(size=res.decode.concurrency)}
+            cpu_factories = {"decode": functools.partial(DecodeStage, cfg.decode, clip_dim),
+                             "resolution": functools.partial(ResolutionStage, cfg.resolution, clip_dim),
+                             "person_filter": functools.partial(PersonFilter, cfg.person_filter, clip_dim)}
+            for stage in cfg.ordered_stages:
+                if stage in cpu_factories:
+                    ds = ds.map_batches(_cpu_stage, fn_kwargs={"factory": cpu_factories[stage],
+                                                               "batch_size": res.decode.batch_size}, **cpu)
+                else:
+                    ds = map_model_stage(ds, cfg, stage, models, clip_dim, plan)
+            datasink = make_datasink(sink.writer(), clip_dim, cfg.write.rows_per_file)
+            ds.write_datasink(datasink, ray_remote_args={"num_cpus": res.write.num_cpus},
+                              concurrency=res.write.concurrency)
+            summary_rows = (datasink.summary.data_rows, datasink.summary.reject_rows)
+            written = getattr(ds, "_write_ds", None)  # what write_datasink executed (holds the stats)
+            ray_stats = written.stats() if written is not None else ""
         log.debug("Ray Data stats:\n%s", ray_stats)
     sink.close()
     ds_read = humanverse.open(output)

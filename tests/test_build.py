@@ -3,6 +3,8 @@ bad inputs, resume, config checks."""
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
 import uuid
@@ -190,7 +192,6 @@ def test_each_shard_is_its_own_read_task_and_blocks_stream(ray_cluster, tmp_path
     """Throughput regressions (issue 3, BENCHMARKS.md): every source shard gets its own read task
     (a batch_size on a CPU stage fused after the reader once bundled every shard into one task), and
     the model stages see blocks of input.batch_rows rows, not one block per shard."""
-    import re
 
     src = tmp_path / "in"
     for j, d in enumerate(("a", "b")):
@@ -253,3 +254,53 @@ def test_missing_input_and_gpu_request_on_a_cpu_cluster(ray_cluster, tmp_path, c
 def test_python_m_entrypoint_help():
     out = subprocess.run([sys.executable, "-m", "pipelines.build", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "--force-new-config" in out.stdout
+
+
+def test_dedicated_cores_plan_and_config_checks(ray_cluster, caplog):
+    """``resources.<stage>.dedicated_cores``: the highest cores go to the stages in stage order, at
+    least one stays shared, CPU stages cannot have any, and a cluster this process did not start
+    with the plan (its processes cannot be moved) ignores it with a warning."""
+    from pipelines.build import CorePlan, _active_core_plan, core_plan
+
+    both = load_config(PRESETS / "demo.yaml", {"stages": FILTER_STAGES, "resources.detect.dedicated_cores": 1,
+                                               "resources.aesthetic.dedicated_cores": 2})
+    assert core_plan(both, available={0, 1, 2, 3}) == CorePlan(shared=(0,), stages={"detect": (3,),
+                                                                                    "aesthetic": (1, 2)})
+    assert core_plan(load_config(PRESETS / "demo.yaml", {"stages": FILTER_STAGES}), available={0, 1}) is None
+    with pytest.raises(ConfigError, match=r"ask for 3 cores \(detect: 1, aesthetic: 2\) but this process may run "
+                                          r"on 3 \(CPUs \[0, 1, 2\]\), and at least one must stay"):
+        core_plan(both, available={0, 1, 2})
+    left_out = load_config(PRESETS / "demo.yaml", {"stages": ["decode", "detect"], "resources.aesthetic.dedicated_cores": 1})
+    assert core_plan(left_out, available={0, 1}) is None  # only stages that run count
+    with pytest.raises(ConfigError, match="resources.decode.dedicated_cores is 1, but only model stages"):
+        load_config(PRESETS / "demo.yaml", {"resources.decode.dedicated_cores": 1})
+    with pytest.raises(ConfigError, match="dedicated_cores must be >= 0, got -1"):
+        load_config(PRESETS / "demo.yaml", {"resources.detect.dedicated_cores": -1})
+    with pytest.raises(ConfigError, match=r"ray.worker_niceness must be in \[0, 19\] or null, got 25"):
+        load_config(PRESETS / "demo.yaml", {"ray.worker_niceness": 25})
+    assert _active_core_plan(CorePlan(shared=(0,), stages={"detect": (1,)})) is None
+    assert "dedicated_cores {'detect': 1} ignored: it applies only to a local cluster" in caplog.text
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2 if hasattr(os, "sched_getaffinity") else True,
+                    reason="needs Linux and at least 2 cores")
+def test_dedicated_cores_put_the_stage_actor_on_its_own_core(tiny_zoo, tmp_path):
+    """``python -m pipelines.build`` with ``resources.detect.dedicated_cores: 1`` starts its local cluster
+    on the other cores and moves the detect actor (only it) onto the last core; the build is complete."""
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(6):
+        (src / f"{i}.jpg").write_bytes(image_bytes(i))
+    cores = sorted(os.sched_getaffinity(0))
+    env = {**os.environ, "HUMANVERSE_TINY_ZOO": str(tiny_zoo), "HF_HUB_OFFLINE": "1", "RAY_ADDRESS": ""}
+    out = subprocess.run(
+        [sys.executable, "-m", "pipelines.build", str(src), str(tmp_path / "out"), "--models", "tiny",
+         "--config", str(PRESETS / "demo.yaml"), "--set", f"stages={FILTER_STAGES}",
+         "--set", "resources.detect.dedicated_cores=1", "--set", "ray.worker_niceness=0",
+         "--set", f"ray.temp_dir=/tmp/rt-{uuid.uuid4().hex[:6]}"],
+        capture_output=True, text=True, env=env, timeout=600)
+    log = out.stdout + out.stderr
+    assert out.returncode == 0, log[-3000:]
+    assert re.search(rf"PersonDetector actor \(pid \d+\) runs on CPUs \[{cores[-1]}\] \(dedicated\), nice 0", log), log[-3000:]
+    assert re.search(rf"AestheticScorer actor \(pid \d+\) runs on CPUs {re.escape(str(cores[:-1]))} \(shared\)", log)
+    assert sum(_counts(tmp_path / "out")) == 6

@@ -11,6 +11,7 @@ and the exception text, and the run goes on.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -49,12 +50,30 @@ class StageCounters:
                  self.stage, self.rows_in, self.alive_in, self.alive_out, self.alive_in - self.alive_out, rate)
 
 
+def worker_logging() -> None:
+    """Send this package's INFO lines (per-stage rows in/out and rates) to stderr in a Ray worker,
+    whose Python logging is otherwise unconfigured (only warnings show); Ray streams workers'
+    stderr to the driver. A no-op where logging is configured (the driver, tests)."""
+    pkg = logging.getLogger("pipelines")
+    if logging.getLogger().handlers or pkg.handlers or "ray" not in sys.modules:
+        return
+    import ray
+
+    if not ray.is_initialized() or ray.get_runtime_context().get_task_id() is None:  # not in a task or actor
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    pkg.addHandler(handler)
+    pkg.setLevel(logging.INFO)
+
+
 class Stage:
     """A stage over alive rows. Subclasses implement :meth:`process` on a list of row dicts."""
 
     name = "stage"
 
     def __init__(self, clip_dim: int | None = None):
+        worker_logging()
         self.schema = R.inflight_schema(clip_dim)
         self.counters = StageCounters(self.name)
 
