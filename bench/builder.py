@@ -369,10 +369,8 @@ def main() -> None:
                     ray.shutdown()
                 cfg_n, plan, ray_source = start_cluster(n)
                 current = n
-                ref_ray_before = (ray_job_reference(cfg_n, plan, ray_source, f"{r}-start")
-                                  if ray_source is not None else None)
-                if ref_ray_before:
-                    alone_ray.append(ref_ray_before)
+                if ray_source is not None:  # the Ray-job reference before this cluster's first run
+                    alone_ray.append(ray_job_reference(cfg_n, plan, ray_source, f"{r}-start"))
             out = tmp / f"out{r}"
             load0, wall0, t0 = os.getloadavg()[0], time.time(), time.perf_counter()
             recording = (_RecordCalls(slowest, tmp / f"calls-{r}") if slowest in MODEL_STAGES
@@ -393,10 +391,9 @@ def main() -> None:
             steady = (sum(c.rows for c in recs) - recs[0].rows) / span if span > 0 else float("nan")
             alone_slowest.append(_stages_alone(stages, table, batches, threads, args.chunk, only=slowest)[0][slowest])
             ref_ray = None
-            if ref_ray_before:
-                after = ray_job_reference(cfg_n, plan, ray_source, str(r))
-                alone_ray.append(after)
-                ref_ray, ref_ray_before = (ref_ray_before + after) / 2, after
+            if ray_source is not None:  # the Ray-job reference either side, on this run's cluster
+                alone_ray.append(ray_job_reference(cfg_n, plan, ray_source, str(r)))
+                ref_ray = (alone_ray[-2] + alone_ray[-1]) / 2
             loads.append(os.getloadavg()[0])
             ref = (alone_slowest[-2] + alone_slowest[-1]) / 2  # the slowest stage alone, either side
             if calls:  # e2e - rows/alone, split into its parts (they add up to it by construction)

@@ -266,11 +266,11 @@ def core_plan(cfg: BuildConfig, available: set[int] | None = None) -> CorePlan |
     For CPU-only machines, where the slowest model stage shares its cores with everything else: on
     2 cores its actor waited ~7 % of its compute time for a core that another process held, although
     the machine was only ~85 % busy, and no nice value helped; a core of its own brought that to
-    ~1.5 % (BENCHMARKS.md, builder). The highest-numbered ``available`` cores (default: those this
+    ~1.7 % (BENCHMARKS.md, builder). The highest-numbered ``available`` cores (default: those this
     process may run on) go to the stages in stage order; at least one core stays shared.
     """
-    want = {s: getattr(cfg.resources, s).dedicated_cores for s in cfg.ordered_stages if s in MODEL_STAGES}
-    want = {s: n for s, n in want.items() if n > 0}
+    want = {s: getattr(cfg.resources, s).dedicated_cores for s in cfg.ordered_stages
+            if s in MODEL_STAGES and getattr(cfg.resources, s).dedicated_cores > 0}
     if not want:
         return None
     if not hasattr(os, "sched_setaffinity"):
