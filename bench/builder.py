@@ -39,7 +39,9 @@ Method (this machine's cores are shared with other work, so everything is measur
   runs (and the Ray-job reference) its class is replaced by a subclass that records every call
   (start on the system-wide monotonic clock, wall, the calling thread's CPU time, and its run-queue
   wait from ``/proc/thread-self/schedstat``, Linux). ``first_call_s`` is the start-up (actor process,
-  imports, model load, pipeline fill), ``gaps_s`` the time between calls (Ray Data's per-block path),
+  imports, model load, pipeline fill; ``start_up_s`` splits it, from the first actor's
+  ``/proc/self/stat`` start and its constructor's clock), ``gaps_s`` the time between calls (Ray
+  Data's per-block path),
   ``run_queue_wait_s`` the time the stage was ready to compute but another process had its core,
   ``drain_s`` the time from its last call to the end of ``build()``; ``loss_vs_alone_s`` splits
   ``end_to_end_s - rows / slowest_alone_rows_per_s`` into those parts plus ``slower_compute`` (time
@@ -157,7 +159,21 @@ def _recording_class(cls, log_dir: str):
         except OSError:
             return None
 
+    def process_started() -> float | None:
+        try:  # this process's start on the monotonic clock (``/proc/self/stat`` field 22, since boot)
+            ticks = int(open("/proc/self/stat").read().rsplit(")", 1)[1].split()[19])
+            since = time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
+            return time.perf_counter() - since
+        except (OSError, ValueError, AttributeError):
+            return None
+
     class Recording(cls):
+        def __init__(self, *args, **kwargs):
+            t_init = time.perf_counter()  # the class (and its module's imports) is loaded by now
+            super().__init__(*args, **kwargs)
+            with open(os.path.join(log_dir, f"init-{os.getpid()}.json"), "w") as f:
+                json.dump({"process": process_started(), "init": t_init, "ready": time.perf_counter()}, f)
+
         def __call__(self, batch):
             if not hasattr(self, "_calls_log"):
                 self._calls_log = open(os.path.join(log_dir, f"calls-{os.getpid()}.jsonl"), "a")
@@ -207,7 +223,15 @@ class _RecordCalls:
         waits = [c["wait"] for c in calls if c["wait"] is not None]
         wait = sum(waits) if len(waits) == len(calls) else None
         rows = sum(c["rows"] for c in calls)
-        return {"first_call_s": round(first - t0, 2), "in_calls_s": round(in_call, 2),
+        # the start-up, split: until the actor's process started, until its class was loaded (Ray's
+        # and the stage module's imports), its constructor (model load), then waiting for input
+        inits = [json.loads(f.read_text()) for f in self.dir.glob("init-*.json")]
+        start_up = None
+        if inits and all(i["process"] is not None for i in inits):
+            i = min(inits, key=lambda i: i["ready"])
+            start_up = {"process_start": round(i["process"] - t0, 2), "imports": round(i["init"] - i["process"], 2),
+                        "constructor": round(i["ready"] - i["init"], 2), "wait_for_input": round(first - i["ready"], 2)}
+        return {"first_call_s": round(first - t0, 2), "start_up_s": start_up, "in_calls_s": round(in_call, 2),
                 "gaps_s": round(last - first - in_call, 2), "drain_s": round(t1 - last, 2),
                 "on_cpu_s": round(cpu, 2), "run_queue_wait_s": round(wait, 2) if wait is not None else None,
                 "other_in_calls_s": round(in_call - cpu - (wait or 0.0), 2),

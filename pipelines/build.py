@@ -32,6 +32,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from pipelines.configs import ConfigError, check, load_yaml, to_dict
+from pipelines.cores import WORKER_CORES_ENV, child_pids, cores_value, set_pid_affinity, set_process_affinity
 from pipelines.geometry import MapsConfig
 from pipelines.stages.aesthetic import AestheticConfig, AestheticScorer, clip_embed_dim
 from pipelines.stages.base import worker_logging
@@ -289,15 +290,6 @@ def core_plan(cfg: BuildConfig, available: set[int] | None = None) -> CorePlan |
     return CorePlan(shared=tuple(cores[:end]), stages=stages)
 
 
-def _set_process_affinity(cores) -> None:
-    """Move every thread of this process onto ``cores`` (threads and processes it starts inherit it)."""
-    for tid in os.listdir("/proc/self/task"):
-        try:
-            os.sched_setaffinity(int(tid), cores)
-        except (ProcessLookupError, PermissionError):  # the thread ended meanwhile
-            pass
-
-
 @contextlib.contextmanager
 def _thread_on_cores(cores):
     """Run the block with this thread on ``cores`` (None: unchanged); what it starts inherits them."""
@@ -319,27 +311,30 @@ def _on_cores(cls, cores: tuple[int, ...], dedicated: bool, threads: int | None)
     class OnCores(cls):
         def __init__(self, *args, **kwargs):
             worker_logging()
-            _set_process_affinity(cores)
+            since_start = os.sched_getaffinity(0) == set(cores)  # moved there as it started (worker_setup)
+            set_process_affinity(cores)
             if threads is not None:
                 import torch
 
                 torch.set_num_threads(threads)
-            log.info("%s actor (pid %d) runs on CPUs %s (%s), nice %d", cls.__name__, os.getpid(), list(cores),
-                     "dedicated" if dedicated else "shared", os.nice(0))
+            log.info("%s actor (pid %d) runs on CPUs %s (%s, %s), nice %d", cls.__name__, os.getpid(), list(cores),
+                     "dedicated" if dedicated else "shared",
+                     "since its process started" if since_start else "moved there now", os.nice(0))
             super().__init__(*args, **kwargs)
 
     OnCores.__name__, OnCores.__qualname__ = cls.__name__, cls.__qualname__
     return OnCores
 
 
-#: (node id, core plan) of the local cluster ``_init_ray`` started with ``dedicated_cores``: its
-#: processes run on the plan's shared cores (they inherit them from the thread that started them).
+#: (node id, core plan) of the local cluster ``_init_ray`` started with ``dedicated_cores``: its GCS
+#: and agents run on the plan's shared cores (inherited from the thread that started them), its raylet
+#: on every core, and each worker moves onto its own cores as it starts (``pipelines.cores``).
 _LOCAL_CLUSTER_CORES: tuple[str, CorePlan] | None = None
 
 
 def _init_ray(cfg: BuildConfig, address: str | None, plan: CorePlan | None = None) -> bool:
-    """Connect to Ray (or start a local cluster, its processes on ``plan``'s shared cores); True when
-    this call started a local cluster."""
+    """Connect to Ray (or start a local cluster laid out on ``plan``'s cores, see
+    ``_LOCAL_CLUSTER_CORES``); True when this call started a local cluster."""
     global _LOCAL_CLUSTER_CORES
     import ray
 
@@ -349,9 +344,18 @@ def _init_ray(cfg: BuildConfig, address: str | None, plan: CorePlan | None = Non
             ray.init(address=address, log_to_driver=True)
         else:
             system = {"worker_niceness": cfg.ray.worker_niceness} if cfg.ray.worker_niceness is not None else None
+            # with dedicated cores, every worker moves onto its cores as it starts (worker_setup): the
+            # shared ones, or its stage's (map_model_stage sets WORKER_CORES_ENV in its runtime env)
+            env = ({"worker_process_setup_hook": "pipelines.cores.worker_setup",
+                    "env_vars": {WORKER_CORES_ENV: cores_value(plan.shared)}} if plan else None)
             with _thread_on_cores(plan.shared if plan else None):
                 ray.init(address="local", num_cpus=cfg.ray.num_cpus, include_dashboard=False,
-                         _temp_dir=cfg.ray.temp_dir, log_to_driver=True, _system_config=system)
+                         _temp_dir=cfg.ray.temp_dir, log_to_driver=True, _system_config=system, runtime_env=env)
+            if plan:  # the raylet spawns the workers: on every core, so that a dedicated stage's actor
+                # process starts on its own core instead of queueing behind the pipeline's first tasks
+                everything = tuple(sorted({*plan.shared, *(c for cs in plan.stages.values() for c in cs)}))
+                for pid in child_pids("raylet"):
+                    set_pid_affinity(pid, everything)
             started_local = True
             node = ray.get_runtime_context().get_node_id()
             _LOCAL_CLUSTER_CORES = (node, plan) if plan else None
@@ -374,7 +378,7 @@ def _active_core_plan(plan: CorePlan | None) -> CorePlan | None:
     if _LOCAL_CLUSTER_CORES == (ray.get_runtime_context().get_node_id(), plan):
         return plan
     log.warning("resources.<stage>.dedicated_cores %s ignored: it applies only to a local cluster that this "
-                "process starts (its processes inherit the shared cores), not to one already running.",
+                "process starts (it places that cluster's processes itself), not to one already running.",
                 {s: len(c) for s, c in plan.stages.items()})
     return None
 
@@ -439,14 +443,17 @@ def map_model_stage(ds, cfg: BuildConfig, stage: str, models: str, clip_dim: int
     if stage in ("depth", "normal"):
         kwargs["maps"] = cfg.maps
     cls = MODEL_STAGES[stage]
+    remote = {}
     if plan is not None:
         own = plan.stages.get(stage)
         # torch follows the cores a dedicated stage's actors share (Ray's OMP_NUM_THREADS follows num_cpus)
         threads = max(1, len(own) // r.concurrency) if own and len(own) > 1 else None
         cls = _on_cores(cls, own or plan.shared, own is not None, threads)
+        if own:  # the actor's process moves there as it starts (worker_setup), before loading anything
+            remote["runtime_env"] = {"env_vars": {WORKER_CORES_ENV: cores_value(own)}}
     return ds.map_batches(cls, fn_constructor_kwargs=kwargs, batch_size=r.batch_size,
                           batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=r.concurrency),
-                          num_cpus=r.num_cpus, num_gpus=r.num_gpus)
+                          num_cpus=r.num_cpus, num_gpus=r.num_gpus, **remote)
 
 
 def build(input: str, output: str, cfg: BuildConfig, *, models: str = "paper", address: str | None = None,

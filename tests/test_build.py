@@ -3,6 +3,7 @@ bad inputs, resume, config checks."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -282,8 +283,76 @@ def test_dedicated_cores_plan_and_config_checks(ray_cluster, caplog):
     assert "dedicated_cores {'detect': 1} ignored: it applies only to a local cluster" in caplog.text
 
 
-@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2 if hasattr(os, "sched_getaffinity") else True,
-                    reason="needs Linux and at least 2 cores")
+needs_two_cores = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2 if hasattr(os, "sched_getaffinity") else True,
+                                     reason="needs Linux and at least 2 cores")
+
+
+@needs_two_cores
+def test_worker_setup_moves_the_process_onto_the_cores_its_environment_names():
+    """The workers' setup hook reads ``HUMANVERSE_WORKER_CORES``; without it the process stays put."""
+    from pipelines.cores import WORKER_CORES_ENV
+
+    last = sorted(os.sched_getaffinity(0))[-1]
+    code = ("import os, threading, time; threading.Thread(target=time.sleep, args=(5,), daemon=True).start(); "
+            "from pipelines.cores import worker_setup; worker_setup(); "
+            "print(sorted({c for t in os.listdir('/proc/self/task') for c in os.sched_getaffinity(int(t))}))")
+    moved = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           env={**os.environ, WORKER_CORES_ENV: str(last)})
+    assert moved.stdout.strip() == f"[{last}]"  # every thread, not only the calling one
+    env = {k: v for k, v in os.environ.items() if k != WORKER_CORES_ENV}
+    stays = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert stays.stdout.strip() == str(sorted(os.sched_getaffinity(0)))
+
+
+@needs_two_cores
+def test_dedicated_cores_local_cluster_spawns_on_every_core_and_workers_take_their_cores(tiny_zoo, tmp_path):
+    """A local cluster started with a core plan: the raylet may use every core (so a dedicated stage's
+    actor process starts on its idle core), a task worker is on the shared cores from its start, and
+    an actor whose runtime env names the stage's cores is on them before its constructor runs."""
+    cores = sorted(os.sched_getaffinity(0))
+    script = tmp_path / "cluster.py"
+    script.write_text(f"""
+import json, os, ray
+from pipelines.build import PRESETS, _init_ray, core_plan, load_config
+from pipelines.cores import WORKER_CORES_ENV, child_pids
+
+cfg = load_config(PRESETS / "demo.yaml", {{"resources.detect.dedicated_cores": 1,
+                                           "ray.temp_dir": "/tmp/rt-{uuid.uuid4().hex[:6]}"}})
+plan = core_plan(cfg)
+_init_ray(cfg, None, plan)
+try:
+    @ray.remote(num_cpus=0.25)
+    def task_cores():
+        return sorted(os.sched_getaffinity(0))
+
+    @ray.remote(num_cpus=0.25)
+    class Actor:
+        def __init__(self):
+            self.at_start = sorted(os.sched_getaffinity(0))
+
+        def cores(self):
+            return self.at_start
+
+    own = Actor.options(runtime_env={{"env_vars": {{WORKER_CORES_ENV: "{cores[-1]}"}}}}).remote()
+    print(json.dumps({{"plan": [list(plan.shared), list(plan.stages["detect"])],
+                      "raylet": [sorted(os.sched_getaffinity(p)) for p in child_pids("raylet")],
+                      "driver": sorted(os.sched_getaffinity(0)), "task": ray.get(task_cores.remote()),
+                      "actor": ray.get(own.cores.remote())}}))
+finally:
+    ray.shutdown()
+""")
+    env = {**os.environ, "HUMANVERSE_TINY_ZOO": str(tiny_zoo), "HF_HUB_OFFLINE": "1", "RAY_ADDRESS": ""}
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["plan"] == [cores[:-1], cores[-1:]]
+    assert got["raylet"] == [cores]  # one raylet, on every core
+    assert got["driver"] == cores  # the calling thread is restored after ray.init
+    assert got["task"] == cores[:-1]
+    assert got["actor"] == cores[-1:]
+
+
+@needs_two_cores
 def test_dedicated_cores_put_the_stage_actor_on_its_own_core(tiny_zoo, tmp_path):
     """``python -m pipelines.build`` with ``resources.detect.dedicated_cores: 1`` starts its local cluster
     on the other cores and moves the detect actor (only it) onto the last core; the build is complete."""
@@ -301,6 +370,8 @@ def test_dedicated_cores_put_the_stage_actor_on_its_own_core(tiny_zoo, tmp_path)
         capture_output=True, text=True, env=env, timeout=600)
     log = out.stdout + out.stderr
     assert out.returncode == 0, log[-3000:]
-    assert re.search(rf"PersonDetector actor \(pid \d+\) runs on CPUs \[{cores[-1]}\] \(dedicated\), nice 0", log), log[-3000:]
-    assert re.search(rf"AestheticScorer actor \(pid \d+\) runs on CPUs {re.escape(str(cores[:-1]))} \(shared\)", log)
+    assert re.search(rf"PersonDetector actor \(pid \d+\) runs on CPUs \[{cores[-1]}\] \(dedicated, since its "
+                     rf"process started\), nice 0", log), log[-3000:]
+    assert re.search(rf"AestheticScorer actor \(pid \d+\) runs on CPUs {re.escape(str(cores[:-1]))} \(shared, "
+                     rf"since its process started\)", log)
     assert sum(_counts(tmp_path / "out")) == 6
