@@ -67,6 +67,7 @@ import shutil
 import statistics
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -170,9 +171,16 @@ def _recording_class(cls, log_dir: str):
     class Recording(cls):
         def __init__(self, *args, **kwargs):
             t_init = time.perf_counter()  # the class (and its module's imports) is loaded by now
+            s_init, c_init = schedstat(), time.process_time()
             super().__init__(*args, **kwargs)
+            s_ready, c_ready = schedstat(), time.process_time()
+            main = threading.current_thread() is threading.main_thread()
             with open(os.path.join(log_dir, f"init-{os.getpid()}.json"), "w") as f:
-                json.dump({"process": process_started(), "init": t_init, "ready": time.perf_counter()}, f)
+                json.dump({"process": process_started(), "init": t_init, "ready": time.perf_counter(),
+                           # CPU of the whole process, and the main thread's on-CPU time and run-queue
+                           # wait, until the constructor and until ready
+                           "process_cpu": [c_init, c_ready], "main_thread": main,
+                           "thread_sched": [s_init, s_ready] if main else None}, f)
 
         def __call__(self, batch):
             if not hasattr(self, "_calls_log"):
@@ -202,14 +210,36 @@ class _RecordCalls:
         from pipelines import build as B
 
         self.dir.mkdir(parents=True, exist_ok=True)
-        self._orig = B.MODEL_STAGES[self.stage]
-        B.MODEL_STAGES[self.stage] = _recording_class(self._orig, str(self.dir))
+        self._orig = B.MODEL_STAGES.get(self.stage)  # None: not an actor stage, nothing to record
+        if self._orig is not None:
+            B.MODEL_STAGES[self.stage] = _recording_class(self._orig, str(self.dir))
         return self
 
     def __exit__(self, *exc):
         from pipelines import build as B
 
-        B.MODEL_STAGES[self.stage] = self._orig
+        if self._orig is not None:
+            B.MODEL_STAGES[self.stage] = self._orig
+
+    def wait_for_exit(self, timeout: float = 60.0) -> float:
+        """Wait until the actor processes recorded here have exited (seconds waited): an actor that
+        tears down (torch, transformers) on the dedicated core while the next run's actor starts there
+        would slow that one's start-up (1.7 s of run-queue wait measured), which a single build never sees."""
+        pids = [int(f.stem.split("-")[1]) for f in self.dir.glob("init-*.json")]
+        t = time.perf_counter()
+        while time.perf_counter() - t < timeout:
+            alive = []
+            for pid in pids:
+                try:
+                    state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+                except OSError:
+                    continue
+                if state not in ("Z", "X"):
+                    alive.append(pid)
+            if not alive:
+                break
+            time.sleep(0.05)
+        return time.perf_counter() - t
 
     def summary(self, t0: float, t1: float) -> dict | None:
         logs = list(self.dir.glob("calls-*.jsonl"))
@@ -231,8 +261,21 @@ class _RecordCalls:
             i = min(inits, key=lambda i: i["ready"])
             start_up = {"process_start": round(i["process"] - t0, 2), "imports": round(i["init"] - i["process"], 2),
                         "constructor": round(i["ready"] - i["init"], 2), "wait_for_input": round(first - i["ready"], 2)}
+            if i.get("thread_sched") and all(i["thread_sched"]):  # on CPU / waiting for a core / neither
+                (c0, w0), (c1, w1) = i["thread_sched"]
+                start_up["main_thread_on_cpu"] = {"imports": round(c0, 2), "constructor": round(c1 - c0, 2)}
+                start_up["main_thread_run_queue_wait"] = {"imports": round(w0, 2), "constructor": round(w1 - w0, 2)}
+                start_up["process_cpu"] = {"imports": round(i["process_cpu"][0], 2),
+                                           "constructor": round(i["process_cpu"][1] - i["process_cpu"][0], 2)}
+        # gaps between consecutive calls: the long ones are between blocks (Ray Data's per-task path),
+        # the short ones between the batches of one block
+        ends = [c["start"] + c["wall"] for c in calls]
+        gaps = [b["start"] - e for e, b in zip(ends, calls[1:])]
+        long_gaps = [g for g in gaps if g > 0.01]
         return {"first_call_s": round(first - t0, 2), "start_up_s": start_up, "in_calls_s": round(in_call, 2),
                 "gaps_s": round(last - first - in_call, 2), "drain_s": round(t1 - last, 2),
+                "gaps_over_10ms": {"count": len(long_gaps), "total_s": round(sum(long_gaps), 2),
+                                   "median_ms": round(statistics.median(long_gaps) * 1e3, 1) if long_gaps else None},
                 "on_cpu_s": round(cpu, 2), "run_queue_wait_s": round(wait, 2) if wait is not None else None,
                 "other_in_calls_s": round(in_call - cpu - (wait or 0.0), 2),
                 "on_cpu_share_of_calls": round(cpu / in_call, 3), "cpu_ms_per_row": round(cpu / rows * 1e3, 2),
@@ -295,6 +338,8 @@ def main() -> None:
     ap.add_argument("--shards", type=int, default=4, help="source shards (folders) the images are spread over")
     ap.add_argument("--size", type=int, nargs=2, default=(384, 480))
     ap.add_argument("--rows-per-file", type=int, default=64, help="write.rows_per_file (commit granularity)")
+    ap.add_argument("--batch-rows", type=int, default=64,
+                    help="input.batch_rows: rows per block between the stages (one actor task per block)")
     ap.add_argument("--worker-niceness", type=int, default=0,
                     help="nice value of Ray's worker processes (Ray's default is 15; 0 = this process's, "
                          "in which the stages alone are timed)")
@@ -333,7 +378,8 @@ def main() -> None:
         cfg = load_config(PRESETS / "demo.yaml", {"stages": STAGES,
                                                   "person_filter.min_area": 0.0, "person_filter.max_persons": 100,
                                                   "aesthetic.threshold": -1e9, "detect.score_threshold": 0.5,
-                                                  "write.rows_per_file": args.rows_per_file})
+                                                  "write.rows_per_file": args.rows_per_file,
+                                                  "input.batch_rows": args.batch_rows})
         clip_dim = clip_embed_dim(cfg.aesthetic, "tiny")
         rows = [r for sh in readers.discover_shards(str(src)) for b in readers.read_shard(sh) for r in b]
         table = from_source_rows(rows, clip_dim)
@@ -365,7 +411,10 @@ def main() -> None:
                     cfg.resources, **{slowest: dataclasses.replace(getattr(cfg.resources, slowest), dedicated_cores=n)}))
             plan = core_plan(cfg_n)
             _init_ray(cfg_n, None, plan)
-            build(str(src / "d0"), str(tmp / f"warm-{uuid.uuid4().hex[:6]}"), cfg_n, models="tiny")
+            tag = uuid.uuid4().hex[:6]
+            with _RecordCalls(slowest, tmp / f"calls-warm-{tag}") as warm:
+                build(str(src / "d0"), str(tmp / f"warm-{tag}"), cfg_n, models="tiny")
+            warm.wait_for_exit()
             source = None
             if slowest in MODEL_STAGES:  # the slowest stage's input, in the object store in build()'s blocks
                 rows_in = _stage_input(stages, table, batches, args.chunk, slowest)
@@ -380,6 +429,7 @@ def main() -> None:
                 t = time.perf_counter()
                 rate = _stage_alone_ray(cfg_n, slowest, source, clip_dim, plan)
                 ray_job_calls.append(rec.summary(t, time.perf_counter()))
+            rec.wait_for_exit()
             return rate
 
         order = [n for r in range(args.repeat) for n in (args.dedicated_cores if r % 2 == 0
@@ -403,6 +453,8 @@ def main() -> None:
                 rep = build(str(src), str(out), cfg_n, models="tiny")
             e2e_s = time.perf_counter() - t0
             calls = rec.summary(t0, t0 + e2e_s) if rec else None
+            if rec:  # before the slowest stage is timed alone again
+                rec.wait_for_exit()
             if args.stats:
                 sys.stderr.write(rep.ray_stats + "\n")
             n_rows = rep.rows_written + rep.rejects_written
@@ -460,7 +512,7 @@ def main() -> None:
         print(json.dumps({
             "benchmark": "builder.end_to_end_vs_slowest_stage",
             "images": args.images, "source_shards": args.shards, "image_size": list(args.size), "models": "tiny",
-            "write_rows_per_file": args.rows_per_file,
+            "write_rows_per_file": args.rows_per_file, "input_batch_rows": args.batch_rows,
             "ray_worker_niceness": args.worker_niceness, "this_process_niceness": os.nice(0),
             "stage_alone_rows_per_s": {k: round(v, 1) for k, v in alone_all.items()},
             "stage_alone_cpu_ms_per_row": {k: round(v, 2) for k, v in alone_cpu.items()},

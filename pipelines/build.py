@@ -32,7 +32,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from pipelines.configs import ConfigError, check, load_yaml, to_dict
-from pipelines.cores import WORKER_CORES_ENV, child_pids, cores_value, set_pid_affinity, set_process_affinity
+from pipelines.cores import WORKER_CORES_ENV, SpawnWatcher, child_pids, cores_value, set_process_affinity
 from pipelines.geometry import MapsConfig
 from pipelines.stages.aesthetic import AestheticConfig, AestheticScorer, clip_embed_dim
 from pipelines.stages.base import worker_logging
@@ -239,16 +239,43 @@ def _read_shards(batch: pa.Table, input_cfg: InputConfig, clip_dim: int | None):
                 yield from_source_rows(rows, clip_dim)
 
 
-def _cpu_stage(batch: pa.Table, factory, batch_size: int):
+def _in_sub_batches(stage, block: pa.Table, batch_size: int) -> pa.Table:
+    """``stage`` called on ``block`` ``batch_size`` rows at a time: its outputs as one table whose
+    columns are one chunk each.
+
+    Ray serialises a block that leaves a task column by column and chunk by chunk, in Python
+    (``ray._private.arrow_serialization``), and the next stage's batcher combines the chunks again:
+    a 64-row in-flight block made of 8 batch outputs took 22 ms to serialise, against 3 ms plus 2 ms
+    to combine as one chunk (BENCHMARKS.md, builder, session 8), ~45 ms of Ray Data's per-block time
+    in the slowest stage's actor.
+    """
+    if block.num_rows <= batch_size:
+        return stage(block)
+    outs = [stage(block.slice(off, batch_size)) for off in range(0, block.num_rows, batch_size)]
+    return pa.concat_tables(outs).combine_chunks()
+
+
+def _cpu_stage(batch: pa.Table, factory, batch_size: int) -> pa.Table:
     """Run a CPU stage over one block, ``batch_size`` rows at a time.
 
     The CPU stages are mapped with ``batch_size=None`` (one call per block) and cut the block here:
     a ``map_batches(batch_size=N)`` fused after the reader makes Ray Data bundle N *input items*
     (N whole source shards) into one read task, which serialised the whole run (BENCHMARKS.md).
     """
-    stage = factory()
-    for off in range(0, batch.num_rows, batch_size):
-        yield stage(batch.slice(off, batch_size))
+    return _in_sub_batches(factory(), batch, batch_size)
+
+
+def _whole_blocks(cls, batch_size: int):
+    """``cls`` called by Ray Data on whole blocks (``map_batches(batch_size >= input.batch_rows)``) that
+    calls the stage itself ``batch_size`` rows at a time and returns one chunk per column
+    (:func:`_in_sub_batches`); same name, so Ray Data's stats still say ``cls.__name__``."""
+
+    class WholeBlocks(cls):
+        def __call__(self, block: pa.Table) -> pa.Table:
+            return _in_sub_batches(super().__call__, block, batch_size)
+
+    WholeBlocks.__name__, WholeBlocks.__qualname__ = cls.__name__, cls.__qualname__
+    return WholeBlocks
 
 
 @dataclass(frozen=True)
@@ -311,7 +338,7 @@ def _on_cores(cls, cores: tuple[int, ...], dedicated: bool, threads: int | None)
     class OnCores(cls):
         def __init__(self, *args, **kwargs):
             worker_logging()
-            since_start = os.sched_getaffinity(0) == set(cores)  # moved there as it started (worker_setup)
+            since_start = os.sched_getaffinity(0) == set(cores)  # moved as it started (SpawnWatcher, worker_setup)
             set_process_affinity(cores)
             if threads is not None:
                 import torch
@@ -326,16 +353,19 @@ def _on_cores(cls, cores: tuple[int, ...], dedicated: bool, threads: int | None)
     return OnCores
 
 
-#: (node id, core plan) of the local cluster ``_init_ray`` started with ``dedicated_cores``: its GCS
-#: and agents run on the plan's shared cores (inherited from the thread that started them), its raylet
-#: on every core, and each worker moves onto its own cores as it starts (``pipelines.cores``).
+#: (node id, core plan) of the local cluster ``_init_ray`` started with ``dedicated_cores``: its GCS,
+#: raylet and agents run on the plan's shared cores (inherited from the thread that started them), and
+#: each worker moves onto the cores its runtime env names as soon as the raylet starts it
+#: (``pipelines.cores``: a watcher in this process, and each worker's setup hook as the fallback).
 _LOCAL_CLUSTER_CORES: tuple[str, CorePlan] | None = None
+#: The watchers of that cluster's raylet (they end with it).
+_SPAWN_WATCHERS: list[SpawnWatcher] = []
 
 
 def _init_ray(cfg: BuildConfig, address: str | None, plan: CorePlan | None = None) -> bool:
     """Connect to Ray (or start a local cluster laid out on ``plan``'s cores, see
     ``_LOCAL_CLUSTER_CORES``); True when this call started a local cluster."""
-    global _LOCAL_CLUSTER_CORES
+    global _LOCAL_CLUSTER_CORES, _SPAWN_WATCHERS
     import ray
 
     started_local = False
@@ -344,18 +374,16 @@ def _init_ray(cfg: BuildConfig, address: str | None, plan: CorePlan | None = Non
             ray.init(address=address, log_to_driver=True)
         else:
             system = {"worker_niceness": cfg.ray.worker_niceness} if cfg.ray.worker_niceness is not None else None
-            # with dedicated cores, every worker moves onto its cores as it starts (worker_setup): the
-            # shared ones, or its stage's (map_model_stage sets WORKER_CORES_ENV in its runtime env)
+            # with dedicated cores, every worker moves onto the cores its runtime env names: the shared
+            # ones, or its stage's (map_model_stage sets WORKER_CORES_ENV in its runtime env)
             env = ({"worker_process_setup_hook": "pipelines.cores.worker_setup",
                     "env_vars": {WORKER_CORES_ENV: cores_value(plan.shared)}} if plan else None)
             with _thread_on_cores(plan.shared if plan else None):
                 ray.init(address="local", num_cpus=cfg.ray.num_cpus, include_dashboard=False,
                          _temp_dir=cfg.ray.temp_dir, log_to_driver=True, _system_config=system, runtime_env=env)
-            if plan:  # the raylet spawns the workers: on every core, so that a dedicated stage's actor
-                # process starts on its own core instead of queueing behind the pipeline's first tasks
-                everything = tuple(sorted({*plan.shared, *(c for cs in plan.stages.values() for c in cs)}))
-                for pid in child_pids("raylet"):
-                    set_pid_affinity(pid, everything)
+                if plan:  # the raylet starts the workers on the shared cores: a dedicated stage's actor
+                    # moves onto its own as soon as it is started, not queued behind the first tasks
+                    _SPAWN_WATCHERS = [SpawnWatcher(pid) for pid in child_pids("raylet")]
             started_local = True
             node = ray.get_runtime_context().get_node_id()
             _LOCAL_CLUSTER_CORES = (node, plan) if plan else None
@@ -434,24 +462,26 @@ def cpu_shortfall(cfg: BuildConfig, cluster_cpus: float) -> str | None:
 def map_model_stage(ds, cfg: BuildConfig, stage: str, models: str, clip_dim: int | None,
                     plan: CorePlan | None = None):
     """``ds`` followed by model stage ``stage`` as an actor pool sized by ``resources.<stage>``
-    (each actor loads its model once, on its worker). With a core ``plan`` (:func:`core_plan`) the
-    actors first move onto their stage's dedicated cores, or the shared ones."""
+    (each actor loads its model once, on its worker), called on whole blocks and running the model
+    ``resources.<stage>.batch_size`` rows at a time (:func:`_whole_blocks`). With a core ``plan``
+    (:func:`core_plan`) the actors first move onto their stage's dedicated cores, or the shared ones."""
     import ray
 
     r = getattr(cfg.resources, stage)
     kwargs = {"config": getattr(cfg, stage), "models": models, "clip_dim": clip_dim}
     if stage in ("depth", "normal"):
         kwargs["maps"] = cfg.maps
-    cls = MODEL_STAGES[stage]
+    cls = _whole_blocks(MODEL_STAGES[stage], r.batch_size)
     remote = {}
     if plan is not None:
         own = plan.stages.get(stage)
         # torch follows the cores a dedicated stage's actors share (Ray's OMP_NUM_THREADS follows num_cpus)
         threads = max(1, len(own) // r.concurrency) if own and len(own) > 1 else None
         cls = _on_cores(cls, own or plan.shared, own is not None, threads)
-        if own:  # the actor's process moves there as it starts (worker_setup), before loading anything
+        if own:  # the actor's process moves there as soon as it is started (SpawnWatcher, worker_setup)
             remote["runtime_env"] = {"env_vars": {WORKER_CORES_ENV: cores_value(own)}}
-    return ds.map_batches(cls, fn_constructor_kwargs=kwargs, batch_size=r.batch_size,
+    # whole blocks per call, or batches of several blocks where the stage's batch is larger
+    return ds.map_batches(cls, fn_constructor_kwargs=kwargs, batch_size=max(r.batch_size, cfg.input.batch_rows),
                           batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=r.concurrency),
                           num_cpus=r.num_cpus, num_gpus=r.num_gpus, **remote)
 

@@ -209,6 +209,34 @@ def test_each_shard_is_its_own_read_task_and_blocks_stream(ray_cluster, tmp_path
     assert tasks.get("MapBatches(PersonDetector)", 0) >= 6, rep.ray_stats  # 12 rows in blocks of 2
 
 
+def test_model_stages_take_whole_blocks_and_return_one_chunk_per_column():
+    """Ray Data calls a model stage on whole blocks; the stage runs its model ``batch_size`` rows at a
+    time, in order, and returns one chunk per column (Ray serialises a block chunk by chunk, in
+    Python: BENCHMARKS.md, builder, session 8). A block no larger than a batch is one call."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from pipelines.build import _in_sub_batches, _whole_blocks
+
+    calls = []
+
+    class Doubler:
+        def __call__(self, t):
+            calls.append(t["x"].to_pylist())
+            return t.append_column("double", pc.multiply(t["x"], 2))
+
+    block = pa.concat_tables([pa.table({"x": list(range(5))}), pa.table({"x": list(range(5, 10))})])
+    stage = _whole_blocks(Doubler, 4)
+    assert stage.__name__ == "Doubler"  # Ray Data's stats name the operator after it
+    out = stage()(block)
+    assert calls == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert out.to_pydict() == {"x": list(range(10)), "double": [2 * i for i in range(10)]}
+    assert [c.num_chunks for c in out.columns] == [1, 1]
+    calls.clear()
+    assert _in_sub_batches(Doubler(), block.slice(0, 4), 4).num_rows == 4
+    assert calls == [[0, 1, 2, 3]]
+
+
 def test_actor_pools_that_leave_no_cpu_for_the_tasks_are_caught():
     """Actors hold their CPUs for the whole run: a config whose pools leave less than one CPU for
     Ray Data's tasks would wait forever, so it is named up front (the presets all fit)."""
@@ -305,14 +333,45 @@ def test_worker_setup_moves_the_process_onto_the_cores_its_environment_names():
 
 
 @needs_two_cores
-def test_dedicated_cores_local_cluster_spawns_on_every_core_and_workers_take_their_cores(tiny_zoo, tmp_path):
-    """A local cluster started with a core plan: the raylet may use every core (so a dedicated stage's
-    actor process starts on its idle core), a task worker is on the shared cores from its start, and
-    an actor whose runtime env names the stage's cores is on them before its constructor runs."""
+def test_spawn_watcher_moves_each_new_child_onto_the_cores_its_environment_names(tmp_path):
+    """The driver-side watcher moves a process its parent starts onto the cores named in the child's
+    environment, within milliseconds of its ``exec`` and before the child runs anything of its own;
+    a child without the variable, or with an empty value, stays where it started."""
+    from pipelines.cores import WORKER_CORES_ENV, SpawnWatcher
+
+    cores = sorted(os.sched_getaffinity(0))
+    child = tmp_path / "child.py"
+    # each child reports the cores of all its threads after its parent has started every child
+    child.write_text("import os, sys, time\n"
+                     "time.sleep(1.0)\n"
+                     "got = sorted({c for t in os.listdir('/proc/self/task') for c in os.sched_getaffinity(int(t))})\n"
+                     "open(sys.argv[1], 'w').write(f'{os.getpid()} {got}')\n")
+    # the parent is a shell, as the raylet is another binary than its Python workers
+    parent = subprocess.Popen(
+        ["bash", "-c", f"{WORKER_CORES_ENV}={cores[-1]} {sys.executable} {child} {tmp_path}/a & "
+                       f"{sys.executable} {child} {tmp_path}/b & "
+                       f"{WORKER_CORES_ENV}= {sys.executable} {child} {tmp_path}/c & wait"])
+    watcher = SpawnWatcher(parent.pid)
+    try:
+        assert parent.wait(timeout=60) == 0
+    finally:
+        watcher.stop()
+    got = {n: (tmp_path / n).read_text().split(" ", 1) for n in "abc"}
+    assert got["a"][1] == str(cores[-1:])
+    assert got["b"][1] == got["c"][1] == str(cores)
+    assert watcher.moved == {int(got["a"][0]): (cores[-1],)}
+
+
+@needs_two_cores
+def test_dedicated_cores_local_cluster_moves_each_worker_onto_its_cores(tiny_zoo, tmp_path):
+    """A local cluster started with a core plan: the raylet starts its workers on the shared cores, a
+    task worker stays there, and an actor whose runtime env names the stage's cores is moved onto them
+    by the driver's watcher as soon as it is started, before its constructor runs."""
     cores = sorted(os.sched_getaffinity(0))
     script = tmp_path / "cluster.py"
     script.write_text(f"""
 import json, os, ray
+from pipelines import build
 from pipelines.build import PRESETS, _init_ray, core_plan, load_config
 from pipelines.cores import WORKER_CORES_ENV, child_pids
 
@@ -331,13 +390,15 @@ try:
             self.at_start = sorted(os.sched_getaffinity(0))
 
         def cores(self):
-            return self.at_start
+            return os.getpid(), self.at_start
 
     own = Actor.options(runtime_env={{"env_vars": {{WORKER_CORES_ENV: "{cores[-1]}"}}}}).remote()
+    pid, at_start = ray.get(own.cores.remote())
     print(json.dumps({{"plan": [list(plan.shared), list(plan.stages["detect"])],
                       "raylet": [sorted(os.sched_getaffinity(p)) for p in child_pids("raylet")],
                       "driver": sorted(os.sched_getaffinity(0)), "task": ray.get(task_cores.remote()),
-                      "actor": ray.get(own.cores.remote())}}))
+                      "actor": at_start,
+                      "watched": [w.moved.get(pid) for w in build._SPAWN_WATCHERS]}}))
 finally:
     ray.shutdown()
 """)
@@ -346,10 +407,11 @@ finally:
     assert out.returncode == 0, out.stderr[-3000:]
     got = json.loads(out.stdout.strip().splitlines()[-1])
     assert got["plan"] == [cores[:-1], cores[-1:]]
-    assert got["raylet"] == [cores]  # one raylet, on every core
+    assert got["raylet"] == [cores[:-1]]  # one raylet, on the shared cores
     assert got["driver"] == cores  # the calling thread is restored after ray.init
     assert got["task"] == cores[:-1]
     assert got["actor"] == cores[-1:]
+    assert got["watched"] == [cores[-1:]]  # the watcher moved it (the setup hook is only the fallback)
 
 
 @needs_two_cores
