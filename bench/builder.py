@@ -23,6 +23,9 @@ Method (this machine's cores are shared with other work, so everything is measur
   here, at this process's nice value) do not. The local cluster therefore runs its workers at
   ``--worker-niceness`` (default 0, like for like); pass 15 to see Ray's default;
 * a warm-up build on one source shard starts Ray's task workers (imports); Ray start-up is excluded;
+  before anything is timed, the actors of the previous run have exited (one tearing down on the
+  dedicated core would slow the next one's start-up, which a single build never sees);
+* ``--batch-rows``: ``input.batch_rows``, the rows of a block between stages (one actor task each);
 * ``end_to_end``: rows / wall time of ``build()``, which *includes* starting the model actors
   (process start, ``import torch``/``transformers``, model load: seconds, amortised by a real run);
 * ``steady_state``: rows committed after the first commit / time between the first and the last
@@ -40,8 +43,9 @@ Method (this machine's cores are shared with other work, so everything is measur
   (start on the system-wide monotonic clock, wall, the calling thread's CPU time, and its run-queue
   wait from ``/proc/thread-self/schedstat``, Linux). ``first_call_s`` is the start-up (actor process,
   imports, model load, pipeline fill; ``start_up_s`` splits it, from the first actor's
-  ``/proc/self/stat`` start and its constructor's clock), ``gaps_s`` the time between calls (Ray
-  Data's per-block path),
+  ``/proc/self/stat`` start and its constructor's clock, and the main thread's time on CPU and in
+  the run queue in each part), ``gaps_s`` the time between calls (``gaps_over_10ms``: those between
+  blocks, Ray Data's per-block path),
   ``run_queue_wait_s`` the time the stage was ready to compute but another process had its core,
   ``drain_s`` the time from its last call to the end of ``build()``; ``loss_vs_alone_s`` splits
   ``end_to_end_s - rows / slowest_alone_rows_per_s`` into those parts plus ``slower_compute`` (time
@@ -161,10 +165,10 @@ def _recording_class(cls, log_dir: str):
             return None
 
     def process_started() -> float | None:
-        try:  # this process's start on the monotonic clock (``/proc/self/stat`` field 22, since boot)
-            ticks = int(open("/proc/self/stat").read().rsplit(")", 1)[1].split()[19])
-            since = time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
-            return time.perf_counter() - since
+        from pipelines.cores import process_age
+
+        try:  # this process's start on the monotonic clock
+            return time.perf_counter() - process_age(os.getpid())
         except (OSError, ValueError, AttributeError):
             return None
 
@@ -225,13 +229,15 @@ class _RecordCalls:
         """Wait until the actor processes recorded here have exited (seconds waited): an actor that
         tears down (torch, transformers) on the dedicated core while the next run's actor starts there
         would slow that one's start-up (1.7 s of run-queue wait measured), which a single build never sees."""
+        from pipelines.cores import proc_stat
+
         pids = [int(f.stem.split("-")[1]) for f in self.dir.glob("init-*.json")]
         t = time.perf_counter()
         while time.perf_counter() - t < timeout:
             alive = []
             for pid in pids:
                 try:
-                    state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+                    state = proc_stat(pid)[1][0]
                 except OSError:
                     continue
                 if state not in ("Z", "X"):

@@ -35,6 +35,14 @@ def set_pid_affinity(pid: int, cores) -> None:
             pass
 
 
+def proc_stat(pid: int | str) -> tuple[str, list[str]]:
+    """(command name, the fields after it) of ``/proc/<pid>/stat``: state is ``fields[0]``, the
+    parent's PID ``fields[1]``, the start time in clock ticks since boot ``fields[19]``."""
+    with open(f"/proc/{pid}/stat") as f:
+        stat = f.read()
+    return stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:].split()
+
+
 def child_pids(name: str) -> list[int]:
     """PIDs of this process's children whose command name is ``name`` (Linux ``/proc``)."""
     me, out = os.getpid(), []
@@ -42,20 +50,17 @@ def child_pids(name: str) -> list[int]:
         if not entry.isdigit():
             continue
         try:
-            with open(f"/proc/{entry}/stat") as f:
-                stat = f.read()
+            comm, fields = proc_stat(entry)
         except OSError:  # gone meanwhile
             continue
-        comm, rest = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:].split()
-        if comm == name and int(rest[1]) == me:
+        if comm == name and int(fields[1]) == me:
             out.append(int(entry))
     return out
 
 
 def process_age(pid: int) -> float:
     """Seconds since process ``pid`` started (``/proc/<pid>/stat``; clock-tick resolution, 10 ms)."""
-    with open(f"/proc/{pid}/stat") as f:
-        ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+    ticks = int(proc_stat(pid)[1][19])
     return time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
 
 
@@ -137,9 +142,10 @@ class SpawnWatcher:
                     if cores:
                         set_pid_affinity(pid, cores)
                         self.moved[pid] = cores
-                        log.debug("process %d moved onto CPUs %s %.0f ms after it started", pid, list(cores),
-                                  process_age(pid) * 1e3)
-                except OSError:  # exited meanwhile, or not ours to read
+                        if log.isEnabledFor(logging.DEBUG):
+                            log.debug("process %d moved onto CPUs %s %.0f ms after it started", pid,
+                                      list(cores), process_age(pid) * 1e3)
+                except (OSError, ValueError):  # exited meanwhile, not ours to read, or not a core list
                     cores = ()
                 if cores is not None or now - pending[pid] >= self.settle:
                     done.add(pid)

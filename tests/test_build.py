@@ -336,7 +336,8 @@ def test_worker_setup_moves_the_process_onto_the_cores_its_environment_names():
 def test_spawn_watcher_moves_each_new_child_onto_the_cores_its_environment_names(tmp_path):
     """The driver-side watcher moves a process its parent starts onto the cores named in the child's
     environment, within milliseconds of its ``exec`` and before the child runs anything of its own;
-    a child without the variable, or with an empty value, stays where it started."""
+    a child without the variable, with an empty value or with one that names no cores stays where it
+    started."""
     from pipelines.cores import WORKER_CORES_ENV, SpawnWatcher
 
     cores = sorted(os.sched_getaffinity(0))
@@ -348,7 +349,8 @@ def test_spawn_watcher_moves_each_new_child_onto_the_cores_its_environment_names
                      "open(sys.argv[1], 'w').write(f'{os.getpid()} {got}')\n")
     # the parent is a shell, as the raylet is another binary than its Python workers
     parent = subprocess.Popen(
-        ["bash", "-c", f"{WORKER_CORES_ENV}={cores[-1]} {sys.executable} {child} {tmp_path}/a & "
+        ["bash", "-c", f"{WORKER_CORES_ENV}=abc {sys.executable} {child} {tmp_path}/d & "
+                       f"{WORKER_CORES_ENV}={cores[-1]} {sys.executable} {child} {tmp_path}/a & "
                        f"{sys.executable} {child} {tmp_path}/b & "
                        f"{WORKER_CORES_ENV}= {sys.executable} {child} {tmp_path}/c & wait"])
     watcher = SpawnWatcher(parent.pid)
@@ -356,9 +358,9 @@ def test_spawn_watcher_moves_each_new_child_onto_the_cores_its_environment_names
         assert parent.wait(timeout=60) == 0
     finally:
         watcher.stop()
-    got = {n: (tmp_path / n).read_text().split(" ", 1) for n in "abc"}
+    got = {n: (tmp_path / n).read_text().split(" ", 1) for n in "abcd"}
     assert got["a"][1] == str(cores[-1:])
-    assert got["b"][1] == got["c"][1] == str(cores)
+    assert got["b"][1] == got["c"][1] == got["d"][1] == str(cores)  # a bad value is skipped, not fatal
     assert watcher.moved == {int(got["a"][0]): (cores[-1],)}
 
 
