@@ -335,9 +335,8 @@ def test_worker_setup_moves_the_process_onto_the_cores_its_environment_names():
 @needs_two_cores
 def test_spawn_watcher_moves_each_new_child_onto_the_cores_its_environment_names(tmp_path):
     """The driver-side watcher moves a process its parent starts onto the cores named in the child's
-    environment, within milliseconds of its ``exec`` and before the child runs anything of its own;
-    a child without the variable, with an empty value or with one that names no cores stays where it
-    started."""
+    environment (it polls every 5 ms; the latency in a real cluster is in BENCHMARKS.md); a child
+    without the variable, with an empty value or with one that names no cores stays where it started."""
     from pipelines.cores import WORKER_CORES_ENV, SpawnWatcher
 
     cores = sorted(os.sched_getaffinity(0))
