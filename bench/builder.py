@@ -60,7 +60,6 @@ Method (this machine's cores are shared with other work, so everything is measur
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import math
@@ -183,8 +182,7 @@ def _recording_class(cls, log_dir: str):
                 json.dump({"process": process_started(), "init": t_init, "ready": time.perf_counter(),
                            # CPU of the whole process, and the main thread's on-CPU time and run-queue
                            # wait, until the constructor and until ready
-                           "process_cpu": [c_init, c_ready], "main_thread": main,
-                           "thread_sched": [s_init, s_ready] if main else None}, f)
+                           "process_cpu": [c_init, c_ready], "thread_sched": [s_init, s_ready] if main else None}, f)
 
         def __call__(self, batch):
             if not hasattr(self, "_calls_log"):
@@ -453,14 +451,11 @@ def main() -> None:
                     alone_ray.append(ray_job_reference(cfg_n, plan, ray_source, f"{r}-start"))
             out = tmp / f"out{r}"
             load0, wall0, t0 = os.getloadavg()[0], time.time(), time.perf_counter()
-            recording = (_RecordCalls(slowest, tmp / f"calls-{r}") if slowest in MODEL_STAGES
-                         else contextlib.nullcontext())
-            with recording as rec:
+            with _RecordCalls(slowest, tmp / f"calls-{r}") as rec:  # records nothing for a CPU stage
                 rep = build(str(src), str(out), cfg_n, models="tiny")
             e2e_s = time.perf_counter() - t0
-            calls = rec.summary(t0, t0 + e2e_s) if rec else None
-            if rec:  # before the slowest stage is timed alone again
-                rec.wait_for_exit()
+            calls = rec.summary(t0, t0 + e2e_s)
+            rec.wait_for_exit()  # before the slowest stage is timed alone again
             if args.stats:
                 sys.stderr.write(rep.ray_stats + "\n")
             n_rows = rep.rows_written + rep.rejects_written

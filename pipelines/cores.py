@@ -69,6 +69,11 @@ def cores_value(cores) -> str:
     return ",".join(map(str, cores))
 
 
+def parse_cores(value: str) -> tuple[int, ...]:
+    """The cores a :data:`WORKER_CORES_ENV` value names (:func:`cores_value` reversed)."""
+    return tuple(int(c) for c in value.split(","))
+
+
 #: The argument with which Ray starts a worker that has a runtime env (``ray/_private/workers/
 #: setup_worker.py``): a JSON context whose ``env_vars`` that process puts in its environment before it
 #: ``exec``s the worker proper, in the same process.
@@ -92,7 +97,7 @@ def _named_cores(pid: int) -> tuple[int, ...] | None:
                     value = (json.loads(context).get("env_vars") or {}).get(WORKER_CORES_ENV) or None
                 except (ValueError, AttributeError):
                     pass
-    return tuple(int(c) for c in value.split(",")) if value else None
+    return parse_cores(value) if value else None
 
 
 class SpawnWatcher:
@@ -163,4 +168,4 @@ def worker_setup() -> None:
     this is the fallback for a process it missed."""
     cores = os.environ.get(WORKER_CORES_ENV)
     if cores:
-        set_process_affinity(tuple(int(c) for c in cores.split(",")))
+        set_process_affinity(parse_cores(cores))
