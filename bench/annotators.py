@@ -42,7 +42,7 @@ def main() -> None:
 
         import pyarrow as pa
 
-        from humanverse.synthetic import make_sample
+        from humanverse.testing.synthetic import make_sample
         from pipelines import rows as R
         from pipelines.build import PRESETS, load_config
         from pipelines.stages.caption import Captioner

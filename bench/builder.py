@@ -82,7 +82,7 @@ STAGES = ["decode", "resolution", "detect", "person_filter", "aesthetic"]
 
 
 def _inputs(src: Path, n: int, size: tuple[int, int], shards: int = 4) -> None:
-    from humanverse.synthetic import make_sample
+    from humanverse.testing.synthetic import make_sample
 
     for i in range(n):
         d = src / f"d{i % shards}"

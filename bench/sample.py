@@ -1,7 +1,7 @@
 """Generation speed: seconds per image for stage 1 (LSDM, DDIM + CFG) and stage 2 (the refiner).
 Prints one JSON object.
 
-Default: the whole :class:`model.pipeline.HyperHumanPipeline` (text encoders, denoising loops with
+Default: the whole :class:`model.sampling.hyperhuman.HyperHumanPipeline` (text encoders, denoising loops with
 classifier-free guidance, VAE decodes) with the tiny zoo on this machine's CPU, at the given
 resolutions and steps; the first call (warm-up) is not timed. ``--full`` times the two denoising
 loops alone at the paper's sizes (stage 1: the full-size LSDM from the SD-2-base config at 512²;
@@ -28,13 +28,13 @@ def _tiny(args) -> dict:
     import tempfile
 
     from humanverse import zoo
-    from humanverse.cli import extra_tiny_builders
-    from humanverse.synthetic import synthetic_table
-    from model.pipeline import HyperHumanPipeline, SampleConfig, check_pose
+    from humanverse.cli.zoo import tiny_builders
+    from humanverse.testing.synthetic import synthetic_table
+    from model.sampling.hyperhuman import HyperHumanPipeline, SampleConfig, check_pose
 
     root = Path(os.environ.get("HUMANVERSE_TINY_ZOO") or tempfile.mkdtemp(prefix="tiny-zoo-"))
     os.environ["HUMANVERSE_TINY_ZOO"] = str(root)
-    zoo.make_tiny(root, builders=extra_tiny_builders())
+    zoo.make_tiny(root, builders=tiny_builders())
     pipe = HyperHumanPipeline.from_pretrained("tiny", device="cpu")
     row = synthetic_table(1, shard="b", seed=0, width=96, height=128).to_pylist()[0]
     pose = check_pose([np.asarray(row["persons"][0]["keypoints"]).reshape(133, 3)], 96, 128, 0.0)
@@ -57,8 +57,8 @@ def _full(args) -> dict:
     import torch
     from diffusers import UNet2DConditionModel
 
-    from model.lsdm import LatentStructuralUNet
-    from model.refiner import StructureGuidedControlNet
+    from model.models.lsdm import LatentStructuralUNet
+    from model.models.refiner import StructureGuidedControlNet
 
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dt = getattr(torch, args.dtype)

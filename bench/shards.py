@@ -20,7 +20,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 import humanverse
-from humanverse.synthetic import synthetic_table
+from humanverse.testing.synthetic import synthetic_table
 
 
 def bare(tables, root: Path) -> float:

@@ -3,11 +3,11 @@
 Prints one JSON object. Target: >= 50 samples/s per core on the raw path at 512² (HyperHuman §4
 trains stage 1 at 512²; a GPU step of batch 8-16 must not wait on one or two loader cores).
 
-* raw: :func:`model.data.iter_examples` over a synthetic dataset of realistic rows (JPEG images
+* raw: :func:`model.training.data.iter_examples` over a synthetic dataset of realistic rows (JPEG images
   512-768 px on the short side and up to 1024 on the long one, 16-bit depth and 8-bit normal PNGs
   at the image size, 1-3 persons with 133 keypoints), random crop + flip, collated batches. The
   stage breakdown (decode image, decode maps, resize/crop, keypoints, flip, skeleton, to float)
-  comes from :func:`model.data.make_example`'s own stages, timed per sample (``to_float_b1``: the
+  comes from :func:`model.training.data.make_example`'s own stages, timed per sample (``to_float_b1``: the
   float conversion of a batch of one; iter_examples converts whole batches).
 * raw, malloc tuned: the same in a subprocess with glibc's mmap/trim thresholds raised (env vars),
   so freed multi-MB tensors are reused instead of page-faulted in anew (~2-4 ms/sample of system
@@ -15,10 +15,10 @@ trains stage 1 at 512²; a GPU step of batch 8-16 must not wait on one or two lo
 * raw, maps without PNG row filters: the same rows with depth/normal re-encoded with PNG filter
   "None" (PIL always picks adaptive filters, mostly Paeth, whose unfiltering dominates decode):
   what a codec change in :mod:`humanverse.codecs` would buy.
-* latent: :func:`model.latents.iter_latent_batches` (posterior sampling) over a cache of the same
+* latent: :func:`model.training.latents.iter_latent_batches` (posterior sampling) over a cache of the same
   rows (4×64×64 float16 mean+std for 4 modalities). The cache is built with the tiny VAE: reading
   cost depends only on the latent shape, not on the weights.
-* ray: the trainer's ``data.reader: ray`` (:func:`model.data.iter_ray_examples`, one rank) over
+* ray: the trainer's ``data.reader: ray`` (:func:`model.training.data.iter_ray_examples`, one rank) over
   the same rows and config as raw: a local Ray with every core as a logical CPU, decode tasks of
   ``--ray-num-cpus`` CPUs. Its samples/s per core counts the CPU seconds of this process (the
   consumer: copies out of the blocks, shuffle buffer, collate) plus those of every Ray process it
@@ -50,7 +50,7 @@ import pyarrow.parquet  # noqa: F401 - pa.parquet
 import torch
 
 import humanverse
-from humanverse.synthetic import synthetic_table
+from humanverse.testing.synthetic import synthetic_table
 
 log = logging.getLogger("bench.train_loader")
 
@@ -99,7 +99,7 @@ def _rate(n: int, cpu: float, wall: float) -> dict:
 
 
 def bench_raw(root: Path, resolution: int, reps: int, batch_size: int) -> dict:
-    from model import data as D
+    from model.training import data as D
 
     cfg = D.TrainDataConfig(resolution=resolution, crop="random", flip_prob=0.5, shuffle_buffer=32)
     runs = []
@@ -130,7 +130,7 @@ def bench_raw(root: Path, resolution: int, reps: int, batch_size: int) -> dict:
 
 
 def bench_latent(root: Path, out: Path, resolution: int, reps: int, batch_size: int) -> dict:
-    from model import latents as L
+    from model.training import latents as L
 
     cfg = L.LatentCacheConfig(resolution=resolution, batch_size=8, files_per_chunk=64)
     t = time.perf_counter()
@@ -168,7 +168,7 @@ def bench_ray(root: Path, resolution: int, reps: int, batch_size: int, num_cpus:
     import ray
     from ray.data import DataContext
 
-    from model import data as D
+    from model.training import data as D
 
     cfg = D.TrainDataConfig(resolution=resolution, crop="random", flip_prob=0.5, shuffle_buffer=32, reader="ray",
                             ray_num_cpus=num_cpus)

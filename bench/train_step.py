@@ -34,8 +34,8 @@ def main() -> None:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from model import diffusion
-    from model.lsdm import LatentStructuralUNet
+    from model.schedules import diffusion
+    from model.models.lsdm import LatentStructuralUNet
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = getattr(torch, args.dtype)
@@ -50,7 +50,7 @@ def main() -> None:
     else:
         import tempfile
 
-        from humanverse._tiny_builders import build_sd2_base
+        from humanverse.testing.tiny_models import build_sd2_base
 
         res, b = args.resolution or 64, args.batch or 4
         tmp = Path(tempfile.mkdtemp())

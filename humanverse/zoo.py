@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from humanverse import _tiny_builders as tb
+from humanverse.testing import tiny_models as tb
 
 __all__ = [
     "MODEL_DIR_MARKERS",
@@ -344,7 +344,7 @@ ZOO: dict[str, ModelEntry] = _entries(
         hub_id="",
         revision=None,
         licence="apache-2.0 (this project)",
-        model_class="model.lsdm.LatentStructuralUNet",
+        model_class="model.models.lsdm.LatentStructuralUNet",
         tiny="Built by the model package (passed to make_tiny via builders=).",
         notes="Trained by this project; no published weights yet. Pass a local checkpoint directory.",
         direct_from_hub=False,

@@ -1,12 +1,12 @@
 """HyperHuman models (arXiv 2310.08579), built from diffusers' own blocks.
 
-* :mod:`model.lsdm`: :class:`LatentStructuralUNet`, the stage-1 Latent Structural Diffusion Model
+* :mod:`model.models.lsdm`: :class:`LatentStructuralUNet`, the stage-1 Latent Structural Diffusion Model
   denoiser (§3.2): RGB, depth and normal expert branches around a shared SD-2 trunk, converted
   from an SD-2 UNet with :meth:`LatentStructuralUNet.from_sd2`; :func:`make_tiny_lsdm` builds the
   zoo's tiny ``lsdm`` entry.
 
-The names below are re-exported from :mod:`model.lsdm` on first access (PEP 562), so importing a
-light submodule such as ``model.data`` does not import diffusers.
+The names below are re-exported from :mod:`model.models.lsdm` on first access (PEP 562), so importing a
+light submodule such as ``model.training.data`` does not import diffusers.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from model.lsdm import (
+    from model.models.lsdm import (
         LatentStructuralUNet,
         LSDMOutput,
         StructuralExpertBranch,
@@ -35,7 +35,7 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     if name in __all__:
-        from model import lsdm
+        from model.models import lsdm
 
         return getattr(lsdm, name)
     raise AttributeError(f"module 'model' has no attribute {name!r}")

@@ -21,7 +21,6 @@ A re-run with the same ``OUT`` resumes: finished shards (those with ``NNNNN_stat
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 import logging
@@ -388,50 +387,7 @@ def _stop(proc: subprocess.Popen) -> None:
             continue
 
 
-# -- CLI ------------------------------------------------------------------------------------------
 
-
-def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The ``humanverse download`` arguments (shared by :func:`main` and the front door's subparser)."""
-    d = DownloadConfig()
-    p.add_argument("urls", metavar="URLS", help="URL list: .txt (one URL per line), .csv, .tsv, .json, .jsonl, "
-                   ".parquet (LAION/COYO metadata), or a folder of them")
-    p.add_argument("out", metavar="OUT", help="output folder (local path or URL); a re-run resumes it")
-    p.add_argument("--output-format", choices=OUTPUT_FORMATS, default=d.output_format)
-    p.add_argument("--resize-mode", choices=RESIZE_MODES, default=d.resize_mode,
-                   help="'no' keeps the original bytes; keep_ratio_largest shrinks the longest side to --image-size")
-    p.add_argument("--image-size", type=int, default=d.image_size)
-    p.add_argument("--min-image-size", type=int, default=d.min_image_size)
-    p.add_argument("--max-aspect-ratio", type=float, default=d.max_aspect_ratio)
-    p.add_argument("--processes", type=int, default=d.processes_count, help="download processes")
-    p.add_argument("--threads", type=int, default=d.thread_count, help="download threads per process")
-    p.add_argument("--url-col", default=d.url_col, help="URL column (LAION: URL)")
-    p.add_argument("--caption-col", default=d.caption_col, help="alt-text column (LAION: TEXT)")
-    p.add_argument("--no-caption", action="store_true", help="the URL list has no alt-text column")
-    p.add_argument("--input-format", choices=INPUT_FORMATS, default=None, help="default: from the suffix")
-    p.add_argument("--samples-per-shard", type=int, default=d.number_sample_per_shard)
-    p.add_argument("--timeout", type=int, default=d.timeout, help="seconds per request")
-    p.add_argument("--retries", type=int, default=d.retries)
-    return p
-
-
-def config_from_args(args: argparse.Namespace) -> DownloadConfig:
-    return DownloadConfig(
-        url_col=args.url_col, caption_col=None if args.no_caption else args.caption_col,
-        input_format=args.input_format, output_format=args.output_format, resize_mode=args.resize_mode,
-        image_size=args.image_size, min_image_size=args.min_image_size, max_aspect_ratio=args.max_aspect_ratio,
-        processes_count=args.processes, thread_count=args.threads, timeout=args.timeout, retries=args.retries,
-        number_sample_per_shard=args.samples_per_shard,
-    )
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``humanverse download URLS OUT [...]``; returns the exit status."""
-    parser = add_arguments(argparse.ArgumentParser(prog="humanverse download", description=__doc__.split("\n")[0]))
-    args = parser.parse_args(argv)
-    summary = download(args.urls, args.out, config_from_args(args))
-    sys.stdout.write(json.dumps(asdict(summary), indent=2) + "\n")  # the result, for scripts; progress is logged
-    return 0
 
 
 def _one_of(name: str, value: object, allowed: tuple) -> None:
@@ -459,5 +415,4 @@ if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == _CHILD_ARG:
         _child_main(sys.argv[2])
         sys.exit(0)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    sys.exit(main())
+    sys.exit("usage: humanverse download URLS OUT [...] (this module runs img2dataset's child process only)")

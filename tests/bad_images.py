@@ -1,7 +1,7 @@
 """Bytes of good, odd and bad images, for tests of the decode stage and anything reading web images.
 
 Every function returns the encoded bytes (deterministic for fixed arguments). Content is synthetic:
-photographs come from :func:`humanverse.synthetic.make_sample`; images whose decoded pixels a test
+photographs come from :func:`humanverse.testing.synthetic.make_sample`; images whose decoded pixels a test
 checks use flat patterns whose expected values are exported next to them (``*_EXPECTED``, ...).
 
 Import from a test with ``sys.path.insert(0, str(Path(__file__).parent)); import bad_images``.
@@ -17,7 +17,7 @@ import zlib
 import numpy as np
 from PIL import Image
 
-from humanverse.synthetic import make_sample
+from humanverse.testing.synthetic import make_sample
 
 # ---------------------------------------------------------------------------------------------
 # helpers

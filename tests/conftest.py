@@ -19,10 +19,10 @@ def tiny_zoo(tmp_path_factory):
     """The whole tiny zoo, built once per session; ``HUMANVERSE_TINY_ZOO`` points at it so that
     ``resolve(name, "tiny")`` (also in Ray workers started by the tests) finds it."""
     from humanverse import zoo
-    from humanverse.cli import extra_tiny_builders
+    from humanverse.cli.zoo import tiny_builders
 
     root = tmp_path_factory.mktemp("tiny-zoo")
-    zoo.make_tiny(root, builders=extra_tiny_builders())
+    zoo.make_tiny(root, builders=tiny_builders())
     old = os.environ.get("HUMANVERSE_TINY_ZOO")
     os.environ["HUMANVERSE_TINY_ZOO"] = str(root)
     yield root

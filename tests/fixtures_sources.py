@@ -12,7 +12,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from humanverse.synthetic import make_sample
+from humanverse.testing.synthetic import make_sample
 
 
 def image_bytes(seed: int, width: int = 240, height: int = 300, fmt: str = "JPEG") -> bytes:

@@ -19,7 +19,7 @@ import pytest
 
 import humanverse
 from humanverse.shards import read_log
-from humanverse.synthetic import make_sample
+from humanverse.testing.synthetic import make_sample
 
 NUM_DIRS, PER_DIR, SHARD_SIZE = 4, 55, 20  # 4 x (20 + 20 + 15) = 220 rows in 12 shards
 

@@ -13,7 +13,7 @@ from PIL import Image
 
 import humanverse
 from humanverse.cli import main
-from humanverse.synthetic import synthetic_table
+from humanverse.testing.synthetic import synthetic_table
 
 sys_path_tests = __import__("pathlib").Path(__file__).parent
 sys.path.insert(0, str(sys_path_tests))

@@ -17,7 +17,7 @@ from transformers import DPTForDepthEstimation, DPTImageProcessor
 from transformers.modeling_outputs import DepthEstimatorOutput
 
 from humanverse.codecs import decode_depth, decode_image, decode_normal
-from humanverse.synthetic import make_sample
+from humanverse.testing.synthetic import make_sample
 from pipelines import rows as R
 from pipelines.annotators.omnidata import OmnidataDPT, OmnidataProcessor, predict_maps
 from pipelines.configs import ConfigError

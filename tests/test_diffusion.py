@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from model import diffusion
-from model.checkpoints import latest_checkpoint, list_checkpoints, save_checkpoint
+from model.schedules import diffusion
+from model.training.checkpoints import latest_checkpoint, list_checkpoints, save_checkpoint
 
 
 def test_zero_terminal_snr_and_trailing_spacing():

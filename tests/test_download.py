@@ -20,7 +20,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipelines.download import MISSING_EXTRA, DownloadConfig, detect_input_format, download, main, summarize
+from humanverse.cli import main
+from pipelines.download import MISSING_EXTRA, DownloadConfig, detect_input_format, download, summarize
 from pipelines.readers import discover_shards, read_shard
 from fixtures_sources import image_bytes
 
@@ -111,7 +112,7 @@ def test_parquet_with_resize_through_the_cli(served, tmp_path, capsys):
     urls = tmp_path / "urls.txt"
     urls.write_text("".join(f"{base}/{n}\n" for n in ORDER))
     out = tmp_path / "pq"
-    assert main([str(urls), str(out), "--output-format", "parquet", "--resize-mode", "keep_ratio_largest",
+    assert main(["download", str(urls), str(out), "--output-format", "parquet", "--resize-mode", "keep_ratio_largest",
                  "--image-size", "256", "--threads", "4", "--timeout", "5"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert (printed["count"], printed["successes"], printed["failed_to_download"], printed["failed_to_resize"]) == (

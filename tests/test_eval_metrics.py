@@ -1,4 +1,4 @@
-"""Evaluation metrics (model/eval_metrics.py) against closed forms and independent references."""
+"""Evaluation metrics (model/evaluation/metrics.py) against closed forms and independent references."""
 
 import contextlib
 import io
@@ -8,7 +8,7 @@ import pytest
 from scipy import linalg
 
 from humanverse.skeleton import OKS_SIGMAS
-from model.eval_metrics import (PersonPose, clip_score, fid_from_features, frechet_distance,
+from model.evaluation.metrics import (PersonPose, clip_score, fid_from_features, frechet_distance,
                                 kid_from_features, kid_x1000, oks, pose_ap_ar, salient_subset)
 
 

@@ -1,4 +1,4 @@
-"""``humanverse eval`` (model/evaluate.py) and the COCO test-set script (model/coco_testset.py).
+"""``humanverse eval`` (model/evaluation/evaluate.py) and the COCO test-set script (model/evaluation/coco_testset.py).
 
 The feature extractors are the real classes at tiny size: the zoo's tiny CLIP and tiny
 YOLOS + ViTPose through the builder's stages; Inception is a tiny random TorchScript network in
@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from humanverse.synthetic import make_sample
-from model import evaluate as E
-from model.coco_testset import CocoTestsetConfig, build_coco_testset
-from model.coco_testset import main as coco_main
-from model.eval_metrics import PersonPose, fid_from_features, kid_x1000
+from humanverse.cli import main as cli_main
+from humanverse.testing.synthetic import make_sample
+from model.evaluation import evaluate as E
+from model.evaluation.coco_testset import CocoTestsetConfig, build_coco_testset
+from model.evaluation.metrics import PersonPose, fid_from_features, kid_x1000
 
 torch = pytest.importorskip("torch")
 
@@ -94,16 +94,13 @@ def _write_jsonl(path, rows):
     return path
 
 
-def _args(**kw):
-    import argparse
-
-    p = argparse.ArgumentParser()
-    E.add_arguments(p)
-    argv = []
+def _argv(**kw) -> list[str]:
+    """``humanverse eval`` arguments from keywords (``batch_size=3`` -> ``--batch-size 3``)."""
+    argv = ["eval"]
     for k, v in kw.items():
         flag = "--" + k.replace("_", "-")
         argv += [flag] if v is True else [flag, str(v)]
-    return p.parse_args(argv)
+    return argv
 
 
 # ----------------------------------------------------------------------------- FID / KID / frame
@@ -277,11 +274,9 @@ def test_eval_end_to_end_with_tiny_models(tmp_path, eval_zoo, capsys):
     testset = _write_jsonl(tmp_path / "testset.jsonl", rows)
     _tiny_inception_file(tmp_path, 32)
     out = tmp_path / "eval" / "report.json"
-    args = _args(real=tmp_path / "real", generated=tmp_path / "gen", poses=testset, models="tiny", out=out,
+    argv = _argv(real=tmp_path / "real", generated=tmp_path / "gen", poses=testset, models="tiny", out=out,
                  device="cpu", batch_size=3, inception_weights=tmp_path / E.CLEANFID_INCEPTION_FILE)
-    from pipelines.eval_pose import BuilderPoseEstimator  # what `humanverse eval` injects
-
-    assert E.run_from_args(args, pose_factory=BuilderPoseEstimator) == 0
+    assert cli_main(argv) == 0  # poses estimated by the builder's pose stage, as `humanverse eval` injects it
 
     report = json.loads(out.read_text())
     m = report["metrics"]
@@ -304,7 +299,7 @@ def test_eval_end_to_end_with_tiny_models(tmp_path, eval_zoo, capsys):
     assert "meaningless" in table
 
     # the same folders, evaluated against themselves through the CLI entry: FID ~ 0
-    code = E.main(["--real", str(tmp_path / "real"), "--generated", str(tmp_path / "real"), "--models", "tiny",
+    code = cli_main(["eval", "--real", str(tmp_path / "real"), "--generated", str(tmp_path / "real"), "--models", "tiny",
                    "--metrics", "fid,kid,fid_clip", "--device", "cpu", "--out", str(tmp_path / "self.json"),
                    "--inception-weights", str(tmp_path / E.CLEANFID_INCEPTION_FILE), "--log-level", "WARNING"])
     assert code == 0
@@ -313,8 +308,6 @@ def test_eval_end_to_end_with_tiny_models(tmp_path, eval_zoo, capsys):
     assert "AP" not in self_m
 
     # a bad input through `humanverse eval`: one logged sentence, exit code 2
-    from humanverse.cli import main as cli_main
-
     assert cli_main(["eval", "--real", str(tmp_path / "real"), "--generated", str(tmp_path / "missing"),
                    "--inception-weights", str(tmp_path / E.CLEANFID_INCEPTION_FILE)]) == 2
 
@@ -370,7 +363,7 @@ def _coco_fixture(root):
 def test_coco_testset_on_a_synthetic_fixture(tmp_path):
     coco = _coco_fixture(tmp_path / "coco")
     out = tmp_path / "out"
-    assert coco_main(["--coco", str(coco), "--out", str(out), "--wholebody", str(coco / "wholebody.json"),
+    assert cli_main(["testset", "coco", "--coco", str(coco), "--out", str(out), "--wholebody", str(coco / "wholebody.json"),
                       "--workers", "1", "--log-level", "WARNING"]) == 0
     rows = [json.loads(line) for line in (out / "testset.jsonl").read_text().splitlines()]
     assert [r["id"] for r in rows] == ["000000000001", "000000000002"]

@@ -9,7 +9,7 @@ import pytest
 
 import humanverse
 from humanverse.codecs import decode_keypoints
-from humanverse.synthetic import synthetic_table
+from humanverse.testing.synthetic import synthetic_table
 
 N = 5
 

@@ -9,7 +9,7 @@ import pytest
 import humanverse
 from humanverse import codecs, skeleton
 from humanverse.schema import FormatError, validate_data, validate_rejects
-from humanverse.synthetic import make_sample, synthetic_table
+from humanverse.testing.synthetic import make_sample, synthetic_table
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""The VAE-latent cache (model/latents.py) with the tiny VAEs: what is stored is exactly the VAE
+"""The VAE-latent cache (model/training/latents.py) with the tiny VAEs: what is stored is exactly the VAE
 posterior of the training examples, flipped entries are the flipped examples, the manifest and
 staleness checks, resume/update, and the latent reader."""
 
@@ -14,9 +14,9 @@ import pytest
 import torch
 
 import humanverse
-from humanverse.synthetic import synthetic_table
-from model import data as D
-from model import latents as L
+from humanverse.testing.synthetic import synthetic_table
+from model.training import data as D
+from model.training import latents as L
 
 R = 64
 

@@ -9,7 +9,7 @@ from diffusers import UNet2DConditionModel
 from diffusers.models.attention_processor import AttnProcessor
 from safetensors.torch import load_file
 
-from model.lsdm import (
+from model.models.lsdm import (
     LatentStructuralUNet,
     LSDMOutput,
     fuse_branch_features,
@@ -17,7 +17,7 @@ from model.lsdm import (
     match_statistics,
 )
 
-# Like humanverse._tiny_builders._sd2_unet (the zoo's tiny SD-2), and a 3-level variant shaped like
+# Like humanverse.testing.tiny_models._sd2_unet (the zoo's tiny SD-2), and a 3-level variant shaped like
 # SD-2 itself (cross-attention levels, then a plain last down block / first up block).
 TINY_SD2 = {
     "two_level": dict(
@@ -369,7 +369,7 @@ def test_save_pretrained_round_trip(pair, tmp_path):
 
 
 def test_make_tiny_lsdm_is_deterministic_and_matches_the_tiny_sd2(tmp_path):
-    from humanverse._tiny_builders import build_sd2_base
+    from humanverse.testing.tiny_models import build_sd2_base
 
     make_tiny_lsdm(tmp_path / "a", seed=0)
     make_tiny_lsdm(tmp_path / "b", seed=0)

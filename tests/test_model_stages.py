@@ -13,7 +13,7 @@ from pipelines import rows as R
 from pipelines.stages.aesthetic import AestheticConfig, AestheticScorer, clip_embed_dim, load_aesthetic_mlp
 from pipelines.stages.detect import DetectConfig, PersonDetector
 from pipelines.stages.person_filter import PersonFilter, PersonFilterConfig, union_area
-from humanverse.synthetic import make_sample
+from humanverse.testing.synthetic import make_sample
 
 
 def _row(img: Image.Image, i: int = 0) -> dict:

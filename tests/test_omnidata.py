@@ -1,4 +1,4 @@
-"""Tests of the Omnidata v2 DPT-Hybrid (``pipelines/annotators/omnidata.py``): offline, no mocks.
+"""Tests of the Omnidata v2 DPT-Hybrid (``pipelines/annotators/omnidata/``): offline, no mocks.
 
 The published checkpoints cannot be downloaded here, so the full-size architecture is checked
 against the checkpoint layout written out *independently* below from the public sources
@@ -19,16 +19,17 @@ import torch
 from PIL import Image
 
 from pipelines.annotators.omnidata import (
+    TINY_BUILDERS,
     OmnidataConfig,
     OmnidataDPT,
     OmnidataProcessor,
-    _resize_pos_embed,
     convert_omnidata_state_dict,
     make_tiny,
     make_tiny_omnidata_depth,
     make_tiny_omnidata_normal,
     predict_maps,
 )
+from pipelines.annotators.omnidata.model import _resize_pos_embed
 
 
 # --------------------------------------------------------------------------------------------------
@@ -495,3 +496,22 @@ def test_make_tiny_is_deterministic_and_loadable(tmp_path: Path) -> None:
     assert normal.config.task == "normal" and depth.config.num_channels == 1
     with pytest.raises(ValueError, match="holds an Omnidata 'normal' model but task 'depth'"):
         OmnidataDPT.from_pretrained(tmp_path / "a", task="depth")
+
+
+def test_load_omnidata_takes_a_checkpoint_file_or_a_saved_folder(tmp_path: Path) -> None:
+    """The depth and normal stages load through :func:`load_omnidata`: a directory through the zoo,
+    a checkpoint file as the published (full-size) model; the tiny builders are one map."""
+    from pipelines.annotators.omnidata import load_omnidata
+
+    assert TINY_BUILDERS == {"omnidata-depth": make_tiny_omnidata_depth, "omnidata-normal": make_tiny_omnidata_normal}
+    make_tiny_omnidata_depth(tmp_path / "d", 0)
+    saved = OmnidataDPT.from_pretrained(tmp_path / "d")
+    from_dir, _ = load_omnidata("omnidata-depth", str(tmp_path / "d"), "depth")
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(from_dir(x), saved(x))
+    torch.save(saved.state_dict(), tmp_path / "depth.pth")  # a file is read as the published layout
+    with pytest.raises(ValueError, match="does not match the Omnidata DPT-Hybrid layout"):
+        load_omnidata("omnidata-depth", str(tmp_path / "depth.pth"), "depth")
+    with pytest.raises(ValueError, match="neither a saved OmnidataDPT"):
+        load_omnidata("omnidata-depth", str(tmp_path), "depth")

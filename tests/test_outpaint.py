@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from humanverse.synthetic import make_sample
+from humanverse.testing.synthetic import make_sample
 from pipelines import rows as R
 from pipelines.configs import ConfigError
 from pipelines.geometry import Canvas

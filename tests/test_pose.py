@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from humanverse.codecs import decode_keypoints
-from humanverse.synthetic import make_sample
+from humanverse.testing.synthetic import make_sample
 from pipelines import rows as R
 from pipelines.configs import ConfigError
 from pipelines.geometry import Canvas, plan_canvas

@@ -241,7 +241,7 @@ def _http_json(url: str, token: str | None, timeout: float = 30.0):
 
 
 def _write_images(folder: Path) -> None:
-    from humanverse.synthetic import make_sample
+    from humanverse.testing.synthetic import make_sample
 
     folder.mkdir()
     for i in range(N_IMAGES):

@@ -14,8 +14,8 @@ from PIL import Image
 
 import humanverse
 from humanverse.cli import main as cli_main
-from humanverse.synthetic import synthetic_table
-from model.pipeline import HyperHumanPipeline, SampleConfig, check_pose, load_pose_json, pose_from_row
+from humanverse.testing.synthetic import synthetic_table
+from model.sampling.hyperhuman import HyperHumanPipeline, SampleConfig, check_pose, load_pose_json, pose_from_row
 
 FAST = ["--set", "stage1_resolution=64", "--set", "stage2_resolution=64", "--set", "stage1_steps=3",
         "--set", "stage2_steps=3"]
@@ -90,9 +90,9 @@ def test_sample_cli_writes_everything(tiny_zoo, pose_file, tmp_path):
 def test_pipeline_batches_seeds_and_trained_weights(tiny_zoo, tmp_path):
     from safetensors.torch import save_file
 
-    from model.lsdm import LatentStructuralUNet
-    from model.refiner import StructureGuidedControlNet
-    from model.stage2 import load_sdxl_parts
+    from model.models.lsdm import LatentStructuralUNet
+    from model.models.refiner import StructureGuidedControlNet
+    from model.models.sdxl import load_sdxl_parts
 
     # a stage-1 checkpoint (tiny LSDM + latent stats) and a stage-2 run with an EMA different from the weights
     ck1 = tmp_path / "run1" / "checkpoints" / "step-00000005"
@@ -153,8 +153,8 @@ def test_pose_from_row_and_testset_mode(tiny_zoo, tmp_path):
 
 
 def test_testset_from_humanverse_rows(tmp_path):
-    from model.evaluate import load_testset
-    from model.hv_testset import HVTestsetConfig, build_hv_testset
+    from model.evaluation.evaluate import load_testset
+    from model.evaluation.hv_testset import HVTestsetConfig, build_hv_testset
 
     root = tmp_path / "ds"
     sink = humanverse.ShardSink.open(root)

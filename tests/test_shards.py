@@ -18,7 +18,7 @@ import pytest
 
 import humanverse
 from humanverse.shards import LOG_DIR, SEALED, STAGING_DIR, DataLossError, ShardSink, read_log
-from humanverse.synthetic import synthetic_table
+from humanverse.testing.synthetic import synthetic_table
 
 sys.path.insert(0, str(Path(__file__).parent))
 from shard_writer_proc import make_rows  # noqa: E402

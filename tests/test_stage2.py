@@ -17,11 +17,12 @@ import pytest
 import torch
 
 import humanverse
-from humanverse.synthetic import synthetic_table
-from model.data import TrainDataConfig
-from model.refiner import CONDITIONS, StructureEmbedder, StructureGuidedControlNet, drop_conditions, structure_inputs
-from model.stage2 import Stage2LossConfig, Stage2Objective, load_sdxl_parts
-from model.train import OptimConfig, ScalingConfig, Stage2TrainConfig, train_loop
+from humanverse.testing.synthetic import synthetic_table
+from model.training.data import TrainDataConfig
+from model.models.refiner import CONDITIONS, StructureEmbedder, StructureGuidedControlNet, drop_conditions, structure_inputs
+from model.models.sdxl import load_sdxl_parts
+from model.training.stage2 import Stage2LossConfig, Stage2Objective
+from model.training.loop import OptimConfig, ScalingConfig, Stage2TrainConfig, train_loop
 
 REPO = Path(__file__).resolve().parent.parent
 RES = 64  # the tiny SDXL's sample size 8 x VAE factor 8
@@ -155,7 +156,7 @@ def test_stage2_sigkill_and_resume_is_step_exact(tiny_zoo, data_root, tmp_path):
     train_loop(_cfg(max_steps=9, checkpoint_every=3), str(data_root), str(straight), "tiny")
     ref = _history(straight)
     run = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "model.train", "stage2", "--data", str(data_root), "--out", str(run),
+    cmd = [sys.executable, "-m", "humanverse.cli", "train", "stage2", "--data", str(data_root), "--out", str(run),
            "--models", "tiny", "--max-steps", "9", "--set", "scaling.use_ray=false", "--set", "batch_size=2",
            "--set", "checkpoint_every=3", "--set", "validate_every=10000", "--set", f"data.resolution={RES}",
            "--set", "data.shuffle_buffer=8", "--set", "optim.lr=0.001", "--set", "ema_decay=0.99",
@@ -178,7 +179,7 @@ def test_stage2_sigkill_and_resume_is_step_exact(tiny_zoo, data_root, tmp_path):
         assert h["loss"] == ref[h["step"]], (h["step"], h["loss"], ref[h["step"]])
     state = json.loads((run / "checkpoints" / "step-00000009" / "trainer_state.json").read_text())
     assert state["stage"] == "stage2"
-    from model.train import Stage1TrainConfig
+    from model.training.loop import Stage1TrainConfig
 
     with pytest.raises(ValueError, match="holds a stage2 run"):
         train_loop(Stage1TrainConfig(data=TrainDataConfig(resolution=32), scaling=ScalingConfig(use_ray=False),
@@ -186,7 +187,7 @@ def test_stage2_sigkill_and_resume_is_step_exact(tiny_zoo, data_root, tmp_path):
 
 
 def test_stage2_rejects_a_latent_cache_and_bad_config(tmp_path):
-    from model.train import load_train_config, run_training
+    from model.training.loop import load_train_config, run_training
 
     with pytest.raises(ValueError, match="stage-1"):
         run_training(_cfg(), "unused", str(tmp_path / "r"), "tiny", latents="some/cache")

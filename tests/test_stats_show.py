@@ -16,7 +16,7 @@ from humanverse.schema import REJECT_SCHEMA, data_schema
 from humanverse.show import (GalleryStyle, load_thumbnail, overlay_annotations, render_gallery,
                              render_sample)
 from humanverse.stats import compute_stats, format_stats, plot_stats
-from humanverse.synthetic import make_sample, sample_row, synthetic_table
+from humanverse.testing.synthetic import make_sample, sample_row, synthetic_table
 
 BANNER = "Annotations come from tiny random models & are meaningless."
 

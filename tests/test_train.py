@@ -16,10 +16,10 @@ import pytest
 import torch
 
 import humanverse
-from humanverse.synthetic import synthetic_table
-from model.data import TrainDataConfig
-from model.stage1 import Stage1LossConfig, Stage1Objective
-from model.train import OptimConfig, ScalingConfig, Stage1TrainConfig, train_loop
+from humanverse.testing.synthetic import synthetic_table
+from model.training.data import TrainDataConfig
+from model.training.stage1 import Stage1LossConfig, Stage1Objective
+from model.training.loop import OptimConfig, ScalingConfig, Stage1TrainConfig, train_loop
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -81,7 +81,7 @@ def test_sigkill_and_resume_is_step_exact(tiny_zoo, data_root, tmp_path):
     train_loop(_cfg(max_steps=12, checkpoint_every=3), str(data_root), str(straight), "tiny")
     ref = _history(straight)
     run = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "model.train", "stage1", "--data", str(data_root), "--out", str(run),
+    cmd = [sys.executable, "-m", "humanverse.cli", "train", "stage1", "--data", str(data_root), "--out", str(run),
            "--models", "tiny", "--max-steps", "12", "--set", "scaling.use_ray=false", "--set", "batch_size=4",
            "--set", "checkpoint_every=3", "--set", "validate_every=10000", "--set", "latent_stats_samples=16",
            "--set", "data.resolution=32", "--set", "data.shuffle_buffer=8", "--set", "optim.lr=0.002",
@@ -107,8 +107,8 @@ def test_sigkill_and_resume_is_step_exact(tiny_zoo, data_root, tmp_path):
 def test_two_worker_ray_train_run_and_checkpoint_loads(tiny_zoo, data_root, tmp_path):
     import ray
 
-    from model.lsdm import LatentStructuralUNet
-    from model.train import run_training
+    from model.models.lsdm import LatentStructuralUNet
+    from model.training.loop import run_training
 
     cfg = _cfg(max_steps=4, checkpoint_every=2, scaling=ScalingConfig(use_ray=True, num_workers=2, cpus_per_worker=0.5))
     ray.init(address="local", num_cpus=2, include_dashboard=False, _temp_dir=f"/tmp/rt-{os.getpid()}",
@@ -125,12 +125,12 @@ def test_two_worker_ray_train_run_and_checkpoint_loads(tiny_zoo, data_root, tmp_
 
 
 def test_training_from_the_latent_cache(tiny_zoo, data_root, tmp_path):
-    from model.latents import LatentCacheConfig, StaleCacheError, build_latent_cache
+    from model.training.latents import LatentCacheConfig, StaleCacheError, build_latent_cache
 
     cache = tmp_path / "latents"
     build_latent_cache(str(data_root), str(cache), LatentCacheConfig(resolution=32, batch_size=8), models="tiny",
                        use_ray=False)
-    from model.train import run_training
+    from model.training.loop import run_training
 
     out = run_training(_cfg(max_steps=3, checkpoint_every=3), str(data_root), str(tmp_path / "run"), "tiny",
                        latents=str(cache))
@@ -144,9 +144,9 @@ def test_training_from_the_latent_cache(tiny_zoo, data_root, tmp_path):
 def test_latent_cache_ranks_cross_epochs_together(tiny_zoo, tmp_path):
     """Uneven cache files: with two ranks, both epochs end at the same step (rank 0's saved position
     is every rank's), at the fewest batches any rank has."""
-    from model.data import split_counts
-    from model.latents import LatentCacheConfig, build_latent_cache, cache_counts
-    from model.train import DataStream
+    from model.training.data import split_counts
+    from model.training.latents import LatentCacheConfig, build_latent_cache, cache_counts
+    from model.training.loop import DataStream
 
     root = tmp_path / "ds"
     sink = humanverse.ShardSink.open(root)

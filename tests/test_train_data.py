@@ -1,4 +1,4 @@
-"""The training reader (model/data.py): geometry shared by every modality, flips, selection,
+"""The training reader (model/training/data.py): geometry shared by every modality, flips, selection,
 determinism, rank sharding, step-exact skipping, and the Ray path's agreement with the local one."""
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import humanverse
 from humanverse import codecs
 from humanverse.schema import NUM_KEYPOINTS
 from humanverse.skeleton import flip_keypoints, render_skeleton
-from humanverse.synthetic import synthetic_table
-from model import data as D
+from humanverse.testing.synthetic import synthetic_table
+from model.training import data as D
 
 R = 128
 

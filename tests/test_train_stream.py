@@ -1,5 +1,5 @@
 """The trainer's ``data.reader: ray``: each Ray Train worker streams its own share through a Ray
-Data pipeline (model.data.iter_ray_examples, model.train.DataStream). Its batches are the local
+Data pipeline (model.training.data.iter_ray_examples, model.training.loop.DataStream). Its batches are the local
 reader's, bit for bit; two workers see disjoint shares whose union is the selection every epoch;
 a run stopped at step k and resumed continues with exactly the batches (and losses) of the run
 that was never stopped; ranks with unequal file shares cross epochs together."""
@@ -18,9 +18,9 @@ import torch
 
 import humanverse
 from humanverse.config import ConfigError
-from humanverse.synthetic import synthetic_table
-from model import data as D
-from model.train import DataStream, OptimConfig, ScalingConfig, Stage1TrainConfig, load_train_config, train_loop
+from humanverse.testing.synthetic import synthetic_table
+from model.training import data as D
+from model.training.loop import DataStream, OptimConfig, ScalingConfig, Stage1TrainConfig, load_train_config, train_loop
 
 R = 32
 
@@ -208,12 +208,12 @@ def test_train_loop_with_the_ray_reader_resumes_step_exactly(tiny_zoo, data_root
 
 
 def _tracing_worker(config: dict) -> None:
-    """model.train._ray_worker, recording the ids of every batch the Ray reader hands the loop;
+    """model.training.loop._ray_worker, recording the ids of every batch the Ray reader hands the loop;
     after a fresh run, also a resume probe: the batches a stream reopened at (epoch 1, batch 2)
     gives on the same worker."""
     import ray.train
 
-    import model.train as T
+    import model.training.loop as T
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -255,7 +255,7 @@ def two_worker_run(tiny_zoo, data_root, ray_cluster, trace_dir, tmp_path_factory
     """Two Ray Train workers (DDP, gloo), reader ray, 8 steps = 2 epochs of 4 batches per rank."""
     import ray.cloudpickle
 
-    import model.train as T
+    import model.training.loop as T
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the worker wrapper lives here
     mp = pytest.MonkeyPatch()
@@ -293,7 +293,7 @@ def test_two_ray_train_workers_resume_step_exactly(data_root, two_worker_run, tr
     """Resumed with Ray Train from the step-6 checkpoint alone (as if killed after step 6), both
     workers continue with exactly the batches, and rank 0 with exactly the losses, of the run that
     was never stopped."""
-    import model.train as T
+    import model.training.loop as T
 
     monkeypatch.setattr(T, "_ray_worker", _tracing_worker)
     resumed = tmp_path / "resumed"

@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 from humanverse import zoo
-from humanverse._tiny_builders import COCO_WHOLEBODY_KEYPOINTS, TINY_CLIP_EMBED_DIM
+from humanverse.testing.tiny_models import COCO_WHOLEBODY_KEYPOINTS, TINY_CLIP_EMBED_DIM
 from humanverse.zoo import ZOO, ModelEntry, ResolvedModel, format_table, make_tiny, resolve
 
 CORE = {

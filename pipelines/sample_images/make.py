@@ -14,7 +14,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from humanverse.synthetic import make_sample
+from humanverse.testing.synthetic import make_sample
 
 HERE = Path(__file__).parent
 SIZES = [(256, 320), (320, 256), (288, 384), (384, 288)]

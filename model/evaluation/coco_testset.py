@@ -2,7 +2,7 @@
 
 The paper evaluates on "the MS-COCO 2014 validation human subset" (8,236 images), resized and
 centre-cropped to 512 x 512, with the captions as prompts and the annotated poses as conditions.
-This script writes that set in the evaluation contract of :mod:`model.evaluate`::
+This script writes that set in the evaluation contract of :mod:`model.evaluation.evaluate`::
 
     OUT/real/<id>.png     the real image, 512 x 512 (shorter side resized, bicubic; centre crop)
     OUT/testset.jsonl     one row per image: id, caption, image, width, height, persons
@@ -26,7 +26,7 @@ how close a rule gets. Persons kept per image: every non-crowd person annotation
 crop, including those without keypoints (all v = 0), which COCOeval ignores, as COCO's own keypoint
 evaluation does.
 
-Geometry (:func:`model.evaluate.crop_geometry`): COCO keypoints put a pixel's centre at integer
+Geometry (:func:`model.evaluation.evaluate.crop_geometry`): COCO keypoints put a pixel's centre at integer
 coordinates, HumanVerse (and the pose stage) at ``i + 0.5``, so keypoints are shifted by +0.5, then
 scaled and cropped; keypoints outside the frame become (0, 0, 0). Boxes ([x, y, w, h], continuous)
 are scaled, cropped and clipped to the frame; a person whose box leaves the frame is dropped.
@@ -39,12 +39,10 @@ Captions: the first (lowest annotation id) per image, or ``--caption random`` wi
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures as cf
 import json
 import logging
 import os
-import sys
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,11 +51,11 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image
 
-from model.evaluate import CropGeometry, crop_geometry, resize_center_crop, transform_keypoints
+from model.evaluation.evaluate import CropGeometry, crop_geometry, resize_center_crop, transform_keypoints
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CocoTestsetConfig", "build_coco_testset", "convert_person", "main", "wholebody_keypoints"]
+__all__ = ["CocoTestsetConfig", "build_coco_testset", "convert_person", "wholebody_keypoints"]
 
 NUM_KEYPOINTS = 133
 COCO_KEYPOINTS = 17
@@ -69,7 +67,7 @@ PAPER_COUNT = 8236
 
 @dataclass(frozen=True)
 class CocoTestsetConfig:
-    """Options of ``python -m model.coco_testset`` (see the module docstring).
+    """Options of ``python -m model.evaluation.coco_testset`` (see the module docstring).
 
     Attributes:
         coco: the COCO folder (annotations/, val2014/).
@@ -282,40 +280,3 @@ def build_coco_testset(cfg: CocoTestsetConfig) -> dict[str, int]:
               "written": len(rows), "wholebody_persons": n_wholebody}
     log.info("coco: wrote %d test images to %s (paper: %d)", len(rows), out, PAPER_COUNT)
     return counts
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--coco", required=True, help="COCO folder with annotations/ and val2014/")
-    p.add_argument("--out", required=True, help="output folder (real/, testset.jsonl)")
-    p.add_argument("--wholebody", action="append", default=[], metavar="JSON",
-                   help="COCO-WholeBody annotations (e.g. coco_wholebody_val_v1.0.json); repeatable")
-    p.add_argument("--split", default="val2014")
-    p.add_argument("--limit", type=int, help="keep the first N qualifying images (by image id)")
-    p.add_argument("--resolution", type=int, default=512)
-    p.add_argument("--caption", choices=["first", "random"], default="first")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--min-keypoints", type=int, default=1)
-    p.add_argument("--max-persons", type=int)
-    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m model.coco_testset", description=__doc__.split("\n\n")[0])
-    add_arguments(p)
-    p.add_argument("--log-level", default="INFO")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
-    try:
-        cfg = CocoTestsetConfig(coco=args.coco, out=args.out, wholebody=tuple(args.wholebody), split=args.split,
-                                limit=args.limit, resolution=args.resolution, caption=args.caption, seed=args.seed,
-                                min_keypoints=args.min_keypoints, max_persons=args.max_persons, workers=args.workers)
-        build_coco_testset(cfg)
-    except (ValueError, OSError) as e:
-        log.error("%s", e)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

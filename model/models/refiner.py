@@ -18,7 +18,7 @@ adds exactly nothing to the frozen UNet: training starts from SDXL's own predict
 Condition inputs, all (B, ·, H, W) at the refiner's pixel resolution (see
 :func:`structure_inputs`): pose as the rendered skeleton in [0, 1] (black canvas = 0), depth as one
 channel in [0, 1], normal as unit vectors (x, y, z) in [−1, 1]. A dropped condition is all zeros
-(§3.3's robust conditioning, see :mod:`model.stage2`).
+(§3.3's robust conditioning, see :mod:`model.training.stage2`).
 """
 
 from __future__ import annotations
@@ -186,7 +186,7 @@ def make_tiny_refiner(out_dir: Path, seed: int) -> None:
     """A fresh tiny refiner on the zoo's tiny SDXL UNet (same seed), for tests and the demo."""
     import tempfile
 
-    from humanverse._tiny_builders import build_sdxl_base
+    from humanverse.testing.tiny_models import build_sdxl_base
 
     out_dir = Path(out_dir)
     with tempfile.TemporaryDirectory(prefix="tiny-sdxl-") as tmp:

@@ -1,7 +1,7 @@
-"""``humanverse train stage1|stage2`` / ``python -m model.train ...``: one trainer for both stages (Ray Train).
+"""``humanverse train stage1|stage2``: one trainer for both stages (Ray Train).
 
 Stage 1 trains the Latent Structural Diffusion Model (§3.2), stage 2 the Structure-Guided Refiner
-(§3.3); what differs lives in :mod:`model.tasks`. A loop you can read top to bottom (nanoGPT
+(§3.3); what differs lives in :mod:`model.training.tasks`. A loop you can read top to bottom (nanoGPT
 style): build the frozen parts and the trainable model, restore the newest complete checkpoint
 when ``--resume``, then per step: gather ``grad_accum`` micro-batches, compute the objective,
 backward, clip, AdamW step, EMA update; log, checkpoint (atomic, rotated) and render validation
@@ -18,13 +18,11 @@ data; ``scaling.use_ray: false`` runs the same loop in this process (tests, debu
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
 import math
 import os
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,12 +31,12 @@ from typing import ClassVar, Literal
 import torch
 
 from humanverse.config import to_dict
-from model.checkpoints import latest_checkpoint, save_checkpoint
-from model.data import TrainDataConfig
-from model.stage1 import Stage1LossConfig
-from model.stage2 import Stage2LossConfig
+from model.training.checkpoints import EMA, latest_checkpoint, save_checkpoint
+from model.training.data import TrainDataConfig
+from model.training.stage1 import Stage1LossConfig
+from model.training.stage2 import Stage2LossConfig
 
-log = logging.getLogger("model.train")
+log = logging.getLogger("model.training.loop")
 
 
 @dataclass(frozen=True)
@@ -119,7 +117,7 @@ class Stage2TrainConfig(TrainerConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        from model.refiner import CONDITIONS
+        from model.models.refiner import CONDITIONS
 
         if not self.conditions or any(c not in CONDITIONS for c in self.conditions):
             raise ValueError(f"conditions must be a non-empty subset of {list(CONDITIONS)}, got {list(self.conditions)}.")
@@ -129,29 +127,6 @@ class Stage2TrainConfig(TrainerConfig):
 
 
 CONFIGS: dict[str, type[TrainerConfig]] = {"stage1": Stage1TrainConfig, "stage2": Stage2TrainConfig}
-
-
-class EMA:
-    """Exponential moving average of the trainable parameters (fp32 shadow copies)."""
-
-    def __init__(self, params: list[torch.nn.Parameter], decay: float):
-        self.decay = decay
-        self.shadow = [p.detach().float().clone() for p in params]
-
-    @torch.no_grad()
-    def update(self, params: list[torch.nn.Parameter]) -> None:
-        torch._foreach_lerp_(self.shadow, [p.detach().float() for p in params], 1.0 - self.decay)
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {f"{i}": t for i, t in enumerate(self.shadow)}
-
-    def load_state_dict(self, sd: dict[str, torch.Tensor]) -> None:
-        self.shadow = [sd[f"{i}"].clone() for i in range(len(self.shadow))]
-
-    @torch.no_grad()
-    def copy_to(self, params: list[torch.nn.Parameter]) -> None:
-        for s, p in zip(self.shadow, params):
-            p.copy_(s.to(p.dtype))
 
 
 def _seed_for(*parts: int) -> int:
@@ -173,9 +148,9 @@ def _autocast(cfg: TrainerConfig, device: torch.device):
 class DataStream:
     """Training batches with a position (``epoch``, ``step_in_epoch``: batches consumed in the epoch).
 
-    Sources: the latent cache (:func:`model.latents.iter_latent_batches`) when ``latents`` is
-    given, else raw rows decoded by ``reader``: ``"local"`` (:func:`model.data.iter_examples`, in
-    this process) or ``"ray"`` (:func:`model.data.iter_ray_examples`: a Ray Data pipeline that
+    Sources: the latent cache (:func:`model.training.latents.iter_latent_batches`) when ``latents`` is
+    given, else raw rows decoded by ``reader``: ``"local"`` (:func:`model.training.data.iter_examples`, in
+    this process) or ``"ray"`` (:func:`model.training.data.iter_ray_examples`: a Ray Data pipeline that
     this worker builds over its own files each epoch; its tasks decode while the step runs).
     Both readers yield bit-identical batches, so a run may even resume with the other one.
 
@@ -184,10 +159,10 @@ class DataStream:
     share changes from run to run and a saved position could not be honoured. Here a worker's
     share and order depend only on (seed, epoch, rank, world size), and resuming at
     ``step_in_epoch`` skips exactly the batches the interrupted run consumed (without decoding
-    them; the Ray reader does not even read them, see :func:`model.data._rank_plan`).
+    them; the Ray reader does not even read them, see :func:`model.training.data._rank_plan`).
 
     With ``world > 1`` every rank's epoch (raw rows or the latent cache) is cut at the fewest batches any rank has that
-    epoch (:func:`model.data.batches_per_rank`; file shards differ in size), so all ranks cross
+    epoch (:func:`model.training.data.batches_per_rank`; file shards differ in size), so all ranks cross
     epoch boundaries at the same step and rank 0's saved position is every rank's position; the
     cut rows are different ones each epoch, since files move between ranks. The selection is
     counted once per stream for that (cheap columns only).
@@ -206,11 +181,11 @@ class DataStream:
     def _max_batches(self) -> int | None:
         if self.world == 1:
             return None
-        from model.data import selected_counts, split_counts
+        from model.training.data import selected_counts, split_counts
 
         if self._counts is None:
             if self.latents:
-                from model.latents import cache_counts
+                from model.training.latents import cache_counts
 
                 self._counts = cache_counts(self.latents)
             else:
@@ -220,7 +195,7 @@ class DataStream:
 
     def _open(self, skip: int):
         if self.latents:
-            from model.latents import iter_latent_batches
+            from model.training.latents import iter_latent_batches
 
             batches = iter_latent_batches(self.latents, batch_size=self.cfg.batch_size, seed=self.cfg.data.seed,
                                           epoch=self.epoch, rank=self.rank, world_size=self.world,
@@ -228,7 +203,7 @@ class DataStream:
                                           shuffle_buffer=self.cfg.data.shuffle_buffer,
                                           max_batches=self._max_batches())
             return ({**b, "latent_cache": True} for b in batches)
-        from model.data import iter_examples, iter_ray_examples
+        from model.training.data import iter_examples, iter_ray_examples
 
         read = iter_ray_examples if self.reader == "ray" else iter_examples
         return iter(read(self.data_root, self.cfg.data, epoch=self.epoch, rank=self.rank, world_size=self.world,
@@ -250,7 +225,7 @@ def train_loop(cfg: TrainerConfig, data_root: str, run: str, models: str, latent
                resume: bool = False, rank: int = 0, world: int = 1, report=None) -> dict:
     """One worker's training loop for either stage. Returns the final metrics and the history
     (rank 0 writes checkpoints, TensorBoard and validation grids)."""
-    from model.tasks import task_for, validation_batch
+    from model.training.tasks import task_for, validation_batch
 
     run_dir = Path(run)
     device = torch.device("cuda", torch.cuda.current_device()) if (cfg.scaling.use_gpu and torch.cuda.is_available()) \
@@ -415,10 +390,10 @@ def _ray_worker(config: dict) -> None:
 
 def check_latent_cache(latents: str, data_root: str, cfg: TrainerConfig, models: str) -> None:
     """Refuse (one sentence) a cache built at another resolution, row selection or VAE, or from a
-    dataset that has changed since (see :mod:`model.latents` for when a cache goes stale)."""
+    dataset that has changed since (see :mod:`model.training.latents` for when a cache goes stale)."""
     import dataclasses as dc
 
-    from model.latents import LatentCacheConfig, check_cache, read_cache_manifest
+    from model.training.latents import LatentCacheConfig, check_cache, read_cache_manifest
 
     built = read_cache_manifest(latents)["config"]
     known = {f.name for f in dc.fields(LatentCacheConfig)}
@@ -478,54 +453,7 @@ def run_training(cfg: TrainerConfig, data_root: str, run: str, models: str, late
 # -- command line ---------------------------------------------------------------------------------
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("stage", choices=list(CONFIGS), help="stage1: the LSDM (§3.2); stage2: the refiner (§3.3)")
-    p.add_argument("--data", required=True, help="HumanVerse dataset root")
-    p.add_argument("--latents", help="latent cache built by `humanverse latents` (optional)")
-    p.add_argument("--config", help="YAML training config")
-    p.add_argument("--models", default="paper", help="tiny | paper | DIR")
-    p.add_argument("--max-steps", type=int)
-    p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in --out")
-    p.add_argument("--out", required=True, help="run folder (checkpoints, tensorboard, samples)")
-    p.add_argument("--address", help="Ray cluster address")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
-
-
 def load_train_config(path: str | None, overrides: dict | None = None, stage: str = "stage1") -> TrainerConfig:
     from humanverse.config import load_yaml
 
     return load_yaml(CONFIGS[stage], path, overrides)
-
-
-def run_from_args(args: argparse.Namespace) -> int:
-    import yaml
-
-    overrides = {}
-    for kv in args.set:
-        if "=" not in kv:
-            raise ValueError(f"--set expects KEY=VALUE, got {kv!r}.")
-        k, v = kv.split("=", 1)
-        overrides[k] = yaml.safe_load(v)
-    if args.max_steps is not None:
-        overrides["max_steps"] = args.max_steps
-    cfg = load_train_config(args.config, overrides, args.stage)
-    run_training(cfg, args.data, args.out, args.models, args.latents, args.resume, args.address)
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m model.train", description=__doc__.split("\n\n")[0])
-    add_arguments(p)
-    p.add_argument("--log-level", default="INFO")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
-    try:
-        return run_from_args(args)
-    except ValueError as e:
-        log.error("%s", e)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

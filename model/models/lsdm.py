@@ -671,10 +671,10 @@ def make_tiny_lsdm(out_dir: Path, seed: int) -> None:
     """A tiny LSDM converted from the zoo's tiny SD-2-base UNet (same seed), for tests and demos.
 
     Deterministic: the same ``seed`` writes the same bytes. The SD-2 UNet comes from
-    ``humanverse._tiny_builders.build_sd2_base`` (widths 32/64, heads 2/4, sample 8, text width
+    ``humanverse.testing.tiny_models.build_sd2_base`` (widths 32/64, heads 2/4, sample 8, text width
     32), so the tiny LSDM reproduces the tiny ``sd2-base`` UNet of the same seed.
     """
-    from humanverse._tiny_builders import build_sd2_base
+    from humanverse.testing.tiny_models import build_sd2_base
 
     out_dir = Path(out_dir)
     with tempfile.TemporaryDirectory(prefix="tiny-sd2-") as tmp:

@@ -16,6 +16,8 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
+
 log = logging.getLogger(__name__)
 
 MARKER = "COMPLETE"
@@ -67,3 +69,26 @@ def list_checkpoints(run: Path) -> list[Path]:
 def latest_checkpoint(run: Path) -> Path | None:
     cks = list_checkpoints(run)
     return cks[-1] if cks else None
+
+
+class EMA:
+    """Exponential moving average of the trainable parameters (fp32 shadow copies)."""
+
+    def __init__(self, params: list[torch.nn.Parameter], decay: float):
+        self.decay = decay
+        self.shadow = [p.detach().float().clone() for p in params]
+
+    @torch.no_grad()
+    def update(self, params: list[torch.nn.Parameter]) -> None:
+        torch._foreach_lerp_(self.shadow, [p.detach().float() for p in params], 1.0 - self.decay)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {f"{i}": t for i, t in enumerate(self.shadow)}
+
+    def load_state_dict(self, sd: dict[str, torch.Tensor]) -> None:
+        self.shadow = [sd[f"{i}"].clone() for i in range(len(self.shadow))]
+
+    @torch.no_grad()
+    def copy_to(self, params: list[torch.nn.Parameter]) -> None:
+        for s, p in zip(self.shadow, params):
+            p.copy_(s.to(p.dtype))

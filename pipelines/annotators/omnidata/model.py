@@ -1,4 +1,4 @@
-"""Omnidata v2 DPT-Hybrid: our own implementation that loads the published depth/normal weights.
+"""The Omnidata v2 DPT-Hybrid network, rebuilt so that the published weights load with ``strict=True``.
 
 HyperHuman (Liu et al. 2023, arXiv 2310.08579, §4 "HumanVerse") annotates every image with a
 surface-normal map from Omnidata (Eftekhar et al., "Omnidata: A Scalable Pipeline for Making
@@ -7,16 +7,8 @@ Ranftl et al., "Vision Transformers for Dense Prediction" (ICCV 2021): a ResNet-
 ResNetV2, 3 stages) + ViT-B/16 encoder, a "reassemble" step that turns tokens back into image-like
 feature maps, RefineNet-style fusion blocks, and a small convolutional head.
 
-This module rebuilds that network so that the published state dicts load with ``strict=True``:
-
-* ``omnidata_dpt_depth_v2.ckpt`` / ``omnidata_dpt_normal_v2.ckpt`` (Zenodo record 10447888), a
-  PyTorch-Lightning checkpoint ``{"state_dict": {"model.<key>": tensor}}``;
-* the torch-hub files ``omnidata_{depth,normal}_dpt_hybrid.pth`` (a plain state dict, no prefix).
-
-The weights are under a non-commercial EULA that forbids redistribution (MODELS.md §4): never vendor
-them; users download them themselves and pass the file to :meth:`OmnidataDPT.from_pretrained`.
-
-Checkpoint layout (after stripping ``model.``), which our module tree reproduces name for name::
+Checkpoint layout (after stripping ``model.``, see :mod:`.convert`), which our module tree
+reproduces name for name::
 
     pretrained.model.*                 timm ``vit_base_r50_s16_384`` (timm 0.4.12 when trained):
         patch_embed.backbone.stem.{conv,norm}            ResNetV2 stem (StdConv 7x7/2 + GroupNorm)
@@ -34,22 +26,12 @@ Checkpoint layout (after stripping ``model.``), which our module tree reproduces
 ``act_postprocess1/2`` hold no parameters in the hybrid: the 1/4 and 1/8 features are the outputs of
 ResNet stages 0 and 1, not of ViT blocks (so ``hooks[0]`` and ``hooks[1]`` are unused, as upstream).
 
-timm versions. The checkpoints were written with timm 0.4.12; we build the backbone from timm 1.0.31's
-``ResNetV2``/``HybridEmbed``/``VisionTransformer``. Reading both versions' sources, every parameter
-name and shape of this model is the same in the two (the downsample projection already lives in
-``stages.N.blocks.0.downsample`` in 0.4.12; the ViT block names ``norm1/attn.qkv/attn.proj/norm2/
-mlp.fc1/mlp.fc2`` are unchanged; the hybrid ResNet uses ``StdConv2dSame(eps=1e-8)`` and
-``GroupNormAct(32, eps=1e-5)`` in both). So :func:`convert_omnidata_state_dict` only strips the
-Lightning ``model.`` prefix; the test suite pins the full key/shape layout independently.
+Which timm version these names come from: :mod:`.convert`.
 
-Deviations from the upstream code, all deliberate:
-
-* Fusion blocks upsample to the size of the next skip connection instead of by a blind factor 2.
-  For inputs whose sides are multiples of 32 (every input the upstream code accepts) this is the same
-  computation (bilinear with ``align_corners=True`` derives its sampling grid from the sizes); it also
-  makes sides that are odd multiples of 16 work.
-* :class:`OmnidataProcessor` resizes the *whole* image (no centre crop) so that the dense map covers
-  every pixel; the demo's resize + ``CenterCrop(384)`` is available with ``center_crop=True``.
+Deviation from the upstream code, deliberate: fusion blocks upsample to the size of the next skip
+connection instead of by a blind factor 2. For inputs whose sides are multiples of 32 (every input
+the upstream code accepts) this is the same computation (bilinear with ``align_corners=True``
+derives its sampling grid from the sizes); it also makes sides that are odd multiples of 16 work.
 """
 
 from __future__ import annotations
@@ -58,42 +40,28 @@ import json
 import logging
 import math
 import os
-import pickle
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import nn
+
+from pipelines.annotators.omnidata.convert import load_omnidata_state_dict
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "OmnidataConfig",
-    "OmnidataDPT",
-    "OmnidataProcessor",
-    "convert_omnidata_state_dict",
-    "load_omnidata_state_dict",
-    "predict_maps",
-    "make_tiny",
-    "make_tiny_omnidata_normal",
-    "make_tiny_omnidata_depth",
-    "CONFIG_NAME",
-    "WEIGHTS_NAME",
-]
+__all__ = ["CONFIG_NAME", "TASK_CHANNELS", "WEIGHTS_NAME", "OmnidataConfig", "OmnidataDPT", "Task"]
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+#: Output channels of the head per task.
+TASK_CHANNELS = {"depth": 1, "normal": 3}
 _ARCHITECTURE = "OmnidataDPT"
-_TASK_CHANNELS = {"depth": 1, "normal": 3}
 _READOUTS = ("project", "ignore", "add")
-_LIGHTNING_PREFIX = "model."
 
 Task = Literal["depth", "normal"]
 
@@ -139,9 +107,9 @@ class OmnidataConfig:
         self.hooks = tuple(int(h) for h in self.hooks)
         self.resnet_layers = tuple(int(n) for n in self.resnet_layers)
         self.resnet_widths = tuple(int(w) for w in self.resnet_widths)
-        if self.task not in _TASK_CHANNELS:
+        if self.task not in TASK_CHANNELS:
             raise ValueError(f"OmnidataConfig.task is {self.task!r}; expected 'depth' or 'normal'.")
-        expected_channels = _TASK_CHANNELS[self.task]
+        expected_channels = TASK_CHANNELS[self.task]
         if self.num_channels is None:
             self.num_channels = expected_channels
         if self.num_channels != expected_channels:
@@ -556,10 +524,10 @@ class OmnidataDPT(nn.Module):
                         f"{channels} output channels; pass task='depth' or task='normal'."
                     )
                 task_to_build = task or inferred
-                if channels is not None and channels != _TASK_CHANNELS[task_to_build]:
+                if channels is not None and channels != TASK_CHANNELS[task_to_build]:
                     raise ValueError(
                         f"{path} has a {channels}-channel head but task {task_to_build!r} needs "
-                        f"{_TASK_CHANNELS[task_to_build]} channels."
+                        f"{TASK_CHANNELS[task_to_build]} channels."
                     )
                 config = OmnidataConfig(task=task_to_build)
         else:
@@ -613,301 +581,7 @@ class OmnidataDPT(nn.Module):
         self.load_state_dict(dict(state_dict), strict=True, assign=assign)
 
 
-# --------------------------------------------------------------------------------------------------
-# Checkpoint reading
-# --------------------------------------------------------------------------------------------------
-
-
-def convert_omnidata_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Map a published Omnidata state dict onto :class:`OmnidataDPT`'s keys.
-
-    The Lightning checkpoints prefix every key with ``model.`` (the demo strips it with ``k[6:]``);
-    the torch-hub files have no prefix. No timm renaming is needed: the timm 0.4.12 layout the
-    weights were saved with and timm 1.0.31's are identical for ``vit_base_r50_s16_384`` (see the
-    module docstring), which ``tests/test_omnidata.py`` pins key by key.
-    """
-    converted: dict[str, torch.Tensor] = {}
-    for key, value in state_dict.items():
-        new_key = key[len(_LIGHTNING_PREFIX) :] if key.startswith(_LIGHTNING_PREFIX) else key
-        if new_key in converted:
-            raise ValueError(f"Checkpoint key {key!r} collides with another key after stripping 'model.'.")
-        converted[new_key] = value
-    return converted
-
-
-class _InertStandIn:
-    """Inert placeholder for a non-tensor object pickled in a checkpoint's metadata.
-
-    Lightning checkpoints may pickle e.g. ``argparse.Namespace`` or ``AttributeDict`` hyper-parameters
-    next to the weights, which ``torch.load(weights_only=True)`` refuses. We allowlist this class
-    under those names instead of the real ones: ``__new__`` returns an empty ``Counter`` (a dict type
-    the restricted unpickler may fill with items *and* attribute state), so nothing from the file is
-    imported or executed, and the metadata is discarded.
-    """
-
-    def __new__(cls, *args: Any, **kwargs: Any) -> Counter:  # type: ignore[misc]
-        return Counter()
-
-
-def _torch_load_weights_only(path: Path) -> Any:
-    """``torch.load(path, map_location="cpu", weights_only=True)``, tolerant of pickled metadata."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        try:
-            names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-        except Exception:  # legacy (non-zip) files cannot be scanned
-            names = []
-        if not names:
-            raise ValueError(f"Cannot read {path} with torch.load(weights_only=True): {error}") from error
-        try:
-            with torch.serialization.safe_globals([(_InertStandIn, name) for name in names]):
-                loaded = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as second:
-            raise ValueError(
-                f"Cannot read {path} with torch.load(weights_only=True) even with inert stand-ins for "
-                f"its pickled objects {names}: {second}; re-save its state dict on its own."
-            ) from second
-        logger.warning("Ignored pickled metadata objects in %s: %s", path, ", ".join(names))
-        return loaded
-
-
-def load_omnidata_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
-    """Read a state dict from ``.safetensors``, a Lightning ``.ckpt`` or a plain ``.pth``/``.pt``."""
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        loaded: Any = load_file(str(path), device="cpu")
-    else:
-        loaded = _torch_load_weights_only(path)
-    if isinstance(loaded, Mapping) and isinstance(loaded.get("state_dict"), Mapping):
-        loaded = loaded["state_dict"]  # Lightning checkpoint
-    if not isinstance(loaded, Mapping):
-        raise ValueError(f"{path} holds a {type(loaded).__name__}, not a state dict.")
-    not_tensors = [key for key, value in loaded.items() if not isinstance(value, torch.Tensor)]
-    if not_tensors:
-        raise ValueError(
-            f"{path} is not a plain state dict: entries such as {not_tensors[:3]} are not tensors."
-        )
-    return convert_omnidata_state_dict(loaded)
-
-
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
     temporary = path.with_name(f".{path.name}.tmp")
     temporary.write_bytes(data)
     os.replace(temporary, path)
-
-
-# --------------------------------------------------------------------------------------------------
-# Pre- and post-processing
-# --------------------------------------------------------------------------------------------------
-
-
-ImageInput = Image.Image | np.ndarray
-
-
-@dataclass
-class OmnidataProcessor:
-    """Omnidata input/output transforms (demo.py, MODELS.md §4), adapted to full-image dense maps.
-
-    Input: RGB, bilinear resize, ``ToTensor`` to [0, 1]; depth additionally ``Normalize(0.5, 0.5)``
-    to [-1, 1], normals stay in [0, 1].
-
-    Working size (our deviation from the demo): the demo resizes the shorter side to 384 and centre
-    crops 384x384, so its map misses the image's sides. HumanVerse needs a map for every pixel, so by
-    default the *whole* image is resized, keeping its aspect ratio, so that the shorter side is about
-    ``size`` and both sides are multiples of ``ensure_multiple_of`` (32 by default: the upstream
-    graph's requirement, so the computation is exactly upstream's; 16 also works with our model).
-    ``center_crop=True`` restores the demo's transform.
-
-    Output (:meth:`postprocess`): clamped to [0, 1] as in the demo, resized back bilinearly to each
-    image's exact (H, W).
-
-    * depth: (H, W) float32 relative depth, larger = farther (the v2 demo displays ``1 - out``; the
-      scale and shift are unknown, and the direction is second-hand, MODELS.md §4).
-    * normal: (H, W, 3) float32 unit vectors n = 2x - 1, renormalised, in the camera frame
-      +X right, +Y down, +Z toward the viewer (the maintainer's words in omnidata issue #13; the
-      handedness is debated there, so check with a test image before relying on the signs).
-      Degenerate pixels (|2x - 1| ~ 0) become (0, 0, 1), facing the camera.
-    """
-
-    task: Task = "normal"
-    size: int = 384
-    ensure_multiple_of: int = 32
-    center_crop: bool = False
-
-    def __post_init__(self) -> None:
-        if self.task not in _TASK_CHANNELS:
-            raise ValueError(f"OmnidataProcessor.task is {self.task!r}; expected 'depth' or 'normal'.")
-        if self.ensure_multiple_of <= 0 or self.ensure_multiple_of % 16:
-            raise ValueError(
-                f"OmnidataProcessor.ensure_multiple_of is {self.ensure_multiple_of}; expected a "
-                "positive multiple of 16 (the model's patch size)."
-            )
-        if self.size < self.ensure_multiple_of:
-            raise ValueError(
-                f"OmnidataProcessor.size is {self.size}; expected at least ensure_multiple_of="
-                f"{self.ensure_multiple_of}."
-            )
-        if self.center_crop and self.size % self.ensure_multiple_of:
-            raise ValueError(
-                f"OmnidataProcessor.size={self.size} must be a multiple of {self.ensure_multiple_of} "
-                "when center_crop=True."
-            )
-
-    def working_size(self, height: int, width: int) -> tuple[int, int]:
-        """(height, width) the model sees for an image of this size (aspect kept, rounded)."""
-        if self.center_crop:
-            return self.size, self.size
-        multiple = self.ensure_multiple_of
-        scale = self.size / min(height, width)
-
-        def rounded(side: int) -> int:
-            return max(multiple, int(round(side * scale / multiple)) * multiple)
-
-        return rounded(height), rounded(width)
-
-    def _as_rgb_images(self, images: Sequence[ImageInput] | np.ndarray) -> list[Image.Image]:
-        if isinstance(images, np.ndarray):
-            if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
-                raise ValueError(
-                    f"An image batch array must be uint8 with shape (batch, height, width, 3), got "
-                    f"{images.dtype} {images.shape}."
-                )
-            images = list(images)
-        result = []
-        for image in images:
-            if isinstance(image, Image.Image):
-                result.append(image.convert("RGB"))
-            elif isinstance(image, np.ndarray):
-                if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
-                    raise ValueError(
-                        f"Expected a uint8 (H, W, 3) image array, got {image.dtype} {image.shape}."
-                    )
-                result.append(Image.fromarray(image))
-            else:
-                raise ValueError(f"Expected a PIL image or a uint8 (H, W, 3) array, got {type(image).__name__}.")
-        return result
-
-    def _resize(self, image: Image.Image) -> Image.Image:
-        width, height = image.size
-        if not self.center_crop:
-            out_h, out_w = self.working_size(height, width)
-            return image.resize((out_w, out_h), Image.Resampling.BILINEAR)
-        # demo: torchvision Resize(size) (shorter side -> size, longer side truncated), CenterCrop(size)
-        if width <= height:
-            new_w, new_h = self.size, int(self.size * height / width)
-        else:
-            new_w, new_h = int(self.size * width / height), self.size
-        image = image.resize((new_w, new_h), Image.Resampling.BILINEAR)
-        top = int(round((new_h - self.size) / 2.0))
-        left = int(round((new_w - self.size) / 2.0))
-        return image.crop((left, top, left + self.size, top + self.size))
-
-    def preprocess(self, images: Sequence[ImageInput] | np.ndarray) -> torch.Tensor:
-        """Images -> ``pixel_values`` (B, 3, h, w) float32; all images must share one working size."""
-        rgb = self._as_rgb_images(images)
-        if not rgb:
-            raise ValueError("preprocess() got no images.")
-        sizes = {self.working_size(image.height, image.width) for image in rgb}
-        if len(sizes) > 1:
-            raise ValueError(
-                f"The images resolve to different working sizes {sorted(sizes)}; preprocess one size "
-                "per call (predict_maps groups images by working size)."
-            )
-        arrays = [np.asarray(self._resize(image), dtype=np.float32) / 255.0 for image in rgb]
-        pixel_values = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
-        if self.task == "depth":
-            pixel_values = (pixel_values - 0.5) / 0.5  # [-1, 1]
-        return pixel_values
-
-    def postprocess(self, output: torch.Tensor, sizes: Sequence[tuple[int, int]]) -> list[np.ndarray]:
-        """Model output -> one float32 map per image at its original (H, W)."""
-        expected_ndim = 3 if self.task == "depth" else 4
-        if output.ndim != expected_ndim or (self.task == "normal" and output.shape[1] != 3):
-            raise ValueError(
-                f"Omnidata {self.task} output must be "
-                f"{'(B, H, W)' if self.task == 'depth' else '(B, 3, H, W)'}, got {tuple(output.shape)}."
-            )
-        if len(sizes) != output.shape[0]:
-            raise ValueError(f"postprocess() got {len(sizes)} sizes for a batch of {output.shape[0]}.")
-        maps = []
-        for prediction, (height, width) in zip(output.detach().float().cpu(), sizes, strict=True):
-            x = prediction.clamp(0.0, 1.0)
-            x = x.unsqueeze(0) if self.task == "normal" else x[None, None]  # (1, C, h, w)
-            x = F.interpolate(x, size=(int(height), int(width)), mode="bilinear", align_corners=False)[0]
-            if self.task == "depth":
-                maps.append(x[0].numpy().astype(np.float32))
-                continue
-            normal = 2.0 * x - 1.0  # (3, H, W)
-            length = normal.norm(dim=0, keepdim=True)
-            degenerate = length < 1e-6
-            normal = normal / length.clamp_min(1e-6)
-            facing = torch.tensor([0.0, 0.0, 1.0]).view(3, 1, 1).expand_as(normal)
-            normal = torch.where(degenerate, facing, normal)
-            maps.append(normal.permute(1, 2, 0).numpy().astype(np.float32))
-        return maps
-
-
-@torch.inference_mode()
-def predict_maps(
-    model: OmnidataDPT,
-    images: Sequence[ImageInput],
-    processor: OmnidataProcessor | None = None,
-    batch_size: int = 8,
-) -> list[np.ndarray]:
-    """Run the model on images of any sizes; returns one map per image, in order, at its own size.
-
-    Images are grouped by working size so each forward pass is one tensor batch.
-    """
-    processor = processor or OmnidataProcessor(task=model.config.task)
-    if processor.task != model.config.task:
-        raise ValueError(f"Processor task {processor.task!r} differs from model task {model.config.task!r}.")
-    rgb = processor._as_rgb_images(images)
-    parameter = next(model.parameters())
-    groups: dict[tuple[int, int], list[int]] = {}
-    for index, image in enumerate(rgb):
-        groups.setdefault(processor.working_size(image.height, image.width), []).append(index)
-    results: list[np.ndarray | None] = [None] * len(rgb)
-    for indices in groups.values():
-        for start in range(0, len(indices), batch_size):
-            chunk = indices[start : start + batch_size]
-            pixel_values = processor.preprocess([rgb[i] for i in chunk])
-            output = model(pixel_values.to(device=parameter.device, dtype=parameter.dtype))
-            maps = processor.postprocess(output, [(rgb[i].height, rgb[i].width) for i in chunk])
-            for i, prediction in zip(chunk, maps, strict=True):
-                results[i] = prediction
-    return results  # type: ignore[return-value]
-
-
-# --------------------------------------------------------------------------------------------------
-# Tiny stand-ins for the model zoo ("omnidata-normal", "omnidata-depth")
-# --------------------------------------------------------------------------------------------------
-
-
-def make_tiny(out_dir: Path, seed: int = 0, task: Task = "normal") -> None:
-    """Save a deterministic, randomly initialised tiny :class:`OmnidataDPT` with ``save_pretrained``.
-
-    Same graph and loading path as the real model, sizes from :meth:`OmnidataConfig.tiny`. Weights
-    come from a forked, seeded torch RNG, so equal seeds give byte-identical files and the caller's
-    RNG state is untouched.
-    """
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = OmnidataDPT(OmnidataConfig.tiny(task))
-    model.save_pretrained(out_dir)
-
-
-def make_tiny_omnidata_normal(out_dir: Path, seed: int) -> None:
-    """Zoo builder for ``omnidata-normal``: the tiny surface-normal model."""
-    make_tiny(out_dir, seed=seed, task="normal")
-
-
-def make_tiny_omnidata_depth(out_dir: Path, seed: int) -> None:
-    """Zoo builder for ``omnidata-depth``: the tiny depth model."""
-    make_tiny(out_dir, seed=seed, task="depth")
-
-
-#: Tiny builders of the zoo entries whose class is defined here (``humanverse.zoo.make_tiny(builders=...)``).
-TINY_BUILDERS = {"omnidata-depth": make_tiny_omnidata_depth, "omnidata-normal": make_tiny_omnidata_normal}

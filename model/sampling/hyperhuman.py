@@ -20,12 +20,11 @@ or a pose with no keypoint above the threshold is refused with one sentence.
 
 Batched: :class:`HyperHumanPipeline` takes lists of prompts and poses; ``humanverse sample
 --testset FILE.jsonl`` generates ``OUT/<id>.png`` for every row of an evaluation test set (the
-format :mod:`model.evaluate` reads), which ``humanverse eval --generated OUT`` scores.
+format :mod:`model.evaluation.evaluate` reads), which ``humanverse eval --generated OUT`` scores.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
@@ -39,7 +38,7 @@ from PIL import Image, ImageDraw
 
 from humanverse.schema import NUM_KEYPOINTS
 
-log = logging.getLogger("model.pipeline")
+log = logging.getLogger("model.sampling.hyperhuman")
 
 TINY_BANNER = ("TINY RANDOM MODELS - every image here comes from tiny randomly-initialised models run offline: "
                "the pictures are meaningless, only the mechanics are real.")
@@ -167,7 +166,7 @@ def pose_from_row(spec: str, threshold: float = 0.3) -> tuple[PoseInput, str]:
 
 def _checkpoint_dir(path: str | Path, weights: str) -> Path:
     """A run folder (newest complete checkpoint), a checkpoint folder, or the weights folder itself."""
-    from model.checkpoints import latest_checkpoint
+    from model.training.checkpoints import latest_checkpoint
 
     p = Path(path)
     if not p.is_dir():
@@ -192,7 +191,7 @@ def _load_trained(cls, path: str | Path, weights: str, use_ema: bool):
     if use_ema and ema.is_file():
         from safetensors.torch import load_file
 
-        from model.train import EMA
+        from model.training.checkpoints import EMA
 
         params = [p for p in model.parameters() if p.requires_grad]
         e = EMA(params, 0.5)
@@ -241,8 +240,8 @@ class HyperHumanPipeline:
         ``stage1`` / ``stage2`` (a run, a checkpoint or a weights folder). Without ``stage1`` the
         zoo's ``lsdm`` entry is used (with ``--models tiny``: the tiny LSDM); without ``stage2``
         the refiner starts fresh from SDXL, i.e. SDXL with zero structure guidance (a warning)."""
-        from model.lsdm import LatentStructuralUNet, make_tiny_lsdm
-        from model.stage1 import LatentStats, load_frozen_parts
+        from model.models.lsdm import LatentStructuralUNet, make_tiny_lsdm
+        from model.models.sd2 import LatentStats, load_frozen_parts
         from humanverse.zoo import resolve
 
         dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -265,8 +264,8 @@ class HyperHumanPipeline:
         lsdm.to(dev).eval()
         refiner = frozen2 = None
         if refine:
-            from model.refiner import StructureGuidedControlNet
-            from model.stage2 import load_sdxl_parts
+            from model.models.refiner import StructureGuidedControlNet
+            from model.models.sdxl import load_sdxl_parts
 
             frozen2 = load_sdxl_parts(models, dev)
             if stage2:
@@ -285,9 +284,9 @@ class HyperHumanPipeline:
     def __call__(self, prompts: list[str], poses: list[PoseInput], cfg: SampleConfig = SampleConfig()) -> list[HyperHumanResult]:
         from tqdm.auto import tqdm
 
-        from model.refiner import structure_inputs
-        from model.sampler import Stage1Sampler
-        from model.stage2 import RefinerSampler, upsample_maps
+        from model.models.refiner import structure_inputs
+        from model.sampling.stage1 import Stage1Sampler
+        from model.sampling.refiner import RefinerSampler, upsample_maps
 
         if len(prompts) != len(poses):
             raise ValueError(f"got {len(prompts)} prompts for {len(poses)} poses; give one prompt per pose.")
@@ -371,94 +370,49 @@ def save_result(res: HyperHumanResult, out: Path, settings: dict, banner: str | 
 # -- command line ---------------------------------------------------------------------------------
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--prompt", help="the text prompt (default with --pose-from: the row's caption)")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--pose", help="POSE.json: 133 x (x, y, score) keypoints per person (see the docs)")
-    src.add_argument("--pose-from", metavar="ROOT[#ID]", help="take the pose (and caption) from a HumanVerse row")
-    src.add_argument("--testset", help="an evaluation test set (JSONL): writes OUT/<id>.png for every row")
-    p.add_argument("--models", default="paper", help="frozen parts: tiny | paper | DIR (zoo spec)")
-    p.add_argument("--stage1", help="stage-1 run, checkpoint or lsdm/ folder (default: the zoo's lsdm)")
-    p.add_argument("--stage2", help="stage-2 run, checkpoint or refiner/ folder (default: a fresh refiner)")
-    p.add_argument("--no-refine", action="store_true", help="stop after stage 1")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--device", help="cpu | cuda (default: cuda when available)")
-    p.add_argument("--limit", type=int, help="with --testset: only the first N rows")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a SampleConfig value, e.g. "
-                   "stage1_steps=50, stage2_resolution=1024, seed=0")
-
-
-def _config(args) -> SampleConfig:
-    import yaml
-
-    from humanverse.config import from_dict
-
-    over = {}
-    for kv in args.set:
-        if "=" not in kv:
-            raise ValueError(f"--set expects KEY=VALUE, got {kv!r}.")
-        k, v = kv.split("=", 1)
-        over[k] = yaml.safe_load(v)
-    if args.no_refine:
-        over["refine"] = False
-    return from_dict(SampleConfig, over)
-
-
-def run_from_args(args: argparse.Namespace) -> int:
-    cfg = _config(args)
-    out = Path(args.out)
+def run_sample(cfg: SampleConfig, out: str | Path, *, models: str = "paper", prompt: str | None = None,
+               pose_file: str | None = None, pose_from: str | None = None, testset: str | None = None,
+               limit: int | None = None, stage1: str | None = None, stage2: str | None = None,
+               device: str | None = None) -> None:
+    """``humanverse sample``: one sample from a pose file (``pose_file``) or a dataset row (``pose_from``,
+    ``ROOT[#ID]``) into ``out``, or one image per row of an evaluation test set (``testset``) as
+    ``out/<id>.png`` plus a sheet per row in ``out/sheets/``."""
+    if sum(x is not None for x in (pose_file, pose_from, testset)) != 1:
+        raise ValueError("give exactly one of a pose file, a dataset row or a test set.")
+    out = Path(out)
     jobs: list[tuple[str, str, PoseInput]] = []  # (name, prompt, pose)
-    if args.testset:
-        from model.evaluate import load_testset  # the one reader of the test-set contract
+    if testset:
+        from model.evaluation.evaluate import load_testset  # the one reader of the test-set contract
 
-        rows = load_testset(args.testset)[: args.limit or None]
-        jobs = [(r.id, args.prompt or r.caption,
+        rows = load_testset(testset)[: limit or None]
+        jobs = [(r.id, prompt or r.caption,
                  check_pose([q.keypoints for q in r.persons], r.width, r.height, cfg.skeleton_threshold,
-                            source=f"{args.testset} id {r.id}")) for r in rows]
+                            source=f"{testset} id {r.id}")) for r in rows]
     else:
-        if args.pose:
-            pose, caption = load_pose_json(args.pose, cfg.skeleton_threshold), ""
+        if pose_file:
+            pose, caption = load_pose_json(pose_file, cfg.skeleton_threshold), ""
         else:
-            pose, caption = pose_from_row(args.pose_from, cfg.skeleton_threshold)
-        prompt = args.prompt if args.prompt is not None else caption
+            pose, caption = pose_from_row(pose_from, cfg.skeleton_threshold)
+        prompt = prompt if prompt is not None else caption
         if not prompt:
             raise ValueError("no prompt: give --prompt TEXT (the row has no caption).")
         jobs = [("sample", prompt, pose)]
-    pipe = HyperHumanPipeline.from_pretrained(args.models, stage1=args.stage1, stage2=args.stage2,
-                                              refine=cfg.refine, device=args.device)
+    pipe = HyperHumanPipeline.from_pretrained(models, stage1=stage1, stage2=stage2,
+                                              refine=cfg.refine, device=device)
     banner = TINY_BANNER if pipe.tiny else None
     settings = {"config": asdict(cfg), "sources": pipe.sources, "tiny_models": pipe.tiny}
     t0 = time.perf_counter()
     results = pipe([j[1] for j in jobs], [j[2] for j in jobs], cfg)
-    if args.testset:
+    if testset:
         out.mkdir(parents=True, exist_ok=True)
         for (name, _, _), res in zip(jobs, results):
             (res.final or res.stage1_rgb).save(out / f"{name}.png")
             (out / "sheets").mkdir(exist_ok=True)
             side_by_side(res, banner).save(out / "sheets" / f"{name}.png")
-        (out / "settings.json").write_text(json.dumps({**settings, "testset": str(args.testset), "count": len(jobs),
+        (out / "settings.json").write_text(json.dumps({**settings, "testset": str(testset), "count": len(jobs),
                                                        "seconds": time.perf_counter() - t0}, indent=2))
         log.info("wrote %d images to %s (score them with `humanverse eval --generated %s`)", len(jobs), out, out)
     else:
         paths = save_result(results[0], out, {**settings, "pose": results and jobs[0][2].source}, banner)
         sys.stdout.write("\n".join([f"{k:11s} {v}" for k, v in paths.items()]
                                    + ([banner] if banner else [])) + "\n")
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m model.pipeline", description=__doc__.split("\n\n")[0])
-    add_arguments(p)
-    p.add_argument("--log-level", default="INFO")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
-    try:
-        return run_from_args(args)
-    except ValueError as e:
-        log.error("%s", e)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

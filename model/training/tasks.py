@@ -1,4 +1,4 @@
-"""What differs between the two stages inside the one trainer (:mod:`model.train`).
+"""What differs between the two stages inside the one trainer (:mod:`model.training.loop`).
 
 A task builds the frozen parts and the trainable module (fresh or from a checkpoint), computes the
 stage's loss for a batch, writes and reads its part of a checkpoint, and renders validation
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-log = logging.getLogger("model.train")
+log = logging.getLogger("model.training.loop")
 
 
 def frozen_dtype(cfg, device: torch.device) -> torch.dtype:
@@ -43,8 +43,9 @@ class Stage1Task:
         self.frozen = self.stats = self.model = self.objective = None
 
     def setup(self, ck: Path | None, stats_batches: Callable[[], Iterator[dict]]) -> torch.nn.Module:
-        from model.lsdm import LatentStructuralUNet
-        from model.stage1 import LatentStats, Stage1Objective, estimate_latent_stats, load_frozen_parts, load_sd2_unet
+        from model.models.lsdm import LatentStructuralUNet
+        from model.models.sd2 import LatentStats, load_frozen_parts, load_sd2_unet
+        from model.training.stage1 import Stage1Objective, estimate_latent_stats
 
         self.frozen = load_frozen_parts(self.models, self.device, frozen_dtype(self.cfg, self.device))
         if ck is not None:
@@ -72,7 +73,7 @@ class Stage1Task:
 
     def validate(self, batch: dict, path: Path, title: str):
         """Sample the fixed prompts with the batch's poses: grid RGB | depth | normal | pose."""
-        from model.sampler import Stage1Sampler, save_grid
+        from model.sampling.stage1 import Stage1Sampler, save_grid
 
         cfg = self.cfg
         n = min(len(cfg.validation_prompts), batch["pose"].shape[0])
@@ -92,8 +93,9 @@ class Stage2Task:
         self.scalars = ("loss", "text_dropped") + tuple(f"{c}_dropped" for c in cfg.conditions)
 
     def setup(self, ck: Path | None, stats_batches=None) -> torch.nn.Module:
-        from model.refiner import StructureGuidedControlNet
-        from model.stage2 import Stage2Objective, load_sdxl_parts
+        from model.models.refiner import StructureGuidedControlNet
+        from model.models.sdxl import load_sdxl_parts
+        from model.training.stage2 import Stage2Objective
 
         self.frozen = load_sdxl_parts(self.models, self.device, frozen_dtype(self.cfg, self.device))
         if self.cfg.data.resolution % self.frozen.vae_scale_factor:
@@ -125,23 +127,23 @@ class Stage2Task:
         """Refine the fixed prompts on the batch's ground-truth structure: grid pose | depth | normal | output."""
         from PIL import Image
 
-        from model.refiner import structure_inputs
-        from model.sampler import _to_uint8, write_grid
-        from model.stage2 import RefinerSampler
+        from model.models.refiner import structure_inputs
+        from model.sampling.stage1 import to_uint8, write_grid
+        from model.sampling.refiner import RefinerSampler
 
         cfg = self.cfg
         n = min(len(cfg.validation_prompts), batch["pose"].shape[0])
         cond = structure_inputs(batch["pose"][:n], batch["depth"][:n], batch["normal"][:n], self.model.conditions)
         out = RefinerSampler(self.model, self.frozen)(list(cfg.validation_prompts[:n]), cond, steps=cfg.sample_steps,
                                                       guidance_scale=cfg.guidance_scale, seed=cfg.seed)
-        cols = [_to_uint8(batch["pose"][:n]), _to_uint8(batch["depth"][:n]), _to_uint8(batch["normal"][:n])]
+        cols = [to_uint8(batch["pose"][:n]), to_uint8(batch["depth"][:n]), to_uint8(batch["normal"][:n])]
         rows = [tuple(Image.fromarray(c[i]) for c in cols) + (out.images[i],) for i in range(n)]
         return write_grid(rows, path, f"{title}  |  pose  depth  normal  refined")
 
 
 def task_for(cfg) -> type:
-    """The task of a training config, by its ``stage`` (robust to ``python -m model.train``, where the
-    config classes of ``__main__`` are not those of ``model.train``)."""
+    """The task of a training config, by its ``stage`` (robust to ``python -m model.training.loop``, where the
+    config classes of ``__main__`` are not those of ``model.training.loop``)."""
     tasks = {"stage1": Stage1Task, "stage2": Stage2Task}
     stage = getattr(cfg, "stage", None)
     if stage not in tasks:
@@ -151,7 +153,7 @@ def task_for(cfg) -> type:
 
 def validation_batch(data_root: str, cfg, n: int) -> dict:
     """The first ``n`` rows of the selection, centre-cropped and unflipped: fixed across steps."""
-    from model.data import iter_examples
+    from model.training.data import iter_examples
 
     val_cfg = dataclasses.replace(cfg.data, crop="center", flip_prob=0.0)
     return next(iter(iter_examples(data_root, val_cfg, epoch=0, rank=0, world_size=1, skip_batches=0, batch_size=n)))

@@ -4,8 +4,8 @@ HyperHuman §3.2 passes four images per sample through the same VAE (RGB, depth,
 the skeleton image, DESIGN §7); at 512² the VAE encoder costs more than the UNet forward, so
 stage-1 training can read cached latents instead of pixels (§4 trains on HumanVerse at 512²).
 
-What is cached, per selected row (the selection is :class:`model.data.TrainDataConfig`'s ``where``
-plus "has depth and normal"): the example of :func:`model.data.make_example` with a CENTRE crop
+What is cached, per selected row (the selection is :class:`model.training.data.TrainDataConfig`'s ``where``
+plus "has depth and normal"): the example of :func:`model.training.data.make_example` with a CENTRE crop
 (a cache fixes the crop, so random crops are not an option) and, with ``flips``, also its
 horizontal mirror (image, depth, normal mirrored, normal x negated, skeleton redrawn from
 left/right-swapped keypoints), each with its SDXL micro-conditioning (Podell et al. 2023, §2.2:
@@ -53,13 +53,11 @@ unless ``overwrite=True``.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
 import posixpath
 import time
-import sys
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -74,7 +72,7 @@ import torch
 
 import humanverse
 from humanverse import fs as hfs
-from model import data as D
+from model.training import data as D
 
 log = logging.getLogger(__name__)
 
@@ -735,7 +733,7 @@ def iter_latent_batches(out, *, batch_size: int, epoch: int = 0, rank: int = 0, 
                         skip_batches: int = 0, max_batches: int | None = None, drop_last: bool = True,
                         seed: int = 0, shuffle_buffer: int = 256, flip_prob: float = 0.5,
                         sample: bool = True) -> Iterator[dict[str, Any]]:
-    """Training batches from a latent cache, ordered like :func:`model.data.iter_examples`.
+    """Training batches from a latent cache, ordered like :func:`model.training.data.iter_examples`.
 
     Each source row appears once per epoch: its flipped entry with probability ``flip_prob``
     (drawn per (seed, epoch, row); needs a cache built with ``flips``), else the plain one.
@@ -744,7 +742,7 @@ def iter_latent_batches(out, *, batch_size: int, epoch: int = 0, rank: int = 0, 
     Yields ``image``, ``depth``, ``normal``, ``pose`` (B, C, h, w) float32, ``added_cond`` (B, 4)
     = (orig_h, orig_w, crop_top, crop_left), ``original_size``, ``crop_top_left`` (B, 2),
     ``flipped`` (B,), ``caption`` and ``id`` lists. ``skip_batches``/``max_batches``/rank
-    sharding behave as in :func:`model.data.iter_examples`.
+    sharding behave as in :func:`model.training.data.iter_examples`.
     """
     D._check_rank(rank, world_size)
     D._check_batching(batch_size, skip_batches, max_batches, epoch)
@@ -793,57 +791,15 @@ def iter_latent_batches(out, *, batch_size: int, epoch: int = 0, rank: int = 0, 
 # Command line (``humanverse latents ROOT OUT``; the CLI front door dispatches here lazily)
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("root", help="HumanVerse dataset root")
-    p.add_argument("out", help="latent cache folder (created or updated)")
-    p.add_argument("--models", default="paper", help="tiny | paper | DIR (one sub-folder per zoo entry)")
-    p.add_argument("--vae", default=LatentCacheConfig.vae, help="zoo entry: sd-vae-ft-mse (paper) or sd2-base")
-    p.add_argument("--resolution", type=int, default=LatentCacheConfig.resolution)
-    p.add_argument("--no-flips", action="store_true", help="do not cache horizontally flipped examples")
-    p.add_argument("--where", help="SQL row predicate on table hv, e.g. \"num_persons = 1 AND aesthetic >= 5\"")
-    p.add_argument("--batch-size", type=int, default=LatentCacheConfig.batch_size, help="images per VAE call")
-    p.add_argument("--dtype", default=LatentCacheConfig.dtype, choices=sorted(_DTYPES))
-    p.add_argument("--files-per-chunk", type=int, default=LatentCacheConfig.files_per_chunk)
-    p.add_argument("--no-ray", action="store_true", help="encode in this process (no Ray)")
-    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local cluster)")
-    p.add_argument("--encoders", type=int, help="VAE actors (default: one per GPU)")
-    p.add_argument("--num-gpus", type=float, help="GPUs per VAE actor (default: 1 if the cluster has GPUs)")
-    p.add_argument("--overwrite", action="store_true", help="replace a cache of another config in OUT")
-
-
-def run_from_args(args: argparse.Namespace) -> int:
+def connect_ray(address: str | None) -> None:
+    """Attach to ``address`` (or ``RAY_ADDRESS``), or start a local Ray, unless Ray is already up."""
     import os
 
-    cfg = LatentCacheConfig(resolution=args.resolution, flips=not args.no_flips, vae=args.vae, where=args.where,
-                            batch_size=args.batch_size, dtype=args.dtype, files_per_chunk=args.files_per_chunk)
-    if not args.no_ray:
-        import ray
+    import ray
 
-        if not ray.is_initialized():
-            if args.address or os.environ.get("RAY_ADDRESS"):
-                ray.init(address=args.address, log_to_driver=True)
-            else:
-                ray.init(address="local", include_dashboard=False)
-    report = build_latent_cache(args.root, args.out, cfg, args.models, use_ray=not args.no_ray,
-                                resources=EncoderResources(encoders=args.encoders, num_gpus=args.num_gpus),
-                                overwrite=args.overwrite)
-    sys.stdout.write(json.dumps(asdict(report)) + "\n")
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m model.latents", description=__doc__.split("\n\n")[0])
-    add_arguments(p)
-    p.add_argument("--log-level", default="INFO")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
-    try:
-        return run_from_args(args)
-    except ValueError as e:  # config, input and staleness errors are one sentence
-        log.error("%s", e)
-        return 2
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    if ray.is_initialized():
+        return
+    if address or os.environ.get("RAY_ADDRESS"):
+        ray.init(address=address, log_to_driver=True)
+    else:
+        ray.init(address="local", include_dashboard=False)

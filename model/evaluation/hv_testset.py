@@ -1,10 +1,10 @@
 """An evaluation test set from HumanVerse rows (e.g. a held-out selection), in the contract of
-:mod:`model.evaluate` (the same one :mod:`model.coco_testset` writes for MS-COCO, paper §5)::
+:mod:`model.evaluation.evaluate` (the same one :mod:`model.evaluation.coco_testset` writes for MS-COCO, paper §5)::
 
     OUT/real/<id>.png     the row's image, shorter side resized to 512 and centre-cropped
     OUT/testset.jsonl     id, caption, image, width, height, persons (512 x 512 frame)
 
-``python -m model.hv_testset ROOT OUT [--where SQL] [--limit N] [--resolution 512]``.
+``python -m model.evaluation.hv_testset ROOT OUT [--where SQL] [--limit N] [--resolution 512]``.
 
 Keypoints come from the pose stage, so they carry scores, not COCO visibilities: a keypoint with
 score >= ``--keypoint-threshold`` (default 0.3, the skeleton drawing threshold) is labelled v = 2,
@@ -16,11 +16,9 @@ dropped, and rows left without a person are skipped (counted in the log).
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import logging
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 from humanverse.schema import NUM_KEYPOINTS
-from model.evaluate import crop_geometry, resize_center_crop, transform_keypoints
+from model.evaluation.evaluate import crop_geometry, resize_center_crop, transform_keypoints
 
 log = logging.getLogger(__name__)
 
@@ -93,26 +91,3 @@ def build_hv_testset(cfg: HVTestsetConfig) -> dict[str, int]:
     counts = {"rows": len(rows), "written": len(lines), "skipped_no_person": skipped}
     log.info("test set %s: %s", out / "testset.jsonl", counts)
     return counts
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m model.hv_testset", description=__doc__.split("\n\n")[0])
-    p.add_argument("root")
-    p.add_argument("out")
-    p.add_argument("--where", help="SQL predicate on table hv selecting the rows")
-    p.add_argument("--limit", type=int)
-    p.add_argument("--resolution", type=int, default=512)
-    p.add_argument("--keypoint-threshold", type=float, default=0.3)
-    args = p.parse_args(argv)
-    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    try:
-        build_hv_testset(HVTestsetConfig(args.root, args.out, args.where, args.limit, args.resolution,
-                                         args.keypoint_threshold))
-    except ValueError as e:
-        log.error("%s", e)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from humanverse._tiny_tokenizers import CLIP_BOS, CLIP_EOS, clip_bpe, gpt2_bpe
+from humanverse.testing.tiny_tokenizers import CLIP_BOS, CLIP_EOS, clip_bpe, gpt2_bpe
 
 __all__ = [
     "TINY_CLIP_EMBED_DIM",

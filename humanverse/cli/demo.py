@@ -1,4 +1,4 @@
-"""The offline demo behind ``make demo``: everything that exists, end to end, on this machine.
+"""``humanverse demo``: the offline demo behind ``make demo``, everything that exists, end to end.
 
 Chain: build the tiny model zoo -> ``humanverse build`` on the sample images shipped in
 ``pipelines/sample_images`` with ``--models tiny`` and the demo preset (a local Ray cluster) ->
@@ -14,6 +14,7 @@ resumes the build (finished source shards are skipped) and starts the training r
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
@@ -21,6 +22,19 @@ import time
 from pathlib import Path
 
 log = logging.getLogger(__name__)
+
+NAME = "demo"
+HELP = "the offline demo on tiny random models (make demo)"
+REPO = Path(__file__).resolve().parents[2]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="out/demo", help="output folder (default: out/demo)")
+
+
+def run(args: argparse.Namespace) -> int:
+    run_demo(Path(args.out))
+    return 0
 
 BANNER = ("DEMO - annotations come from TINY RANDOMLY-INITIALISED models run offline on synthetic "
           "images: boxes, keypoints, depth, normals, scores and captions are meaningless. Only the "
@@ -30,7 +44,7 @@ BANNER = ("DEMO - annotations come from TINY RANDOMLY-INITIALISED models run off
 def run_demo(out: Path) -> dict[str, Path]:
     import humanverse
     from humanverse import zoo
-    from humanverse.cli import extra_tiny_builders
+    from humanverse.cli.zoo import tiny_builders
     from humanverse.show import GalleryStyle, render_gallery
     from humanverse.stats import format_stats, plot_stats
     from pipelines.build import PRESETS, build, load_config
@@ -42,10 +56,10 @@ def run_demo(out: Path) -> dict[str, Path]:
     tiny_dir = (out / "tiny-zoo").resolve()
     os.environ["HUMANVERSE_TINY_ZOO"] = str(tiny_dir)  # --models tiny finds it (workers inherit it)
     log.info("building the tiny model zoo (random weights, offline) in %s", tiny_dir)
-    zoo.make_tiny(tiny_dir, seed=0, builders=extra_tiny_builders())
+    zoo.make_tiny(tiny_dir, seed=0, builders=tiny_builders())
     paths["tiny zoo"] = tiny_dir
 
-    samples = Path(__file__).resolve().parent.parent / "pipelines" / "sample_images"
+    samples = REPO / "pipelines" / "sample_images"
     ds_dir = out / "dataset"
     cfg = load_config(PRESETS / "demo.yaml")
     log.info("building a HumanVerse dataset from %s with the demo preset %s", samples, PRESETS / "demo.yaml")
@@ -76,7 +90,7 @@ def run_demo(out: Path) -> dict[str, Path]:
     return paths
 
 
-MODEL_DEMO = Path(__file__).resolve().parent.parent / "model" / "presets" / "demo.yaml"
+MODEL_DEMO = REPO / "model" / "presets" / "demo.yaml"
 
 
 def _model_chain(out: Path, ds_dir: Path) -> dict[str, Path]:
@@ -85,11 +99,10 @@ def _model_chain(out: Path, ds_dir: Path) -> dict[str, Path]:
 
     import yaml
 
-    from humanverse.cli import eval_main
+    from humanverse.cli import main as cli_main
     from humanverse.config import from_dict
-    from model.hv_testset import HVTestsetConfig, build_hv_testset
-    from model.pipeline import main as sample_main
-    from model.train import Stage1TrainConfig, Stage2TrainConfig, run_training
+    from model.evaluation.hv_testset import HVTestsetConfig, build_hv_testset
+    from model.training.loop import Stage1TrainConfig, Stage2TrainConfig, run_training
 
     demo = yaml.safe_load(MODEL_DEMO.read_text())
     paths: dict[str, Path] = {}
@@ -109,14 +122,14 @@ def _model_chain(out: Path, ds_dir: Path) -> dict[str, Path]:
     paths["test set"] = ts / "testset.jsonl"
     gen = out / "generated"
     sets = [a for k, v in demo["sample"].items() for a in ("--set", f"{k}={v}")]
-    code = sample_main(["--models", "tiny", "--testset", str(ts / "testset.jsonl"), "--stage1", str(runs / "stage1"),
+    code = cli_main(["sample", "--models", "tiny", "--testset", str(ts / "testset.jsonl"), "--stage1", str(runs / "stage1"),
                         "--stage2", str(runs / "stage2"), "--out", str(gen), *sets])
     if code:
         raise RuntimeError("the demo's sampling step failed (see the log above).")
     paths["generated"] = gen
     paths["sample sheets"] = gen / "sheets"
     ev = demo["eval"]
-    code = eval_main(["--real", str(ts / "real"), "--generated", str(gen), "--poses", str(ts / "testset.jsonl"),
+    code = cli_main(["eval", "--real", str(ts / "real"), "--generated", str(gen), "--poses", str(ts / "testset.jsonl"),
                       "--models", "tiny", "--out", str(out / "eval" / "report.json"),
                       "--batch-size", str(ev["batch_size"])])
     if code:

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from model import diffusion
-from model.stage1 import MODALITIES, FrozenParts, LatentStats
+from model.schedules import diffusion
+from model.models.sd2 import MODALITIES, FrozenParts, LatentStats
 
 
 @dataclass
@@ -31,7 +31,7 @@ class Stage1Output:
     seed: int
 
 
-def _to_uint8(x: torch.Tensor) -> np.ndarray:
+def to_uint8(x: torch.Tensor) -> np.ndarray:
     """(B, 3, H, W) in [-1, 1] -> (B, H, W, 3) uint8."""
     return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
@@ -81,7 +81,7 @@ class Stage1Sampler:
         n = imgs["normal"].permute(0, 2, 3, 1).cpu().numpy()
         n = n / np.maximum(np.linalg.norm(n, axis=-1, keepdims=True), 1e-6)
         return Stage1Output(
-            rgb=[Image.fromarray(a) for a in _to_uint8(imgs["rgb"])],
+            rgb=[Image.fromarray(a) for a in to_uint8(imgs["rgb"])],
             depth=[Image.fromarray((d * 255).round().astype(np.uint8), "L").convert("RGB") for d in depth],
             normal=[Image.fromarray(((x + 1) * 127.5).round().clip(0, 255).astype(np.uint8)) for x in n],
             depth_maps=depth.astype(np.float32), normal_maps=n.astype(np.float32), seed=seed)
@@ -89,7 +89,7 @@ class Stage1Sampler:
 
 def save_grid(out: Stage1Output, poses: torch.Tensor, path: Path, title: str = "") -> Image.Image:
     """One row per sample: RGB | depth | normal | pose; a title line on top."""
-    pose_imgs = [Image.fromarray(a) for a in _to_uint8(poses)]
+    pose_imgs = [Image.fromarray(a) for a in to_uint8(poses)]
     return write_grid(list(zip(out.rgb, out.depth, out.normal, pose_imgs)), path,
                       title + "  |  RGB  depth  normal  pose" if title else "")
 

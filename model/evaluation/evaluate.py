@@ -13,7 +13,7 @@ Metrics"):
 Every image, real or generated, is first brought to the paper's evaluation frame: the shorter side
 resized to 512 (PIL bicubic) and a 512 x 512 centre crop (:func:`resize_center_crop`, the
 geometry of torchvision's ``Resize(512)`` + ``CenterCrop(512)``). The math lives in
-:mod:`model.eval_metrics`; this module loads images, runs the feature extractors and writes the
+:mod:`model.evaluation.metrics`; this module loads images, runs the feature extractors and writes the
 report.
 
 Feature extractors are injected through three small protocols (:class:`InceptionExtractor`,
@@ -24,7 +24,7 @@ Feature extractors are injected through three small protocols (:class:`Inception
   bicubic per float channel, no quantisation). clean-fid is chosen over torch-fidelity and
   torchmetrics because its resize is the one that does not alias (Parmar et al. 2022, "On Aliased
   Resizing and Surprising Subtleties in GAN Evaluation") and its statistics are the ones recent
-  text-to-image papers report; FID/KID arithmetic itself is ours (:mod:`model.eval_metrics`,
+  text-to-image papers report; FID/KID arithmetic itself is ours (:mod:`model.evaluation.metrics`,
   tested equal to clean-fid's ``fid_from_feats`` / ``kernel_distance``). clean-fid therefore is a
   main dependency. Its weights are downloaded on first use into ``/tmp`` (clean-fid's own place);
   offline, pass the file with ``--inception-weights`` (or pre-place it there). The file is
@@ -41,7 +41,7 @@ Feature extractors are injected through three small protocols (:class:`Inception
   training data were. ``model`` never imports ``pipelines`` (DESIGN §3): the CLI injects it.
 
 Test-set contract (JSONL, one object per line, one line per test image; written by
-:mod:`model.coco_testset`, read by the sampler and by this module)::
+:mod:`model.evaluation.coco_testset`, read by the sampler and by this module)::
 
     {"id": "000000000139",                      # str, unique; the generated file is <id>.png
      "caption": "a man riding a horse ...",      # str, the prompt
@@ -59,7 +59,6 @@ images). Without a test set only FID, KID and FID-CLIP are computed (unpaired fo
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -77,7 +76,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 from PIL import Image
 
-from model.eval_metrics import PersonPose, clip_score, fid_from_features, kid_x1000, pose_ap_ar, salient_subset
+from model.evaluation.metrics import PersonPose, clip_score, fid_from_features, kid_x1000, pose_ap_ar, salient_subset
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +92,6 @@ __all__ = [
     "OpenClipExtractor",
     "PoseExtractor",
     "TestImage",
-    "add_arguments",
     "crop_geometry",
     "evaluate",
     "format_table",
@@ -102,7 +100,6 @@ __all__ = [
     "load_testset",
     "main",
     "resize_center_crop",
-    "run_from_args",
     "transform_keypoints",
 ]
 
@@ -765,35 +762,6 @@ def format_table(report: dict[str, Any]) -> str:
 # ----------------------------------------------------------------------------- CLI
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    """``humanverse eval`` arguments (argparse only; no heavy imports)."""
-    p.add_argument("--real", required=True, help="folder of real test images (any size)")
-    p.add_argument("--generated", required=True, help="folder of generated images, <id>.png per test id")
-    p.add_argument("--poses", "--testset", dest="poses", metavar="TESTSET.jsonl",
-                   help="test set (captions + input poses); enables the CLIP score and pose AP/AR")
-    p.add_argument("--models", default="paper", help="tiny | paper | DIR: CLIP and pose models (zoo spec)")
-    p.add_argument("--out", default="report.json", help="report JSON (a Markdown table is written beside it)")
-    p.add_argument("--metrics", help=f"comma-separated subset of {','.join(METRICS)} (default: all the inputs allow)")
-    p.add_argument("--inception-weights", metavar="PATH",
-                   help=f"clean-fid's {CLEANFID_INCEPTION_FILE} (default: downloaded to {CLEANFID_INCEPTION_DIR})")
-    p.add_argument("--clip-model", help="zoo spec overriding --models for clip-vit-l14")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--resolution", type=int, default=512)
-    p.add_argument("--allow-missing", action="store_true",
-                   help="evaluate the test ids that have a generated image instead of failing")
-    p.add_argument("--seed", type=int, default=0, help="seed of KID's subset draws")
-
-
-def config_from_args(args: argparse.Namespace) -> EvalConfig:
-    metrics = None
-    if getattr(args, "metrics", None):
-        metrics = tuple(m.strip() for m in args.metrics.split(",") if m.strip())
-    return EvalConfig(resolution=args.resolution, batch_size=args.batch_size, device=args.device, metrics=metrics,
-                      models=args.models, clip_model=args.clip_model, inception_weights=args.inception_weights,
-                      seed=args.seed, allow_missing=args.allow_missing)
-
-
 def write_report(report: dict[str, Any], out: str | os.PathLike) -> tuple[Path, Path]:
     """Write ``out`` (JSON) and the Markdown table beside it (``<out stem>.md``), atomically."""
     out = Path(out)
@@ -804,33 +772,3 @@ def write_report(report: dict[str, Any], out: str | os.PathLike) -> tuple[Path, 
         tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, path)
     return out, md
-
-
-def run_from_args(args: argparse.Namespace, *, inception: InceptionExtractor | None = None,
-                  clip: ClipExtractor | None = None, pose: PoseExtractor | None = None, pose_factory=None) -> int:
-    """``humanverse eval``: evaluate, write the JSON report and the table, print the table."""
-    cfg = config_from_args(args)
-    report = evaluate(args.real, args.generated, args.poses, cfg, inception=inception, clip=clip, pose=pose,
-                      pose_factory=pose_factory)
-    out, md = write_report(report, args.out)
-    sys.stdout.write(format_table(report))
-    log.info("eval: wrote %s and %s", out, md)
-    return 0
-
-
-def main(argv: list[str] | None = None, pose_factory=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m model.evaluate", description=__doc__.split("\n\n")[0])
-    add_arguments(p)
-    p.add_argument("--log-level", default="INFO")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
-    try:
-        return run_from_args(args, pose_factory=pose_factory)
-    except (ValueError, FileNotFoundError) as e:
-        log.error("%s", e)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

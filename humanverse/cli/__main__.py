@@ -1,0 +1,5 @@
+import sys
+
+from humanverse.cli import main
+
+sys.exit(main())

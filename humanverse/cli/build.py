@@ -1,0 +1,47 @@
+"""``humanverse build INPUT OUTPUT``: the HumanVerse builder (HyperHuman §4) on Ray Data.
+
+Also the ``ray job submit`` entrypoint, as ``python -m pipelines.build INPUT OUTPUT ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from humanverse.cli.plumbing import add_address, add_models, add_set, parse_sets
+
+NAME = "build"
+HELP = "build a HumanVerse dataset from image shards (Ray Data)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("input", help="image folder, folder of webdataset .tar shards, or of .parquet files")
+    p.add_argument("output", help="dataset root (local path or URL)")
+    p.add_argument("--config", help="YAML config (presets: pipelines/presets/cpu.yaml, gpu-node.yaml, demo.yaml)")
+    add_models(p)
+    add_address(p)
+    p.add_argument("--image-column", help="image-bytes column of Parquet inputs")
+    add_set(p, "--set detect.score_threshold=0.7")
+    p.add_argument("--force-new-config", action="store_true",
+                   help="continue an existing dataset with a config that differs from humanverse.json")
+
+
+def run(args: argparse.Namespace) -> int:
+    import humanverse
+    from humanverse.config import ConfigError
+    from humanverse.stats import format_stats
+    from pipelines.build import build, load_config
+
+    overrides = parse_sets(args.set)
+    if args.image_column:
+        overrides["input.image_column"] = args.image_column
+    cfg = load_config(args.config, overrides)
+    if not Path(args.input).exists() and "://" not in args.input:
+        raise ConfigError(f"input {args.input} does not exist.")
+    if args.models not in ("tiny", "paper") and not Path(args.models).is_dir():
+        raise ConfigError(f"--models must be 'tiny', 'paper' or an existing directory, got {args.models!r}.")
+    build(args.input, args.output, cfg, models=args.models, address=args.address,
+          force_new_config=args.force_new_config)
+    sys.stdout.write(format_stats(humanverse.open(args.output).stats()) + "\n")
+    return 0

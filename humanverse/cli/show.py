@@ -1,0 +1,33 @@
+"""``humanverse show ROOT --out FILE.html|FILE.png``: a gallery of rows (boxes, skeletons, depth and
+normal maps) and of rejects."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+log = logging.getLogger("humanverse")
+
+NAME = "show"
+HELP = "a gallery of rows (boxes, skeletons, depth, normals) and rejects"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("root", help="dataset root (local path or URL)")
+    p.add_argument("--where", help="SQL condition on table hv, e.g. \"num_persons = 1 AND aesthetic >= 5\"")
+    p.add_argument("--limit", type=int, default=24)
+    p.add_argument("--out", required=True, help="FILE.html or FILE.png")
+    p.add_argument("--banner", help="text shown above the gallery (default: the dataset's own banner)")
+    p.add_argument("--keypoint-threshold", type=float, default=0.3, help="hide keypoints scoring below this")
+
+
+def run(args: argparse.Namespace) -> int:
+    import humanverse
+    from humanverse.show import GalleryStyle, render_gallery
+
+    ds = humanverse.open(args.root)
+    banner = args.banner if args.banner is not None else ds.manifest.get("banner")
+    out = render_gallery(ds, args.out, where=args.where, limit=args.limit, banner=banner,
+                         style=GalleryStyle(keypoint_threshold=args.keypoint_threshold))
+    log.info("wrote %s", out)
+    return 0

@@ -1,0 +1,35 @@
+"""``humanverse stats ROOT``: counts, the reject funnel and distributions of a dataset."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+log = logging.getLogger("humanverse")
+
+NAME = "stats"
+HELP = "counts, reject funnel and distributions"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("root", help="dataset root (local path or URL)")
+    p.add_argument("--plot", help="write a PNG figure")
+    p.add_argument("--json", help="write the statistics as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    import humanverse
+    from humanverse.stats import format_stats, plot_stats
+
+    stats = humanverse.open(args.root).stats()
+    sys.stdout.write(format_stats(stats) + "\n")
+    if args.json:
+        Path(args.json).write_text(json.dumps(stats, indent=2, default=str))
+        log.info("wrote %s", args.json)
+    if args.plot:
+        plot_stats(stats, args.plot)
+        log.info("wrote %s", args.plot)
+    return 0

@@ -1,0 +1,114 @@
+"""Stage 1's frozen SD-2 parts and the latent statistics of its three modalities (HyperHuman §3.2).
+
+The text encoder and tokenizer come from SD-2-base, the VAE from ``sd-vae-ft-mse``; both are
+frozen. Depth and normal latents are mapped onto the RGB latent statistics before the LSDM sees
+them (:class:`LatentStats`), and mapped back before the VAE decodes them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+import torch
+
+MODALITIES = ("rgb", "depth", "normal")
+
+
+@dataclass(frozen=True)
+class LatentStats:
+    """Per-channel mean/std of the scaled VAE latents of each modality (C = 4 each)."""
+
+    mean: dict[str, list[float]]
+    std: dict[str, list[float]]
+
+    def normalise(self, z: torch.Tensor, modality: str) -> torch.Tensor:
+        """Map ``modality``'s latents onto the RGB latent statistics (identity for rgb)."""
+        if modality == "rgb":
+            return z
+        m, s = self._t(self.mean[modality], z), self._t(self.std[modality], z)
+        mr, sr = self._t(self.mean["rgb"], z), self._t(self.std["rgb"], z)
+        return (z - m) / s * sr + mr
+
+    def denormalise(self, z: torch.Tensor, modality: str) -> torch.Tensor:
+        if modality == "rgb":
+            return z
+        m, s = self._t(self.mean[modality], z), self._t(self.std[modality], z)
+        mr, sr = self._t(self.mean["rgb"], z), self._t(self.std["rgb"], z)
+        return (z - mr) / sr * s + m
+
+    @staticmethod
+    def _t(v, like: torch.Tensor) -> torch.Tensor:
+        return torch.tensor(v, dtype=like.dtype, device=like.device).view(1, -1, 1, 1)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> "LatentStats":
+        d = json.loads(text)
+        return cls(mean=d["mean"], std=d["std"])
+
+    @classmethod
+    def estimate(cls, latents: dict[str, list[torch.Tensor]]) -> "LatentStats":
+        mean, std = {}, {}
+        for m, zs in latents.items():
+            z = torch.cat(zs).float()  # (N, 4, h, w)
+            mean[m] = z.mean(dim=(0, 2, 3)).tolist()
+            std[m] = z.std(dim=(0, 2, 3)).clamp_min(1e-4).tolist()
+        return cls(mean, std)
+
+
+@dataclass
+class FrozenParts:
+    """The frozen encoders stage 1 conditions on."""
+
+    tokenizer: object
+    text_encoder: torch.nn.Module
+    vae: torch.nn.Module
+
+    @property
+    def scaling_factor(self) -> float:
+        return float(self.vae.config.scaling_factor)
+
+    @torch.no_grad()
+    def encode_text(self, captions: list[str], device) -> torch.Tensor:
+        ids = self.tokenizer(captions, padding="max_length", max_length=self.tokenizer.model_max_length,
+                             truncation=True, return_tensors="pt").input_ids.to(device)
+        return self.text_encoder(ids)[0]  # (B, 77, D) last hidden state (SD-2's encoder is truncated)
+
+    @torch.no_grad()
+    def encode_images(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """(B, 3, H, W) in [-1, 1] -> scaled latents (B, 4, H/8, W/8), sampled from the posterior."""
+        dist = self.vae.encode(x.to(self.vae.dtype)).latent_dist
+        eps = torch.randn(dist.mean.shape, generator=generator, dtype=dist.mean.dtype).to(dist.mean.device)
+        return (dist.mean + dist.std * eps) * self.scaling_factor
+
+
+def load_frozen_parts(models: str, device, dtype=torch.float32) -> FrozenParts:
+    """Tokenizer + text encoder from SD-2-base, VAE from sd-vae-ft-mse (DESIGN §6), via the zoo."""
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    from humanverse.zoo import resolve
+
+    sd = resolve("sd2-base", models)
+    vae = resolve("sd-vae-ft-mse", models)
+    kw = sd.pretrained_kwargs()
+    tokenizer = CLIPTokenizer.from_pretrained(sd.path, subfolder="tokenizer", **kw)
+    text_encoder = CLIPTextModel.from_pretrained(sd.path, subfolder="text_encoder", use_safetensors=True, **kw)
+    vae_model = AutoencoderKL.from_pretrained(vae.path, use_safetensors=True, **vae.pretrained_kwargs())
+    for m in (text_encoder, vae_model):
+        m.requires_grad_(False).eval().to(device)
+        if dtype != torch.float32:
+            m.to(dtype)
+    return FrozenParts(tokenizer, text_encoder, vae_model)
+
+
+def load_sd2_unet(models: str):
+    from diffusers import UNet2DConditionModel
+
+    from humanverse.zoo import resolve
+
+    sd = resolve("sd2-base", models)
+    return UNet2DConditionModel.from_pretrained(sd.path, subfolder="unet", use_safetensors=True, **sd.pretrained_kwargs())

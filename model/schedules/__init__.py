@@ -1,0 +1,1 @@
+"""Diffusion schedules and targets (zero terminal SNR, v-prediction)."""

@@ -1,0 +1,1 @@
+"""Training: the Ray Train loop, per-stage tasks and objectives, the data reader, the latent cache, checkpoints."""
