@@ -9,7 +9,7 @@ OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 YOLO_OFFLINE=1 NO_ALBUMENTATI
 	RAY_USAGE_STATS_ENABLED=0 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test test-all bench mmpose clean
+.PHONY: venv demo test test-core test-all bench mmpose clean
 
 venv: $(STAMP)
 
@@ -26,6 +26,10 @@ demo: venv
 
 test: venv
 	$(OFFLINE) $(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# The core alone (no extras) in a fresh virtual environment reads a dataset without torch or Ray.
+test-core: venv
+	$(OFFLINE) $(PY) -m pytest -m slow tests/test_core_install.py $(PYTEST_ARGS)
 
 test-all: venv
 	$(OFFLINE) $(PY) -m pytest $(PYTEST_ARGS)

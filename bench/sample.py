@@ -67,7 +67,7 @@ def _full(args) -> dict:
                                use_linear_projection=True)
     lsdm = LatentStructuralUNet.from_sd2(sd2).to(dev, dt).eval()
     del sd2
-    sdxl = UNet2DConditionModel(  # SDXL-base's UNet config (MODELS.md §10)
+    sdxl = UNet2DConditionModel(  # SDXL-base's UNet config (its config.json)
         sample_size=r2 // 8, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"), block_out_channels=(320, 640, 1280),
         attention_head_dim=(5, 10, 20), transformer_layers_per_block=(1, 2, 10), cross_attention_dim=2048,

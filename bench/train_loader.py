@@ -6,9 +6,9 @@ trains stage 1 at 512²; a GPU step of batch 8-16 must not wait on one or two lo
 * raw: :func:`model.training.data.iter_examples` over a synthetic dataset of realistic rows (JPEG images
   512-768 px on the short side and up to 1024 on the long one, 16-bit depth and 8-bit normal PNGs
   at the image size, 1-3 persons with 133 keypoints), random crop + flip, collated batches. The
-  stage breakdown (decode image, decode maps, resize/crop, keypoints, flip, skeleton, to float)
-  comes from :func:`model.training.data.make_example`'s own stages, timed per sample (``to_float_b1``: the
-  float conversion of a batch of one; iter_examples converts whole batches).
+  stage breakdown (decode + resize + crop of every modality, flip + skeleton, to float) times
+  the steps of :func:`model.training.data.make_example` per sample (``to_float_b1``: the float
+  conversion of a batch of one; iter_examples converts whole batches).
 * raw, malloc tuned: the same in a subprocess with glibc's mmap/trim thresholds raised (env vars),
   so freed multi-MB tensors are reused instead of page-faulted in anew (~2-4 ms/sample of system
   time here otherwise).
@@ -117,11 +117,15 @@ def bench_raw(root: Path, resolution: int, reps: int, batch_size: int) -> dict:
     for rep in range(reps):
         for row in rows:
             rng = D.sample_rng(cfg.seed, rep, row["source_shard"], row["source_index"])
-            dec = D._decode_row(row, cfg, rng, prof)
-            ex = D._finish(dec, cfg, dec.flip, prof)
-            t = time.perf_counter()
+            t0 = time.perf_counter()
+            dec = D._decode_row(row, cfg, rng)  # decode, resize, crop
+            t1 = time.perf_counter()
+            ex = D._finish(dec, cfg, dec.flip)  # flip, skeleton
+            t2 = time.perf_counter()
             D._collate_examples_compact([ex])
-            prof["to_float_b1"] = prof.get("to_float_b1", 0.0) + time.perf_counter() - t
+            t3 = time.perf_counter()
+            for stage, s in (("decode_resize_crop", t1 - t0), ("flip_skeleton", t2 - t1), ("to_float_b1", t3 - t2)):
+                prof[stage] = prof.get(stage, 0.0) + s
             n += 1
     cpu = time.process_time() - c0
     stages_ms = {k: round(v / n * 1e3, 3) for k, v in sorted(prof.items(), key=lambda kv: -kv[1])}

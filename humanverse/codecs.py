@@ -1,4 +1,4 @@
-"""Codecs for the per-pixel maps and keypoints stored in HumanVerse rows (DESIGN.md §4).
+"""Codecs for the per-pixel maps and keypoints stored in HumanVerse rows (docs/format.md).
 
 * depth  <-> 16-bit grayscale PNG, min-max normalised per image; ``depth_min``/``depth_max``
   restore metric-free relative values with error <= (max - min) / 65535 / 2 per pixel.
@@ -6,7 +6,7 @@
   vectors renormalised to unit length.
 * keypoints <-> flat float32[399] in COCO-WholeBody order.
 
-Maps are written by :func:`png_unfiltered`: zlib level 1 (DESIGN.md §4 measured 16 ms vs 48 ms
+Maps are written by :func:`png_unfiltered`: zlib level 1 (BENCHMARKS.md: 16 ms vs 48 ms
 at the default level 6 for a 512² 16-bit map) and PNG row filter "None" on every row. Pillow's
 writer picks adaptive filters (mostly Paeth), and undoing them, not zlib, dominated the map decode
 in the training reader (7.5 ms of a 24 ms sample; ``bench/train_loader.py``, BENCHMARKS.md);

@@ -2,7 +2,7 @@
 builder and the trainer alike).
 
 Unknown keys, wrong types and bad values are refused with one sentence naming the key path, the
-bad value and what would be accepted (DESIGN.md §8).
+bad value and what would be accepted (docs/architecture.md, house style).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The HumanVerse dataset format (v1): Arrow schemas, reject vocabulary and validation.
 
 One row per accepted image in ``data/``; one row per rejected source row in ``rejects/``. Every
-source row ends in exactly one of the two (DESIGN.md §4). Geometry is in pixels of the stored
+source row ends in exactly one of the two (docs/format.md). Geometry is in pixels of the stored
 ``image``, origin top-left, x to the right, y down; a pixel's centre is at (i + 0.5).
 
 Keypoints follow COCO-WholeBody (133 points, see :mod:`humanverse.skeleton`) and are stored flat,
@@ -23,7 +23,7 @@ FORMAT_VERSION = 1
 NUM_KEYPOINTS = 133
 KEYPOINT_VALUES = NUM_KEYPOINTS * 3
 
-#: Reject reasons: a short fixed vocabulary (DESIGN.md §4). ``detail`` carries the free text.
+#: Reject reasons: a short fixed vocabulary (docs/format.md). ``detail`` carries the free text.
 REJECT_REASONS: dict[str, str] = {
     "download_failed": "the source row carries no image (img2dataset status != success)",
     "undecodable": "the bytes are empty, truncated, corrupt or not an image",

@@ -1,4 +1,4 @@
-"""Exactly-once Parquet commits for a HumanVerse dataset (DESIGN.md §4-§5).
+"""Exactly-once Parquet commits for a HumanVerse dataset (docs/format.md, the commit protocol).
 
 Layout under the dataset root::
 

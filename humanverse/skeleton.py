@@ -95,7 +95,7 @@ def flip_keypoints(keypoints: np.ndarray, width: float) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------
-# Drawing (OpenPose-18 body order with a neck; see MODELS.md §11)
+# Drawing (OpenPose-18 body order with a neck; see docs/models.md, pose)
 
 #: COCO body index for each OpenPose-18 slot; slot 1 (neck) is the mean of the shoulders.
 _OPENPOSE_FROM_COCO = [0, -1, 6, 8, 10, 5, 7, 9, 12, 14, 16, 11, 13, 15, 2, 1, 4, 3]

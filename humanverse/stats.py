@@ -1,4 +1,4 @@
-"""Run report for a HumanVerse dataset: totals, the reject funnel and distributions (DESIGN.md §5).
+"""Run report for a HumanVerse dataset: totals, the reject funnel and distributions (docs/format.md).
 
 Everything is aggregated by DuckDB over the ``hv`` and ``rejects`` views of
 :meth:`humanverse.dataset.HumanVerseDataset.connect`; only small scalar columns are ever read
@@ -25,7 +25,7 @@ from humanverse.schema import REJECT_REASONS
 
 log = logging.getLogger(__name__)
 
-#: Builder stages in pipeline order (DESIGN.md §2). The funnel lists reject stages in this order;
+#: Builder stages in pipeline order (HyperHuman §4; docs/architecture.md). The funnel lists reject stages in this order;
 #: stages not named here come after, ordered by the first of their reasons in
 #: :data:`humanverse.schema.REJECT_REASONS`, then by name.
 PIPELINE_STAGES: tuple[str, ...] = (

@@ -1,10 +1,10 @@
-"""The model zoo: the one table of every pretrained model HumanVerse uses (DESIGN §6).
+"""The model zoo: the one table of every pretrained model HumanVerse uses (docs/models.md).
 
 Three things live here:
 
 * :data:`ZOO`, a table of :class:`ModelEntry` rows (hub id, pinned revision, licence, the class that
   loads the weights, pitfalls), keyed by short names that configs and datasets use
-  (``"yolos-tiny"``, ``"sd2-base"``...). Loading facts come from ``MODELS.md``.
+  (``"yolos-tiny"``, ``"sd2-base"``...). Loading facts are in docs/models.md.
 * :func:`resolve`, which turns a model *spec* into a :class:`ResolvedModel` (a hub id at a revision,
   a local directory, or a tiny stand-in) that loaders pass to ``from_pretrained``::
 
@@ -79,7 +79,7 @@ class ModelEntry:
         model_class: dotted name of the class that loads the folder.
         files: specific files of the repo the system reads, where that matters.
         tiny: what the tiny stand-in is, including any deviation from the real preprocessing.
-        notes: pitfalls (from MODELS.md).
+        notes: loading pitfalls.
         direct_from_hub: whether ``model_class`` loads ``hub_id@revision`` as is; False where the
             weights must first be downloaded by hand or converted.
         build_tiny: the tiny builder, or None where it lives beside a class outside ``humanverse``.
@@ -232,7 +232,7 @@ ZOO: dict[str, ModelEntry] = _entries(
         "text 16 x 2 layers (vocab 49408, context 77); OpenAI mean/std, bicubic, shortest-side "
         "resize + centre crop, as the real one.",
         notes="Open with open_clip.create_model_and_transforms('local-dir:<dir>') on a downloaded "
-        "snapshot (the hf-hub: schema takes no revision; no revision pinned in MODELS.md). "
+        "snapshot (the hf-hub: schema takes no revision; no revision pinned yet). "
         "Built-in name route: 'ViT-L-14-quickgelu' with pretrained='openai'; plain 'ViT-L-14' + "
         "'openai' builds GELU and only warns.",
         build_tiny=tb.build_clip_vit_l14,
@@ -264,7 +264,7 @@ ZOO: dict[str, ModelEntry] = _entries(
         tiny="ViT, Q-Former and OPT 32 wide x 2 layers; 32 query tokens; GPT2Tokenizer with OPT "
         "ids and <image>; real processor (224x224 squash, bicubic, OpenAI CLIP mean/std).",
         notes="Pin a revision with the <image>-token layout (image_token_index=50265, "
-        "processor_config.json; e.g. commit c7d6c9f..., full hash not recorded in MODELS.md); "
+        "processor_config.json; e.g. commit c7d6c9f..., full hash not recorded yet); "
         "51572668da0e... predates it and takes the legacy path. Processor: Blip2Processor. "
         "LAVIS captioning: num_beams=5, max_new_tokens=30, prompt ''. Decode with "
         "skip_special_tokens=True.",
@@ -306,7 +306,7 @@ ZOO: dict[str, ModelEntry] = _entries(
         licence="mit",
         model_class="diffusers.AutoencoderKL",
         tiny="AutoencoderKL widths 8/16/32/32 (x8 downsampling), 4 latent channels, scaling 0.18215.",
-        notes="No revision pinned in MODELS.md. The hub config may lack scaling_factor; the class "
+        notes="No revision pinned yet. The hub config may lack scaling_factor; the class "
         "default 0.18215 applies: encode as latents * 0.18215.",
         build_tiny=tb.build_sd_vae_ft_mse,
     ),
@@ -334,7 +334,7 @@ ZOO: dict[str, ModelEntry] = _entries(
         model_class="diffusers.AutoencoderKL",
         tiny="AutoencoderKL widths 8/16/32/32 (x8), 4 latent channels, scaling 0.13025, "
         "force_upcast False.",
-        notes="No full revision in MODELS.md (force_upcast=false since commit 9292e14). Load with "
+        notes="No full revision recorded yet (force_upcast=false since commit 9292e14). Load with "
         "torch_dtype=torch.float16 and pass as vae= to the SDXL pipeline.",
         build_tiny=tb.build_sdxl_vae_fp16_fix,
     ),

@@ -13,20 +13,28 @@ for _k, _v in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "YOLO_OFFLINE
 
 import pytest  # noqa: E402
 
+from helpers import tiny_zoo_env  # noqa: E402
+
 
 @pytest.fixture(scope="session")
 def tiny_zoo(tmp_path_factory):
-    """The whole tiny zoo, built once per session; ``HUMANVERSE_TINY_ZOO`` points at it so that
-    ``resolve(name, "tiny")`` (also in Ray workers started by the tests) finds it."""
+    """The whole tiny zoo, built once per session."""
     from humanverse import zoo
     from humanverse.cli.zoo import tiny_builders
 
     root = tmp_path_factory.mktemp("tiny-zoo")
     zoo.make_tiny(root, builders=tiny_builders())
-    old = os.environ.get("HUMANVERSE_TINY_ZOO")
-    os.environ["HUMANVERSE_TINY_ZOO"] = str(root)
-    yield root
-    if old is None:
-        os.environ.pop("HUMANVERSE_TINY_ZOO", None)
-    else:
-        os.environ["HUMANVERSE_TINY_ZOO"] = old
+    with tiny_zoo_env(root):
+        yield root
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Small tensors on a loaded 2-core machine: intra-op threads only contend (a tiny VAE encode
+    took ~1 s with 2 threads and ~3 ms with 1)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -7,7 +7,6 @@ same protocol.
 """
 
 import json
-import os
 import urllib.error
 
 import numpy as np
@@ -19,6 +18,7 @@ from humanverse.testing.synthetic import make_sample
 from model.evaluation import evaluate as E
 from model.evaluation.coco_testset import CocoTestsetConfig, build_coco_testset
 from model.evaluation.metrics import PersonPose, fid_from_features, kid_x1000
+from helpers import tiny_zoo_env
 
 torch = pytest.importorskip("torch")
 
@@ -36,13 +36,8 @@ def eval_zoo(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("eval-zoo")
     zoo.make_tiny(root, names=["clip-vit-l14", "yolos-tiny", "vitpose-wholebody"])
-    old = os.environ.get("HUMANVERSE_TINY_ZOO")
-    os.environ["HUMANVERSE_TINY_ZOO"] = str(root)
-    yield root
-    if old is None:
-        os.environ.pop("HUMANVERSE_TINY_ZOO", None)
-    else:
-        os.environ["HUMANVERSE_TINY_ZOO"] = old
+    with tiny_zoo_env(root):
+        yield root
 
 
 def _tiny_inception_file(folder, dim: int):

@@ -21,14 +21,7 @@ from model.training import latents as L
 R = 64
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Small tensors on a loaded 2-core machine: intra-op threads only contend (a tiny VAE encode
-    took ~1 s with 2 threads and ~3 ms with 1)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _dataset(root, shards=(("s0", 0, 1), ("s1", 3, 2))):
@@ -278,7 +271,7 @@ def test_ray_build_matches_local(built, root, tiny_zoo, tmp_path):
     ray = pytest.importorskip("ray")
     out_local, local_cfg, _ = built
     cfg = L.LatentCacheConfig(**{**local_cfg.__dict__, "files_per_chunk": 8})
-    for attempt in range(2):  # RAY-NOTES: the raylet once timed out at start-up under load
+    for attempt in range(2):  # the raylet can time out at start-up on a loaded 2-core machine
         try:
             ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
                      _temp_dir=f"/tmp/rt-{uuid.uuid4().hex[:6]}",

@@ -129,3 +129,4 @@ def test_log_level_on_either_side_of_the_command():
     assert p.parse_args(["--log-level", "debug", "stats", "r"]).log_level == "DEBUG"
     assert p.parse_args(["stats", "r", "--log-level", "warning"]).log_level == "WARNING"
     assert p.parse_args(["stats", "r"]).log_level == "INFO"
+    assert p.parse_args(["testset", "rows", "r", "o", "--log-level", "error"]).log_level == "ERROR"

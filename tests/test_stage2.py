@@ -6,12 +6,6 @@ step-exactly after a SIGKILL and refuses the wrong stage."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -23,8 +17,8 @@ from model.models.refiner import CONDITIONS, StructureEmbedder, StructureGuidedC
 from model.models.sdxl import load_sdxl_parts
 from model.training.stage2 import Stage2LossConfig, Stage2Objective
 from model.training.loop import OptimConfig, ScalingConfig, Stage2TrainConfig, train_loop
+from helpers import loss_history, train_and_kill_at
 
-REPO = Path(__file__).resolve().parent.parent
 RES = 64  # the tiny SDXL's sample size 8 x VAE factor 8
 
 
@@ -147,31 +141,18 @@ def test_stage2_overfits_a_tiny_set(tiny_zoo, data_root, tmp_path):
     assert (tmp_path / "run" / "checkpoints" / "step-00000150" / "refiner" / "config.json").is_file()
 
 
-def _history(run: Path) -> dict[int, float]:
-    return {h["step"]: h["loss"] for h in map(json.loads, (run / "history.jsonl").read_text().splitlines())}
-
-
 def test_stage2_sigkill_and_resume_is_step_exact(tiny_zoo, data_root, tmp_path):
     straight = tmp_path / "straight"
     train_loop(_cfg(max_steps=9, checkpoint_every=3), str(data_root), str(straight), "tiny")
-    ref = _history(straight)
+    ref = loss_history(straight)
     run = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "humanverse.cli", "train", "stage2", "--data", str(data_root), "--out", str(run),
-           "--models", "tiny", "--max-steps", "9", "--set", "scaling.use_ray=false", "--set", "batch_size=2",
-           "--set", "checkpoint_every=3", "--set", "validate_every=10000", "--set", f"data.resolution={RES}",
-           "--set", "data.shuffle_buffer=8", "--set", "optim.lr=0.001", "--set", "ema_decay=0.99",
-           "--set", "sample_steps=2", "--set", "log_every=3", "--set", "validation_prompts=['a person']"]
-    env = {**os.environ, "HUMANVERSE_TINY_ZOO": str(tiny_zoo)}
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True)
-    deadline = time.time() + 300
-    while not (run / "checkpoints" / "step-00000003" / "COMPLETE").exists():
-        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-        assert time.time() < deadline
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert not (run / "history.jsonl").exists() or 9 not in _history(run)
+    train_and_kill_at(["stage2", "--data", str(data_root), "--models", "tiny", "--max-steps", "9",
+                       "--set", "scaling.use_ray=false", "--set", "batch_size=2", "--set", "checkpoint_every=3",
+                       "--set", "validate_every=10000", "--set", f"data.resolution={RES}",
+                       "--set", "data.shuffle_buffer=8", "--set", "optim.lr=0.001", "--set", "ema_decay=0.99",
+                       "--set", "sample_steps=2", "--set", "log_every=3",
+                       "--set", "validation_prompts=['a person']"], run, 3, tiny_zoo)
+    assert not (run / "history.jsonl").exists() or 9 not in loss_history(run)
     resumed = train_loop(_cfg(max_steps=9, checkpoint_every=3), str(data_root), str(run), "tiny", resume=True)
     steps = [h["step"] for h in resumed["history"]]
     assert steps[0] in (4, 7) and steps[-1] == 9

@@ -6,11 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -20,8 +15,8 @@ from humanverse.testing.synthetic import synthetic_table
 from model.training.data import TrainDataConfig
 from model.training.stage1 import Stage1LossConfig, Stage1Objective
 from model.training.loop import OptimConfig, ScalingConfig, Stage1TrainConfig, train_loop
+from helpers import loss_history, train_and_kill_at
 
-REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -68,35 +63,18 @@ def test_overfits_a_small_set(tiny_zoo, data_root, tmp_path):
     assert (tmp_path / "run" / "tensorboard").is_dir()
 
 
-def _history(run: Path) -> dict[int, float]:
-    out = {}
-    for line in (run / "history.jsonl").read_text().splitlines():
-        h = json.loads(line)
-        out[h["step"]] = h["loss"]
-    return out
-
-
 def test_sigkill_and_resume_is_step_exact(tiny_zoo, data_root, tmp_path):
     straight = tmp_path / "straight"
     train_loop(_cfg(max_steps=12, checkpoint_every=3), str(data_root), str(straight), "tiny")
-    ref = _history(straight)
+    ref = loss_history(straight)
     run = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "humanverse.cli", "train", "stage1", "--data", str(data_root), "--out", str(run),
-           "--models", "tiny", "--max-steps", "12", "--set", "scaling.use_ray=false", "--set", "batch_size=4",
-           "--set", "checkpoint_every=3", "--set", "validate_every=10000", "--set", "latent_stats_samples=16",
-           "--set", "data.resolution=32", "--set", "data.shuffle_buffer=8", "--set", "optim.lr=0.002",
-           "--set", "ema_decay=0.99", "--set", "sample_steps=2", "--set", "log_every=4"]
-    env = {**os.environ, "HUMANVERSE_TINY_ZOO": str(tiny_zoo)}
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True)
-    deadline = time.time() + 300
-    while not (run / "checkpoints" / "step-00000006" / "COMPLETE").exists():
-        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-        assert time.time() < deadline
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert not (run / "history.jsonl").exists() or 12 not in _history(run)
+    train_and_kill_at(["stage1", "--data", str(data_root), "--models", "tiny", "--max-steps", "12",
+                       "--set", "scaling.use_ray=false", "--set", "batch_size=4", "--set", "checkpoint_every=3",
+                       "--set", "validate_every=10000", "--set", "latent_stats_samples=16",
+                       "--set", "data.resolution=32", "--set", "data.shuffle_buffer=8", "--set", "optim.lr=0.002",
+                       "--set", "ema_decay=0.99", "--set", "sample_steps=2", "--set", "log_every=4"],
+                      run, 6, tiny_zoo)
+    assert not (run / "history.jsonl").exists() or 12 not in loss_history(run)
     resumed = train_loop(_cfg(max_steps=12, checkpoint_every=3), str(data_root), str(run), "tiny", resume=True)
     steps = [h["step"] for h in resumed["history"]]
     assert steps[0] in (7, 10) and steps[-1] == 12

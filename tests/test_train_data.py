@@ -19,18 +19,12 @@ from humanverse.schema import NUM_KEYPOINTS
 from humanverse.skeleton import flip_keypoints, render_skeleton
 from humanverse.testing.synthetic import synthetic_table
 from model.training import data as D
+from helpers import assert_batches_equal
 
 R = 128
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Small tensors on a loaded 2-core machine: intra-op threads only contend (a tiny VAE encode
-    took ~1 s with 2 threads and ~3 ms with 1)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -56,16 +50,6 @@ def _all(root, cfg, **kw) -> list[dict]:
 def _ids(batches) -> list[str]:
     return [i for b in batches for i in b["id"]]
 
-
-def _assert_batches_equal(a: list[dict], b: list[dict]) -> None:
-    assert len(a) == len(b)
-    for x, y in zip(a, b):
-        assert x.keys() == y.keys()
-        for k in x:
-            if isinstance(x[k], torch.Tensor):
-                assert torch.equal(x[k], y[k]), k
-            else:
-                assert x[k] == y[k], k
 
 
 # ---------------------------------------------------------------------------------------------
@@ -265,7 +249,7 @@ def test_determinism_and_epochs(root):
     cfg = D.TrainDataConfig(resolution=64, shuffle_buffer=5, seed=7)
     a = _all(root, cfg, epoch=0, batch_size=3)
     b = _all(root, cfg, epoch=0, batch_size=3)
-    _assert_batches_equal(a, b)
+    assert_batches_equal(a, b)
     c = _all(root, cfg, epoch=1, batch_size=3)
     assert _ids(c) != _ids(a) and sorted(_ids(c)) == sorted(_ids(a))
     other_seed = _all(root, D.TrainDataConfig(resolution=64, shuffle_buffer=5, seed=8), epoch=0, batch_size=3)
@@ -279,7 +263,7 @@ def test_batches_are_collated_make_examples(root):
     rows = list(D.iter_rows(root, cfg, epoch=1))
     exs = [D.make_example(r, cfg, D.sample_rng(cfg.seed, 1, r["source_shard"], r["source_index"])) for r in rows]
     batches = _all(root, cfg, epoch=1, batch_size=4)
-    _assert_batches_equal(batches, [D.collate(exs[i:i + 4]) for i in range(0, 12, 4)])
+    assert_batches_equal(batches, [D.collate(exs[i:i + 4]) for i in range(0, 12, 4)])
 
 
 @pytest.mark.parametrize("world_size", [2, 3, 5])  # 2: file-level; 3, 5: more ranks than files (row striding)
@@ -313,8 +297,8 @@ def test_skip_batches_gives_exactly_the_tail(root):
     full = _all(root, cfg, epoch=1, batch_size=2)
     assert len(full) == 6
     for skip in (1, 4, 6):
-        _assert_batches_equal(_all(root, cfg, epoch=1, batch_size=2, skip_batches=skip), full[skip:])
-    _assert_batches_equal(_all(root, cfg, epoch=1, batch_size=2, skip_batches=2, max_batches=4), full[2:4])
+        assert_batches_equal(_all(root, cfg, epoch=1, batch_size=2, skip_batches=skip), full[skip:])
+    assert_batches_equal(_all(root, cfg, epoch=1, batch_size=2, skip_batches=2, max_batches=4), full[2:4])
 
 
 def test_bad_arguments(root):
@@ -337,7 +321,7 @@ def test_ray_path_matches_local_path(root):
     local = {}
     for b in _all(root, cfg, epoch=1, batch_size=1):
         local[b["id"][0]] = b
-    for attempt in range(2):  # RAY-NOTES: the raylet once timed out at start-up under load
+    for attempt in range(2):  # the raylet can time out at start-up on a loaded 2-core machine
         try:
             ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
                      _temp_dir=f"/tmp/rt-{uuid.uuid4().hex[:6]}")

@@ -21,6 +21,7 @@ from humanverse.config import ConfigError
 from humanverse.testing.synthetic import synthetic_table
 from model.training import data as D
 from model.training.loop import DataStream, OptimConfig, ScalingConfig, Stage1TrainConfig, load_train_config, train_loop
+from helpers import assert_batches_equal
 
 R = 32
 
@@ -52,12 +53,12 @@ def trace_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ray_cluster(tiny_zoo, trace_dir):
-    """One local Ray for the module (start-up is the slow part); fractional CPUs only (RAY-NOTES)."""
+    """One local Ray for the module (start-up is the slow part); fractional CPUs only (whole CPUs can starve the reader)."""
     ray = pytest.importorskip("ray")
     env = {"HUMANVERSE_TINY_ZOO": str(tiny_zoo), "HF_HUB_OFFLINE": "1", "HV_STREAM_TRACE": str(trace_dir),
            "OMP_NUM_THREADS": "1"}
     temp = f"/tmp/rts-{uuid.uuid4().hex[:6]}"  # short: Ray's socket paths live under it
-    for attempt in range(2):  # RAY-NOTES: the raylet once timed out at start-up under load
+    for attempt in range(2):  # the raylet can time out at start-up on a loaded 2-core machine
         try:
             ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=temp,
                      runtime_env={"env_vars": env})
@@ -82,16 +83,6 @@ def _cfg(**kw) -> Stage1TrainConfig:
     base.update(kw)
     return Stage1TrainConfig(**base)
 
-
-def _assert_batches_equal(a: list[dict], b: list[dict]) -> None:
-    assert len(a) == len(b)
-    for x, y in zip(a, b):
-        assert x.keys() == y.keys()
-        for k in x:
-            if isinstance(x[k], torch.Tensor):
-                assert torch.equal(x[k], y[k]), k
-            else:
-                assert x[k] == y[k], k
 
 
 def _history(run: Path) -> dict[int, float]:
@@ -144,10 +135,10 @@ def test_ray_reader_equals_the_local_reader(uneven_root, ray_cluster, world, ran
         for skip in skips:
             got = list(D.iter_ray_examples(uneven_root, cfg, epoch=1, batch_size=3, rank=rank, world_size=world,
                                            skip_batches=skip))
-            _assert_batches_equal(got, full[skip:])
+            assert_batches_equal(got, full[skip:])
     got = list(D.iter_ray_examples(uneven_root, cfg, epoch=1, batch_size=3, rank=ranks[-1], world_size=world,
                                    skip_batches=1, max_batches=2))
-    _assert_batches_equal(got, full[1:2])
+    assert_batches_equal(got, full[1:2])
 
 
 def test_resume_plan_decodes_none_of_the_skipped_rows(uneven_root):

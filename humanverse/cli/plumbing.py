@@ -31,6 +31,17 @@ def add_log_level(p: argparse.ArgumentParser, default: str | None = "INFO") -> N
                    help="logging level (default: INFO)")
 
 
+def add_subcommand(sub, name: str, help: str) -> argparse.ArgumentParser:
+    """A sub-command's parser (``zoo list``, ``testset coco``...), which takes ``--log-level`` too."""
+    p = sub.add_parser(name, help=help)
+    add_log_level(p, default=None)
+    return p
+
+
+def add_root(p: argparse.ArgumentParser) -> None:
+    p.add_argument("root", help="dataset root (local path or URL)")
+
+
 def add_models(p: argparse.ArgumentParser, what: str = "pretrained models") -> None:
     p.add_argument("--models", default="paper",
                    help=f"{what}: tiny | paper | DIR (one sub-folder per zoo entry; see `humanverse zoo list`)")

@@ -5,18 +5,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from pathlib import Path
 
-log = logging.getLogger("humanverse")
+from humanverse.cli.plumbing import add_root, log
 
 NAME = "query"
 HELP = "run SQL over a dataset (tables: hv, rejects)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("root", help="dataset root (local path or URL)")
+    add_root(p)
     p.add_argument("sql", help="a SELECT over the tables hv (accepted rows) and rejects")
     p.add_argument("--format", choices=["table", "csv", "json", "parquet"], default="table")
     p.add_argument("--out", help="write the result to FILE instead of stdout")

@@ -4,16 +4,15 @@ normal maps) and of rejects."""
 from __future__ import annotations
 
 import argparse
-import logging
 
-log = logging.getLogger("humanverse")
+from humanverse.cli.plumbing import add_root, log
 
 NAME = "show"
 HELP = "a gallery of rows (boxes, skeletons, depth, normals) and rejects"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("root", help="dataset root (local path or URL)")
+    add_root(p)
     p.add_argument("--where", help="SQL condition on table hv, e.g. \"num_persons = 1 AND aesthetic >= 5\"")
     p.add_argument("--limit", type=int, default=24)
     p.add_argument("--out", required=True, help="FILE.html or FILE.png")

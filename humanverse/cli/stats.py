@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from pathlib import Path
 
-log = logging.getLogger("humanverse")
+from humanverse.cli.plumbing import add_root, log
 
 NAME = "stats"
 HELP = "counts, reject funnel and distributions"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("root", help="dataset root (local path or URL)")
+    add_root(p)
     p.add_argument("--plot", help="write a PNG figure")
     p.add_argument("--json", help="write the statistics as JSON")
 

@@ -7,13 +7,15 @@ from __future__ import annotations
 import argparse
 import os
 
+from humanverse.cli.plumbing import add_subcommand
+
 NAME = "testset"
 HELP = "an evaluation test set from dataset rows or from MS-COCO 2014 val (paper §5)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="source", required=True, metavar="SOURCE")
-    r = sub.add_parser("rows", help="from HumanVerse rows (e.g. a held-out selection)")
+    r = add_subcommand(sub, "rows", help="from HumanVerse rows (e.g. a held-out selection)")
     r.add_argument("root", help="dataset root")
     r.add_argument("out", help="output folder (real/, testset.jsonl)")
     r.add_argument("--where", help="SQL predicate on table hv selecting the rows")
@@ -21,7 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("--resolution", type=int, default=512)
     r.add_argument("--keypoint-threshold", type=float, default=0.3,
                    help="keypoints scoring at least this are labelled visible (v = 2)")
-    c = sub.add_parser("coco", help="from MS-COCO 2014 val: the paper's human test set")
+    c = add_subcommand(sub, "coco", help="from MS-COCO 2014 val: the paper's human test set")
     c.add_argument("--coco", required=True, help="COCO folder with annotations/ and val2014/")
     c.add_argument("--out", required=True, help="output folder (real/, testset.jsonl)")
     c.add_argument("--wholebody", action="append", default=[], metavar="JSON",

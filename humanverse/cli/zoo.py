@@ -12,6 +12,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from humanverse.cli.plumbing import add_subcommand
+
 NAME = "zoo"
 HELP = "the table of pretrained models and their tiny stand-ins"
 
@@ -26,8 +28,8 @@ def tiny_builders() -> dict[str, Callable[[Path, int], None]]:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="zoo_cmd", required=True, metavar="ZOO_COMMAND")
-    sub.add_parser("list", help="print the model table")
-    mt = sub.add_parser("make-tiny", help="build tiny random models of every entry into DIR (offline)")
+    add_subcommand(sub, "list", help="print the model table")
+    mt = add_subcommand(sub, "make-tiny", help="build tiny random models of every entry into DIR (offline)")
     mt.add_argument("dir")
     mt.add_argument("--only", help="comma-separated entry names")
     mt.add_argument("--seed", type=int, default=0)

@@ -14,7 +14,7 @@ Rules every builder follows:
 * safetensors only, fp32;
 * heavy libraries (torch, transformers, diffusers, open_clip) are imported inside the functions.
 
-Facts mirrored from the real checkpoints are cited from ``MODELS.md`` (section numbers in comments).
+Facts mirrored from the real checkpoints' configs are listed per model in docs/models.md.
 """
 
 from __future__ import annotations

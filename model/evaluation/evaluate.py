@@ -38,7 +38,7 @@ Feature extractors are injected through three small protocols (:class:`Inception
 * pose: ``humanverse eval`` passes :class:`pipelines.eval_pose.BuilderPoseEstimator`, the dataset
   builder's own stages run directly on a batch outside Ray (person detection, YOLOS, then
   whole-body pose, ViTPose, 133 keypoints), so generated images are annotated exactly as the
-  training data were. ``model`` never imports ``pipelines`` (DESIGN §3): the CLI injects it.
+  training data were. ``model`` never imports ``pipelines`` (docs/architecture.md): the CLI injects it.
 
 Test-set contract (JSONL, one object per line, one line per test image; written by
 :mod:`model.evaluation.coco_testset`, read by the sampler and by this module)::

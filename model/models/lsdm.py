@@ -28,9 +28,9 @@ branch) pops the branch's own ``conv_in`` output and first-down-block resnet out
 
 Freshly converted from SD-2 (:meth:`LatentStructuralUNet.from_sd2`) with zero pose weights and a
 zero micro-conditioning embedding, three identical inputs give three copies of the SD-2 output
-(DESIGN §7): identical features normalise to themselves, so the fusion is the identity.
+(the authors' answer in their repository's issue #4): identical features normalise to themselves, so the fusion is the identity.
 
-Latent statistics used to normalise depth/normal latents to the RGB latent statistics (DESIGN §7)
+Latent statistics used to normalise depth/normal latents to the RGB latent statistics (§3.2)
 belong to the trainer, not to this module.
 """
 
@@ -56,7 +56,7 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 BRANCH_NAMES = ("rgb", "depth", "normal")
-MICRO_CONDITIONS = ("orig_height", "orig_width", "crop_top", "crop_left")  # added_cond columns (DESIGN §7)
+MICRO_CONDITIONS = ("orig_height", "orig_width", "crop_top", "crop_left")  # added_cond columns (SDXL-style micro-conditioning)
 FUSION_EPS = 1e-6
 
 _DOWN_TYPES = ("CrossAttnDownBlock2D", "DownBlock2D")
@@ -354,7 +354,7 @@ class LatentStructuralUNet(ModelMixin, AttentionMixin, ConfigMixin):
         self.time_embedding = TimestepEmbedding(block_out_channels[0], time_embed_dim, act_fn=act_fn)
         self.add_time_proj = Timesteps(addition_time_embed_dim, flip_sin_to_cos, freq_shift)
         self.add_embedding = TimestepEmbedding(len(MICRO_CONDITIONS) * addition_time_embed_dim, time_embed_dim)
-        # Zero last layer: a fresh model ignores size/crop conditioning (SD-2 identity, DESIGN §7).
+        # Zero last layer: a fresh model ignores size/crop conditioning (the SD-2 identity).
         nn.init.zeros_(self.add_embedding.linear_2.weight)
         nn.init.zeros_(self.add_embedding.linear_2.bias)
 
@@ -559,7 +559,7 @@ class LatentStructuralUNet(ModelMixin, AttentionMixin, ConfigMixin):
     def from_sd2(
         cls, unet: UNet2DConditionModel, pose_channels: int = 4, addition_time_embed_dim: int = 256
     ) -> LatentStructuralUNet:
-        """Build an LSDM from a standard SD-2 UNet (HyperHuman §3.2; DESIGN §7).
+        """Build an LSDM from a standard SD-2 UNet (HyperHuman §3.2).
 
         Every branch starts as a copy of SD-2's ``conv_in``, first down block, last up block,
         ``conv_norm_out`` and ``conv_out``; the shared parts are SD-2's. The pose input channels of

@@ -173,26 +173,3 @@ def drop_conditions(cond: torch.Tensor, keep: torch.Tensor, conditions: Sequence
     """Zero the dropped conditions: ``keep`` (B, n_conditions) bool -> ``cond`` with dropped maps zeroed."""
     scale = torch.cat([keep[:, j:j + 1].expand(-1, CONDITIONS[c]) for j, c in enumerate(conditions)], dim=1)
     return cond * scale.to(cond.dtype)[:, :, None, None]
-
-
-def load_sdxl_unet(models: str) -> UNet2DConditionModel:
-    from humanverse.zoo import resolve
-
-    sd = resolve("sdxl-base", models)
-    return UNet2DConditionModel.from_pretrained(sd.path, subfolder="unet", use_safetensors=True, **sd.pretrained_kwargs())
-
-
-def make_tiny_refiner(out_dir: Path, seed: int) -> None:
-    """A fresh tiny refiner on the zoo's tiny SDXL UNet (same seed), for tests and the demo."""
-    import tempfile
-
-    from humanverse.testing.tiny_models import build_sdxl_base
-
-    out_dir = Path(out_dir)
-    with tempfile.TemporaryDirectory(prefix="tiny-sdxl-") as tmp:
-        build_sdxl_base(Path(tmp), seed)
-        unet = UNet2DConditionModel.from_pretrained(Path(tmp) / "unet")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = StructureGuidedControlNet.from_unet(unet)
-    model.save_pretrained(out_dir, safe_serialization=True)

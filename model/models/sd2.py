@@ -86,7 +86,7 @@ class FrozenParts:
 
 
 def load_frozen_parts(models: str, device, dtype=torch.float32) -> FrozenParts:
-    """Tokenizer + text encoder from SD-2-base, VAE from sd-vae-ft-mse (DESIGN §6), via the zoo."""
+    """Tokenizer + text encoder from SD-2-base, VAE from sd-vae-ft-mse (docs/models.md), via the zoo."""
     from diffusers import AutoencoderKL
     from transformers import CLIPTextModel, CLIPTokenizer
 

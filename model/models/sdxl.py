@@ -31,7 +31,7 @@ class SDXLFrozenParts:
 
     @torch.no_grad()
     def encode_text(self, captions: list[str], device) -> tuple[torch.Tensor, torch.Tensor]:
-        """-> (context (B, 77, D1 + D2), pooled (B, P)) as SDXL computes them (MODELS.md §10)."""
+        """-> (context (B, 77, D1 + D2), pooled (B, P)) as SDXL computes them (diffusers' StableDiffusionXLPipeline.encode_prompt)."""
         ctxs, pooled = [], None
         for tok, enc in ((self.tokenizer, self.text_encoder), (self.tokenizer_2, self.text_encoder_2)):
             ids = tok(captions, padding="max_length", max_length=tok.model_max_length, truncation=True,

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-#: SD-2-base's training schedule (MODELS.md §9), with zero terminal SNR added.
+#: SD-2-base's training schedule (its scheduler_config.json), with zero terminal SNR added.
 SCHEDULE_KWARGS = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                        rescale_betas_zero_snr=True, prediction_type="v_prediction", clip_sample=False)
 

@@ -1,4 +1,4 @@
-"""Atomic, rotated training checkpoints with a completion marker (DESIGN.md §7).
+"""Atomic, rotated training checkpoints with a completion marker (step-exact resume).
 
 ``RUN/checkpoints/step-00001234/`` holds whatever the task saves (safetensors weights, optimizer
 state, ``trainer_state.json``) plus ``COMPLETE``. It is written as ``.tmp-step-…`` and renamed into

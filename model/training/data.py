@@ -3,9 +3,9 @@
 HyperHuman §3.2 trains the Latent Structural Diffusion Model on aligned RGB, depth and surface
 normal images of one scene, conditioned on the caption and on the whole-body skeleton image
 (VAE-encoded, concatenated to every branch's noisy latent); §4 trains at 512² on HumanVerse. This
-module turns committed HumanVerse rows (DESIGN §4) into those training examples, with the same
+module turns committed HumanVerse rows (docs/format.md) into those training examples, with the same
 random resize-crop-flip applied to every modality, and the SDXL micro-conditioning (Podell et al.
-2023, "SDXL", §2.2: original size and crop top-left) that DESIGN §7 asks the LSDM to embed.
+2023, "SDXL", §2.2: original size and crop top-left) that the LSDM embeds.
 
 Per example (:func:`make_example`), ``R`` = ``cfg.resolution``::
 
@@ -85,7 +85,6 @@ import io
 import itertools
 import logging
 import math
-import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -371,22 +370,6 @@ def _resize_u8(img: torch.Tensor, size_hw: tuple[int, int], mode: str) -> torch.
     return F.interpolate(t[None], size=size_hw, mode=mode, antialias=True)[0]
 
 
-class _Ticker:
-    """Adds the seconds since the last call to ``prof[stage]`` (a no-op without ``prof``)."""
-
-    __slots__ = ("prof", "t")
-
-    def __init__(self, prof: dict[str, float] | None):
-        self.prof = prof
-        self.t = time.perf_counter() if prof is not None else 0.0
-
-    def __call__(self, stage: str) -> None:
-        if self.prof is not None:
-            now = time.perf_counter()
-            self.prof[stage] = self.prof.get(stage, 0.0) + now - self.t
-            self.t = now
-
-
 @dataclass
 class _Decoded:
     """A row decoded, resized and cropped, before its flip (:func:`_finish` applies one)."""
@@ -404,11 +387,9 @@ class _Decoded:
     id: str | None
 
 
-def _decode_row(row: dict, cfg: TrainDataConfig, rng: np.random.Generator,
-                prof: dict[str, float] | None = None) -> _Decoded:
-    """Decode, resize and crop one row; ``prof`` (bench/train_loader.py) accumulates seconds per stage."""
+def _decode_row(row: dict, cfg: TrainDataConfig, rng: np.random.Generator) -> _Decoded:
+    """Decode, resize and crop one row."""
     r = cfg.resolution
-    tick = _Ticker(prof)
     # image: header -> geometry -> (JPEG draft) decode -> (3, R, R) uint8
     with Image.open(io.BytesIO(row["image"])) as im:
         width, height = im.size  # the stored size: the frame of keypoints and crop coordinates
@@ -416,16 +397,13 @@ def _decode_row(row: dict, cfg: TrainDataConfig, rng: np.random.Generator,
         if im.format == "JPEG":
             im.draft("RGB", (rw, rh))  # DCT-domain 1/2, 1/4, 1/8 while still >= (rw, rh)
         arr = _rgb_u8(im)  # (h', w', 3) uint8
-    tick("decode_image")
     image = _resize_u8(arr, (rh, rw), "bicubic")[:, top:top + r, left:left + r]
-    tick("resize_crop")
 
     # depth: 16-bit PNG -> (1, R, R) float32 in [-1, 1], min-max over the crop
     with Image.open(io.BytesIO(row["depth"])) as dm:
         q = np.asarray(dm)
     if q.ndim != 2:
         raise ValueError(f"row {row.get('id')!r}: depth PNG must be single-channel, got shape {q.shape}.")
-    tick("decode_maps")
     d = torch.from_numpy(q.astype(np.float32))[None, None]  # (1, 1, mh, mw)
     if tuple(d.shape[2:]) != (rh, rw):
         d = F.interpolate(d, size=(rh, rw), mode="bilinear", antialias=True, align_corners=False)
@@ -434,12 +412,9 @@ def _decode_row(row: dict, cfg: TrainDataConfig, rng: np.random.Generator,
     depth = (d - lo).mul_(2.0 / float(hi - lo)).sub_(1.0) if float(hi - lo) > 0 else torch.zeros_like(d)
 
     # normal: 8-bit RGB PNG -> (3, R, R) uint8, resized + cropped (float and unit length later)
-    tick("resize_crop")
     with Image.open(io.BytesIO(row["normal"])) as nm:
         nrgb = _rgb_u8(nm)
-    tick("decode_maps")
     normal = _resize_u8(nrgb, (rh, rw), "bilinear")[:, top:top + r, left:left + r]
-    tick("resize_crop")
 
     # keypoints through the same resize + crop
     kps = [decode_keypoints(p["keypoints"]) for p in (row.get("persons") or []) if p.get("keypoints") is not None]
@@ -448,28 +423,24 @@ def _decode_row(row: dict, cfg: TrainDataConfig, rng: np.random.Generator,
         kp = np.stack(kps)  # (P, 133, 3) stored-image pixels
         kp[..., 0] = kp[..., 0] * (rw / width) - left
         kp[..., 1] = kp[..., 1] * (rh / height) - top
-    tick("keypoints")
     caption = row.get("caption")
     return _Decoded(image, depth, normal, kp, (int(height), int(width)), rw, int(top), int(left), flip,
                     caption if caption is not None else "", row.get("id"))
 
 
-def _finish(dec: _Decoded, cfg: TrainDataConfig, flip: bool, prof: dict[str, float] | None = None) -> dict[str, Any]:
+def _finish(dec: _Decoded, cfg: TrainDataConfig, flip: bool) -> dict[str, Any]:
     """Apply (or not) the horizontal flip and draw the skeleton: the compact example."""
     r = cfg.resolution
-    tick = _Ticker(prof)
     image, depth, normal, kp = dec.image, dec.depth, dec.normal, dec.keypoints
     if flip:
         image, depth, normal = image.flip(-1), depth.flip(-1), normal.flip(-1)  # x negated at collate
         if kp is not None:
             kp = flip_keypoints(kp, r)  # x -> R - x, left <-> right
-        tick("flip")
     if kp is not None:
         pose = _rgb_u8(render_skeleton(kp, r, r, cfg.skeleton_threshold))
         pose = pose.permute(2, 0, 1).contiguous()  # (3, R, R) uint8
     else:
         pose = torch.zeros(3, r, r, dtype=torch.uint8)
-    tick("skeleton")
     crop_left = dec.resized_width - r - dec.left if flip else dec.left
     return {
         "image": image.contiguous(), "depth": depth.contiguous(), "normal": normal.contiguous(), "pose": pose,
@@ -845,7 +816,7 @@ def ray_dataset(root, cfg: TrainDataConfig, *, epoch: int = 0, batch_size: int =
 
 def ray_iter_kwargs(cfg: TrainDataConfig, *, epoch: int, batch_size: int, drop_last: bool = True) -> dict[str, Any]:
     """Keyword arguments for ``iter_torch_batches`` on a :func:`ray_dataset` (or its shard): the
-    collate function and a local shuffle buffer seeded by (seed, epoch), as RAY-NOTES found
+    collate function and a local shuffle buffer seeded by (seed, epoch), as measured (docs/architecture.md)
     reproducible with ``preserve_order``. The local buffer holds decoded compact examples (~3.3 MB
     each at 512²): a smaller ``cfg.shuffle_buffer`` may suit Ray workers."""
     seed = int(np.random.default_rng([cfg.seed, int(epoch), _TAG_RAY_SHUFFLE]).integers(2**31))

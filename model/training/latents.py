@@ -1,7 +1,7 @@
 """The VAE-latent cache (``humanverse latents ROOT OUT``): encode once, train many times.
 
 HyperHuman §3.2 passes four images per sample through the same VAE (RGB, depth, surface normal and
-the skeleton image, DESIGN §7); at 512² the VAE encoder costs more than the UNet forward, so
+the skeleton image); at 512² the VAE encoder costs more than the UNet forward, so
 stage-1 training can read cached latents instead of pixels (§4 trains on HumanVerse at 512²).
 
 What is cached, per selected row (the selection is :class:`model.training.data.TrainDataConfig`'s ``where``
@@ -12,7 +12,7 @@ left/right-swapped keypoints), each with its SDXL micro-conditioning (Podell et 
 original size and crop top-left). For each of ``image``, ``depth``, ``normal``, ``pose`` the VAE
 posterior's MEAN and STD (``latent_dist.mean``, ``latent_dist.std``) are stored UNSCALED: the
 trainer multiplies by ``vae.config.scaling_factor`` (recorded in the manifest, ``vae``) and
-normalises depth/normal latents to the RGB statistics (DESIGN §7), so changing either needs no
+normalises depth/normal latents to the RGB statistics (§3.2), so changing either needs no
 re-encode. :func:`iter_latent_batches` draws ``mean + std * eps`` with a seeded ``eps`` (or
 returns the mean), which is what ``latent_dist.sample()`` would have given at training time.
 
@@ -184,7 +184,7 @@ class EncoderResources:
     Attributes:
         encoders: VAE actors; None: one per GPU in the cluster, else 1.
         num_gpus: GPUs per VAE actor; None: 1 when the cluster has GPUs, else 0.
-        num_cpus: CPUs per VAE actor (fractional: RAY-NOTES, whole CPUs can starve the reader).
+        num_cpus: CPUs per VAE actor (fractional: whole CPUs can starve the reader on small machines; docs/architecture.md).
         prepare_num_cpus: CPUs per decode task (decode, crop, skeleton).
         read_num_cpus: CPUs per Parquet read task (None: Ray's default).
     """

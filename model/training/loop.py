@@ -60,7 +60,7 @@ class ScalingConfig:
     use_ray: bool = True
     num_workers: int = 1
     use_gpu: bool = False
-    cpus_per_worker: float = 0.5  # fractional: whole CPUs hang Ray on 2-core machines (RAY-NOTES)
+    cpus_per_worker: float = 0.5  # fractional: whole CPUs hang Ray on 2-core machines (docs/architecture.md)
 
 
 @dataclass(frozen=True)
