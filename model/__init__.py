@@ -1,41 +1,15 @@
-"""HyperHuman models (arXiv 2310.08579), built from diffusers' own blocks.
+"""The HyperHuman trainer (arXiv 2310.08579), built from diffusers' own blocks, laid out the way
+diffusers is:
 
-* :mod:`model.models.lsdm`: :class:`LatentStructuralUNet`, the stage-1 Latent Structural Diffusion Model
-  denoiser (§3.2): RGB, depth and normal expert branches around a shared SD-2 trunk, converted
-  from an SD-2 UNet with :meth:`LatentStructuralUNet.from_sd2`; :func:`make_tiny_lsdm` builds the
-  zoo's tiny ``lsdm`` entry.
+* :mod:`model.models`: the networks: the Latent Structural Diffusion Model (``lsdm``, §3.2), the
+  Structure-Guided Refiner's ControlNet and embedders (``refiner``, §3.3), and the frozen SD-2 and
+  SDXL parts they run beside (``sd2``, ``sdxl``);
+* :mod:`model.schedules`: zero-terminal-SNR schedules and v-targets (§3.2, Eq. 4);
+* :mod:`model.sampling`: the stage-1 sampler, the refiner sampler and the two-stage generator
+  behind ``humanverse sample``;
+* :mod:`model.training`: one Ray Train loop for both stages, the per-stage tasks and objectives, the
+  training reader over a HumanVerse dataset, the VAE-latent cache and checkpoints;
+* :mod:`model.evaluation`: the paper's §5 protocol (test sets, FID/KID/CLIP/pose metrics, the report).
 
-The names below are re-exported from :mod:`model.models.lsdm` on first access (PEP 562), so importing a
-light submodule such as ``model.training.data`` does not import diffusers.
+``model`` imports ``humanverse`` and never ``pipelines``.
 """
-
-from __future__ import annotations
-
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from model.models.lsdm import (
-        LatentStructuralUNet,
-        LSDMOutput,
-        StructuralExpertBranch,
-        fuse_branch_features,
-        make_tiny_lsdm,
-        match_statistics,
-    )
-
-__all__ = [
-    "LSDMOutput",
-    "LatentStructuralUNet",
-    "StructuralExpertBranch",
-    "fuse_branch_features",
-    "make_tiny_lsdm",
-    "match_statistics",
-]
-
-
-def __getattr__(name: str) -> Any:
-    if name in __all__:
-        from model.models import lsdm
-
-        return getattr(lsdm, name)
-    raise AttributeError(f"module 'model' has no attribute {name!r}")

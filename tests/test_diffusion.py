@@ -1,4 +1,4 @@
-"""Stage-1 diffusion facts (HyperHuman §3.2, DESIGN §7) checked against diffusers, and checkpoints."""
+"""Stage-1 diffusion facts (HyperHuman §3.2) checked against diffusers, and checkpoints."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""LatentStructuralUNet (HyperHuman §3.2): SD-2 initialisation, the SD-2 identity (DESIGN §7),
+"""LatentStructuralUNet (HyperHuman §3.2): SD-2 initialisation, the SD-2 identity,
 branch/trunk wiring, fusion, gradients, serialisation. Real diffusers classes at tiny size."""
 
 import copy
@@ -134,7 +134,7 @@ def test_config_round_trips_sd2_structure(pair):
     assert lsdm.config.addition_time_embed_dim == 256
 
 
-# -- the identity (DESIGN §7) ----------------------------------------------------------------------
+# -- the SD-2 identity -----------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("pose_kind", ["zeros", "random"])

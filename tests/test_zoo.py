@@ -535,7 +535,7 @@ def test_vaes_have_real_latent_geometry(tiny_root: Path, name: str, scaling: flo
 
 
 # ---------------------------------------------------------------------------------------------
-# preprocessing equals the real checkpoints' (MODELS.md)
+# preprocessing equals the real checkpoints' (docs/models.md)
 
 
 def test_processor_configs_match_the_real_checkpoints(tiny_root: Path):
