@@ -64,3 +64,22 @@ def test_checkpoints_atomic_rotated_latest(tmp_path):
     (tmp_path / "checkpoints" / "step-00000060").mkdir()  # no COMPLETE marker: ignored
     assert latest_checkpoint(tmp_path).name == "step-00000040"
     assert latest_checkpoint(tmp_path / "nothing-here") is None
+
+
+def test_latent_stats_map_depth_onto_rgb_statistics_and_back():
+    """§3.2: depth/normal latents are normalised to the RGB latent statistics before the LSDM sees
+    them and mapped back before decoding."""
+    import torch
+
+    from model.models.sd2 import LatentStats
+
+    g = torch.Generator().manual_seed(0)
+    rgb = torch.randn(64, 4, 8, 8, generator=g) * torch.tensor([1.0, 2.0, 0.5, 1.5]).view(1, 4, 1, 1) + 0.3
+    depth = torch.randn(64, 4, 8, 8, generator=g) * 4.0 - 1.0
+    stats = LatentStats.estimate({"rgb": [rgb], "depth": [depth]})
+    mapped = stats.normalise(depth, "depth")
+    assert torch.allclose(mapped.mean(dim=(0, 2, 3)), rgb.mean(dim=(0, 2, 3)), atol=1e-4)
+    assert torch.allclose(mapped.std(dim=(0, 2, 3)), rgb.std(dim=(0, 2, 3)), atol=1e-4)
+    assert torch.allclose(stats.denormalise(mapped, "depth"), depth, atol=1e-4)
+    assert torch.equal(stats.normalise(rgb, "rgb"), rgb)
+    assert LatentStats.from_json(stats.to_json()) == stats

@@ -24,22 +24,18 @@ class LatentStats:
 
     def normalise(self, z: torch.Tensor, modality: str) -> torch.Tensor:
         """Map ``modality``'s latents onto the RGB latent statistics (identity for rgb)."""
-        if modality == "rgb":
-            return z
-        m, s = self._t(self.mean[modality], z), self._t(self.std[modality], z)
-        mr, sr = self._t(self.mean["rgb"], z), self._t(self.std["rgb"], z)
-        return (z - m) / s * sr + mr
+        return z if modality == "rgb" else self._affine(z, modality, "rgb")
 
     def denormalise(self, z: torch.Tensor, modality: str) -> torch.Tensor:
-        if modality == "rgb":
-            return z
-        m, s = self._t(self.mean[modality], z), self._t(self.std[modality], z)
-        mr, sr = self._t(self.mean["rgb"], z), self._t(self.std["rgb"], z)
-        return (z - mr) / sr * s + m
+        """:meth:`normalise` reversed: RGB latent statistics back to ``modality``'s own."""
+        return z if modality == "rgb" else self._affine(z, "rgb", modality)
 
-    @staticmethod
-    def _t(v, like: torch.Tensor) -> torch.Tensor:
-        return torch.tensor(v, dtype=like.dtype, device=like.device).view(1, -1, 1, 1)
+    def _affine(self, z: torch.Tensor, source: str, target: str) -> torch.Tensor:
+        """``z`` standardised per channel with ``source``'s statistics, then given ``target``'s."""
+        def t(v):  # (1, C, 1, 1) like z
+            return torch.tensor(v, dtype=z.dtype, device=z.device).view(1, -1, 1, 1)
+
+        return (z - t(self.mean[source])) / t(self.std[source]) * t(self.std[target]) + t(self.mean[target])
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
