@@ -6,11 +6,11 @@
   vectors renormalised to unit length.
 * keypoints <-> flat float32[399] in COCO-WholeBody order.
 
-Maps are written by :func:`png_unfiltered`: zlib level 1 (BENCHMARKS.md: 16 ms vs 48 ms
-at the default level 6 for a 512² 16-bit map) and PNG row filter "None" on every row. Pillow's
-writer picks adaptive filters (mostly Paeth), and undoing them, not zlib, dominated the map decode
-in the training reader (7.5 ms of a 24 ms sample; ``bench/train_loader.py``, BENCHMARKS.md);
-unfiltered maps decode about twice as fast for 15-22 % more bytes. Any PNG decoder reads them.
+Maps are written by :func:`png_unfiltered`: zlib level 1 (about three times faster to write than
+the default level 6) and PNG row filter "None" on every row. Pillow's writer picks adaptive filters
+(mostly Paeth), and undoing them, not zlib, dominates the map decode in the training reader;
+unfiltered maps decode about twice as fast for somewhat more bytes (BENCHMARKS.md,
+``bench/train_loader.py``). Any PNG decoder reads them.
 """
 
 from __future__ import annotations

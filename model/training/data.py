@@ -57,11 +57,10 @@ Choices, and why:
   float depth (~3.3 MB at 512² instead of 12 MB); the float conversion, the normal's
   renormalisation and x negation, and the depth's 3-channel copy run once per batch
   (:func:`_collate_compact`), element-wise, so a sample's tensors do not depend on its batch.
-* Throughput (``bench/train_loader.py``, one core, 512², stored images ~650×740): ~19-20 ms per
-  example, of which decoding the depth and normal PNGs is ~7.5 ms (mostly PIL undoing PNG's Paeth
-  row filters), resize+crop ~3.6, skeleton ~3, JPEG ~2.5. glibc returning freed multi-MB blocks to
-  the OS costs another 2-4 ms of page faults per example unless ``MALLOC_MMAP_THRESHOLD_`` /
-  ``MALLOC_TRIM_THRESHOLD_`` are raised in the loader's environment.
+* Throughput: decoding the depth and normal PNGs is the largest share of an example's time, then
+  resize + crop, the skeleton and the JPEG (``bench/train_loader.py``; numbers in BENCHMARKS.md).
+  glibc returning freed multi-MB blocks to the OS adds page faults per example unless
+  ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` are raised in the loader's environment.
 
 The readers give identical per-sample tensors for the same config and epoch:
 
@@ -816,8 +815,8 @@ def ray_dataset(root, cfg: TrainDataConfig, *, epoch: int = 0, batch_size: int =
 
 def ray_iter_kwargs(cfg: TrainDataConfig, *, epoch: int, batch_size: int, drop_last: bool = True) -> dict[str, Any]:
     """Keyword arguments for ``iter_torch_batches`` on a :func:`ray_dataset` (or its shard): the
-    collate function and a local shuffle buffer seeded by (seed, epoch), as measured (docs/architecture.md)
-    reproducible with ``preserve_order``. The local buffer holds decoded compact examples (~3.3 MB
+    collate function and a local shuffle buffer seeded by (seed, epoch), which is reproducible with
+    ``preserve_order``. The local buffer holds decoded compact examples (~3.3 MB
     each at 512²): a smaller ``cfg.shuffle_buffer`` may suit Ray workers."""
     seed = int(np.random.default_rng([cfg.seed, int(epoch), _TAG_RAY_SHUFFLE]).integers(2**31))
     kw: dict[str, Any] = {"batch_size": batch_size, "collate_fn": collate_ray_batch, "drop_last": drop_last}

@@ -20,8 +20,8 @@ Storage: each latent is a Parquet ``binary`` value holding the C-order (C, h, w)
 little-endian float16 bytes (shape and dtype in the manifest and the schema metadata). Binary
 rather than ``fixed_size_list<float16>``: Parquet stores float16 as 2-byte FIXED_LEN_BYTE_ARRAY
 values, which pyarrow decodes value by value (and dictionary-encodes, since float16 has few
-distinct values): reading was ~10x slower per row (2.9 vs 0.28 ms for 8 × 4×64×64 latents,
-zstd) for the same size; a binary value is one memcpy and ``np.frombuffer`` away from a tensor.
+distinct values), an order of magnitude slower to read for the same size; a binary value is one
+memcpy and ``np.frombuffer`` away from a tensor.
 float16 halves the bytes (8 latents × 4×64×64 × 2 B = 256 KiB per entry at 512², ~235 KiB
 after zstd) at a relative rounding error ≤ 2^-11, far below the posterior noise the trainer adds
 anyway; float16 spans the VAE's range (|mean| stays ≪ 65504; std ≥ e^-15 by the VAE's
