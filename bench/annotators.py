@@ -13,14 +13,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import machine, make_tiny_zoo  # noqa: E402
 
 
 def main() -> None:
@@ -30,14 +30,9 @@ def main() -> None:
     ap.add_argument("--models", default="tiny")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    tmp = Path(tempfile.mkdtemp(prefix="hv-bench-ann-"))
-    try:
+    with tempfile.TemporaryDirectory(prefix="hv-bench-ann-") as tmp:
         if args.models == "tiny":
-            from humanverse import zoo
-            from humanverse.cli import extra_tiny_builders
-
-            os.environ["HUMANVERSE_TINY_ZOO"] = str(tmp / "zoo")
-            zoo.make_tiny(tmp / "zoo", builders=extra_tiny_builders())
+            make_tiny_zoo(Path(tmp) / "zoo")
         import io
 
         import pyarrow as pa
@@ -87,10 +82,8 @@ def main() -> None:
             "paper_gpu_days": 640 * 14,
             "note": "tiny random models on a CPU: relative stage costs only; the projection needs the "
                     "paper's models on a GPU",
-            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "gpu": None},
+            "machine": machine(),
         }, indent=2))
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -18,13 +18,12 @@ Method (this machine's cores are shared with other work, so everything is measur
 * the stages alone are timed first; the slowest one again after each pipeline run, and each run's
   ratio uses the mean of the two measurements either side of it (medians over ``--repeat`` runs);
   the 1-minute load average is printed beside each phase;
-* Ray runs its worker processes at nice 15 by default, below everything else on the machine: on a
-  shared machine the pipeline's actors then lose the CPU to other work that the stages alone (timed
-  here, at this process's nice value) do not. The local cluster therefore runs its workers at
-  ``--worker-niceness`` (default 0, like for like); pass 15 to see Ray's default;
+* Ray runs its worker processes at its default nice value (15), below this process: on a shared
+  machine the pipeline's actors can lose the CPU to other work that the stages alone (timed here)
+  do not, which the load averages beside each phase show;
 * a warm-up build on one source shard starts Ray's task workers (imports); Ray start-up is excluded;
-  before anything is timed, the actors of the previous run have exited (one tearing down on the
-  dedicated core would slow the next one's start-up, which a single build never sees);
+  before anything is timed, the actors of the previous run have exited (one tearing down would slow
+  the next one's start-up, which a single build never sees);
 * ``--batch-rows``: ``input.batch_rows``, the rows of a block between stages (one actor task each);
 * ``end_to_end``: rows / wall time of ``build()``, which *includes* starting the model actors
   (process start, ``import torch``/``transformers``, model load: seconds, amortised by a real run);
@@ -42,19 +41,14 @@ Method (this machine's cores are shared with other work, so everything is measur
   runs (and the Ray-job reference) its class is replaced by a subclass that records every call
   (start on the system-wide monotonic clock, wall, the calling thread's CPU time, and its run-queue
   wait from ``/proc/thread-self/schedstat``, Linux). ``first_call_s`` is the start-up (actor process,
-  imports, model load, pipeline fill; ``start_up_s`` splits it, from the first actor's
-  ``/proc/self/stat`` start and its constructor's clock, and the main thread's time on CPU and in
+  imports, model load, pipeline fill; ``start_up_s`` splits it, from the first actor's process
+  start time (psutil) and its constructor's clock, and the main thread's time on CPU and in
   the run queue in each part), ``gaps_s`` the time between calls (``gaps_over_10ms``: those between
   blocks, Ray Data's per-block path),
   ``run_queue_wait_s`` the time the stage was ready to compute but another process had its core,
   ``drain_s`` the time from its last call to the end of ``build()``; ``loss_vs_alone_s`` splits
   ``end_to_end_s - rows / slowest_alone_rows_per_s`` into those parts plus ``slower_compute`` (time
-  in calls, less the run-queue wait, beyond what the stage alone took);
-* ``--dedicated-cores N [M ...]``: the runs' ``resources.<slowest>.dedicated_cores`` (0: every process
-  shares every core, as by default). Several values alternate (ABBA over ``--repeat 2``), each on a
-  local cluster started for it by the builder's own ``_init_ray`` (a cluster's processes keep the
-  cores they started on); the Ray-job reference runs on the same cores as the pipeline's actor.
-  ``by_dedicated_cores`` holds each value's median ratios.
+  in calls, less the run-queue wait, beyond what the stage alone took).
 """
 
 from __future__ import annotations
@@ -64,9 +58,7 @@ import dataclasses
 import json
 import math
 import os
-import platform
 import re
-import shutil
 import statistics
 import sys
 import tempfile
@@ -76,6 +68,8 @@ import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import machine, make_tiny_zoo  # noqa: E402
 
 #: The filter stages; nothing is filtered after detect so every stage sees every row.
 STAGES = ["decode", "resolution", "detect", "person_filter", "aesthetic"]
@@ -164,11 +158,11 @@ def _recording_class(cls, log_dir: str):
             return None
 
     def process_started() -> float | None:
-        from pipelines.cores import process_age
+        import psutil
 
-        try:  # this process's start on the monotonic clock
-            return time.perf_counter() - process_age(os.getpid())
-        except (OSError, ValueError, AttributeError):
+        try:  # this process's start on the monotonic clock (psutil: wall-clock start, 10 ms resolution)
+            return time.perf_counter() - (time.time() - psutil.Process().create_time())
+        except psutil.Error:
             return None
 
     class Recording(cls):
@@ -184,11 +178,11 @@ def _recording_class(cls, log_dir: str):
                            # wait, until the constructor and until ready
                            "process_cpu": [c_init, c_ready], "thread_sched": [s_init, s_ready] if main else None}, f)
 
-        def __call__(self, batch):
+        def __call__(self, batch, batch_size=None):
             if not hasattr(self, "_calls_log"):
                 self._calls_log = open(os.path.join(log_dir, f"calls-{os.getpid()}.jsonl"), "a")
             s0, c0, t0 = schedstat(), time.thread_time(), time.perf_counter()
-            out = super().__call__(batch)
+            out = super().__call__(batch, batch_size)
             wall, cpu, s1 = time.perf_counter() - t0, time.thread_time() - c0, schedstat()
             wait = s1[1] - s0[1] if s0 and s1 else None
             self._calls_log.write(json.dumps({"start": t0, "wall": wall, "cpu": cpu, "wait": wait,
@@ -201,33 +195,38 @@ def _recording_class(cls, log_dir: str):
 
 
 class _RecordCalls:
-    """Within the block, ``build()`` and ``map_model_stage()`` run ``stage`` as a recording subclass;
-    ``summary(t0, t1)`` then decomposes the wall time ``t0..t1`` (``time.perf_counter()`` of this
-    process: on Linux the same monotonic clock as the actor's) from what the actor recorded."""
+    """Within the block, the steps ``build()`` plans (``pipelines.build.plan_steps``) run ``stage`` as a
+    recording subclass; ``summary(t0, t1)`` then decomposes the wall time ``t0..t1``
+    (``time.perf_counter()`` of this process: on Linux the same monotonic clock as the actor's) from
+    what the actor recorded. Only an actor stage is recorded (a CPU stage is constructed per block)."""
 
     def __init__(self, stage: str, log_dir: Path):
         self.stage, self.dir = stage, log_dir
 
     def __enter__(self):
         from pipelines import build as B
+        from pipelines.steps import ActorStep
 
         self.dir.mkdir(parents=True, exist_ok=True)
-        self._orig = B.MODEL_STAGES.get(self.stage)  # None: not an actor stage, nothing to record
-        if self._orig is not None:
-            B.MODEL_STAGES[self.stage] = _recording_class(self._orig, str(self.dir))
+        self._plan_steps = plan = B.plan_steps
+
+        def recording_steps(*args, **kwargs):
+            return [dataclasses.replace(s, stage=_recording_class(s.stage, str(self.dir)))
+                    if s.name == self.stage and isinstance(s, ActorStep) else s for s in plan(*args, **kwargs)]
+
+        B.plan_steps = recording_steps
         return self
 
     def __exit__(self, *exc):
         from pipelines import build as B
 
-        if self._orig is not None:
-            B.MODEL_STAGES[self.stage] = self._orig
+        B.plan_steps = self._plan_steps
 
     def wait_for_exit(self, timeout: float = 60.0) -> float:
         """Wait until the actor processes recorded here have exited (seconds waited): an actor that
-        tears down (torch, transformers) on the dedicated core while the next run's actor starts there
-        would slow that one's start-up (1.7 s of run-queue wait measured), which a single build never sees."""
-        from pipelines.cores import proc_stat
+        tears down (torch, transformers) while the next run's actor starts would slow that one's
+        start-up, which a single build never sees."""
+        import psutil
 
         pids = [int(f.stem.split("-")[1]) for f in self.dir.glob("init-*.json")]
         t = time.perf_counter()
@@ -235,11 +234,10 @@ class _RecordCalls:
             alive = []
             for pid in pids:
                 try:
-                    state = proc_stat(pid)[1][0]
-                except OSError:
+                    if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                        alive.append(pid)
+                except psutil.NoSuchProcess:
                     continue
-                if state not in ("Z", "X"):
-                    alive.append(pid)
             if not alive:
                 break
             time.sleep(0.05)
@@ -286,15 +284,16 @@ class _RecordCalls:
                 "calls": len(calls), "actors": len(logs)}
 
 
-def _stage_alone_ray(cfg, name: str, source, clip_dim, plan=None) -> float:
+def _stage_alone_ray(cfg, name: str, source, clip_dim) -> float:
     """rows/s of model stage ``name`` run alone as its own Ray Data job over ``source`` (a dataset
     already materialised in the object store), with the actor pool ``build()`` gives it: like the
     pipeline, this includes starting the actor (process, imports, model load) and Ray Data's
     per-batch path; the in-process measurement includes neither."""
-    from pipelines.build import map_model_stage
+    from pipelines import build as B  # its plan_steps: recorded within _RecordCalls
 
+    (step,) = [s for s in B.plan_steps(cfg, "tiny", clip_dim) if s.name == name]
     t = time.perf_counter()
-    ds = map_model_stage(source, cfg, name, "tiny", clip_dim, plan)
+    ds = step.apply(source, cfg.input.batch_rows)
     n = sum(b.num_rows for b in ds.iter_batches(batch_size=None, batch_format="pyarrow"))
     return n / (time.perf_counter() - t)
 
@@ -344,14 +343,8 @@ def main() -> None:
     ap.add_argument("--rows-per-file", type=int, default=64, help="write.rows_per_file (commit granularity)")
     ap.add_argument("--batch-rows", type=int, default=64,
                     help="input.batch_rows: rows per block between the stages (one actor task per block)")
-    ap.add_argument("--worker-niceness", type=int, default=0,
-                    help="nice value of Ray's worker processes (Ray's default is 15; 0 = this process's, "
-                         "in which the stages alone are timed)")
     ap.add_argument("--repeat", type=int, default=1,
-                    help="pipeline runs per --dedicated-cores value (the slowest stage alone is timed between)")
-    ap.add_argument("--dedicated-cores", type=int, nargs="+", default=[0],
-                    help="resources.<slowest stage>.dedicated_cores of the runs; several values alternate "
-                         "(ABBA with --repeat 2), each on a local cluster started for it")
+                    help="pipeline runs (the slowest stage alone is timed between them)")
     ap.add_argument("--all-cores", action="store_true",
                     help="also time the slowest stage alone with torch on every core (information only: "
                          "not what its actor gets, so not the reference of the ratios)")
@@ -361,13 +354,10 @@ def main() -> None:
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    from humanverse import zoo
-    from humanverse.cli import extra_tiny_builders
 
-    tmp = Path(tempfile.mkdtemp(prefix="hv-bench-builder-"))
-    os.environ["HUMANVERSE_TINY_ZOO"] = str(tmp / "zoo")
-    zoo.make_tiny(tmp / "zoo", builders=extra_tiny_builders())
-    try:
+    with tempfile.TemporaryDirectory(prefix="hv-bench-builder-") as scratch:
+        tmp = Path(scratch)
+        make_tiny_zoo(tmp / "zoo")
         src = tmp / "in"
         _inputs(src, args.images, tuple(args.size), args.shards)
 
@@ -376,6 +366,7 @@ def main() -> None:
         from pipelines.build import PRESETS, build, load_config
         from pipelines.rows import from_source_rows
         from pipelines.stages.aesthetic import clip_embed_dim
+        from pipelines.steps import ActorStep, plan_steps
 
         # bench config: the demo thresholds (tiny models) but nothing filtered after detect, so
         # every stage sees every row and "slowest stage alone" is well defined
@@ -383,7 +374,8 @@ def main() -> None:
                                                   "person_filter.min_area": 0.0, "person_filter.max_persons": 100,
                                                   "aesthetic.threshold": -1e9, "detect.score_threshold": 0.5,
                                                   "write.rows_per_file": args.rows_per_file,
-                                                  "input.batch_rows": args.batch_rows})
+                                                  "input.batch_rows": args.batch_rows,
+                                                  "ray.temp_dir": f"/tmp/rb-{uuid.uuid4().hex[:6]}"})
         clip_dim = clip_embed_dim(cfg.aesthetic, "tiny")
         rows = [r for sh in readers.discover_shards(str(src)) for b in readers.read_shard(sh) for r in b]
         table = from_source_rows(rows, clip_dim)
@@ -396,63 +388,45 @@ def main() -> None:
         loads = [os.getloadavg()[0]]
         all_cores = (_stages_alone(stages, table, batches, {**threads, slowest: os.cpu_count()}, args.chunk,
                                    only=slowest)[0][slowest] if args.all_cores else None)
+        (slowest_step,) = [s for s in plan_steps(cfg, "tiny", clip_dim) if s.name == slowest]
+        actor = isinstance(slowest_step, ActorStep)
 
         import ray
 
-        from pipelines.build import MODEL_STAGES, _init_ray, core_plan
+        from pipelines.build import _init_ray
 
-        if any(args.dedicated_cores) and slowest not in MODEL_STAGES:
-            raise SystemExit(f"--dedicated-cores: the slowest stage, {slowest}, is not a model stage (actor pool).")
+        # a local cluster; a warm-up build starts Ray's task workers (imports)
+        _init_ray(cfg, None)
+        with _RecordCalls(slowest, tmp / "calls-warm") as warm:
+            build(str(src / "d0"), str(tmp / "warm"), cfg, models="tiny")
+        warm.wait_for_exit()
+        ray_source = None
+        if actor:  # the slowest stage's input, in the object store in build()'s blocks
+            rows_in = _stage_input(stages, table, batches, args.chunk, slowest)
+            step = cfg.input.batch_rows
+            ray_source = ray.data.from_arrow([rows_in.slice(o, step) for o in range(0, rows_in.num_rows, step)])
+            ray_source = ray_source.materialize()
+            del rows_in
 
-        def start_cluster(n: int):
-            """(config, core plan, the slowest stage's input in the object store) of a fresh local
-            cluster whose slowest stage has ``n`` dedicated cores; a warm-up build starts Ray's task
-            workers (imports)."""
-            cfg_n = dataclasses.replace(cfg, ray=dataclasses.replace(
-                cfg.ray, worker_niceness=args.worker_niceness, temp_dir=f"/tmp/rb-{uuid.uuid4().hex[:6]}"))
-            if n:  # only the slowest stage's dedicated_cores differ from the bench config
-                cfg_n = dataclasses.replace(cfg_n, resources=dataclasses.replace(
-                    cfg.resources, **{slowest: dataclasses.replace(getattr(cfg.resources, slowest), dedicated_cores=n)}))
-            plan = core_plan(cfg_n)
-            _init_ray(cfg_n, None, plan)
-            tag = uuid.uuid4().hex[:6]
-            with _RecordCalls(slowest, tmp / f"calls-warm-{tag}") as warm:
-                build(str(src / "d0"), str(tmp / f"warm-{tag}"), cfg_n, models="tiny")
-            warm.wait_for_exit()
-            source = None
-            if slowest in MODEL_STAGES:  # the slowest stage's input, in the object store in build()'s blocks
-                rows_in = _stage_input(stages, table, batches, args.chunk, slowest)
-                step = cfg.input.batch_rows
-                source = ray.data.from_arrow([rows_in.slice(o, step) for o in range(0, rows_in.num_rows, step)])
-                source = source.materialize()
-                del rows_in
-            return cfg_n, plan, source
+        ray_job_calls: list = []
+        alone_ray: list = []
 
-        def ray_job_reference(cfg_n, plan, source, tag: str) -> float:
+        def ray_job_reference(tag: str) -> float:
             with _RecordCalls(slowest, tmp / f"calls-ray-job-{tag}") as rec:
                 t = time.perf_counter()
-                rate = _stage_alone_ray(cfg_n, slowest, source, clip_dim, plan)
+                rate = _stage_alone_ray(cfg, slowest, ray_source, clip_dim)
                 ray_job_calls.append(rec.summary(t, time.perf_counter()))
             rec.wait_for_exit()
             return rate
 
-        order = [n for r in range(args.repeat) for n in (args.dedicated_cores if r % 2 == 0
-                                                          else args.dedicated_cores[::-1])]
-        ray_job_calls: list = []
-        alone_ray: list = []
-        current, runs = None, []
-        for r, n in enumerate(order):
-            if n != current:  # a cluster for this setting: its processes' cores are fixed when it starts
-                if current is not None:
-                    ray.shutdown()
-                cfg_n, plan, ray_source = start_cluster(n)
-                current = n
-                if ray_source is not None:  # the Ray-job reference before this cluster's first run
-                    alone_ray.append(ray_job_reference(cfg_n, plan, ray_source, f"{r}-start"))
+        if ray_source is not None:  # the Ray-job reference before the first run
+            alone_ray.append(ray_job_reference("start"))
+        runs = []
+        for r in range(args.repeat):
             out = tmp / f"out{r}"
             load0, wall0, t0 = os.getloadavg()[0], time.time(), time.perf_counter()
             with _RecordCalls(slowest, tmp / f"calls-{r}") as rec:  # records nothing for a CPU stage
-                rep = build(str(src), str(out), cfg_n, models="tiny")
+                rep = build(str(src), str(out), cfg, models="tiny")
             e2e_s = time.perf_counter() - t0
             calls = rec.summary(t0, t0 + e2e_s)
             rec.wait_for_exit()  # before the slowest stage is timed alone again
@@ -462,14 +436,14 @@ def main() -> None:
             ops = _operator_totals(rep.ray_stats)
             # how long the slowest stage's actor was busy in its calls: the rest of the wall time is
             # start-up (actor process, imports, model load), idle gaps and the drain after its last batch
-            busy = ops.get(MODEL_STAGES[slowest].__name__, {}).get("wall_s") if slowest in MODEL_STAGES else None
+            busy = ops.get(slowest_step.stage.__name__, {}).get("wall_s") if actor else None
             recs = sorted((c for c in read_log(str(out)).records if c.rows), key=lambda c: c.created)
             span = recs[-1].created - recs[0].created if recs else 0.0
             steady = (sum(c.rows for c in recs) - recs[0].rows) / span if span > 0 else float("nan")
             alone_slowest.append(_stages_alone(stages, table, batches, threads, args.chunk, only=slowest)[0][slowest])
             ref_ray = None
-            if ray_source is not None:  # the Ray-job reference either side, on this run's cluster
-                alone_ray.append(ray_job_reference(cfg_n, plan, ray_source, str(r)))
+            if ray_source is not None:  # the Ray-job reference either side of this run
+                alone_ray.append(ray_job_reference(str(r)))
                 ref_ray = (alone_ray[-2] + alone_ray[-1]) / 2
             loads.append(os.getloadavg()[0])
             ref = (alone_slowest[-2] + alone_slowest[-1]) / 2  # the slowest stage alone, either side
@@ -479,8 +453,6 @@ def main() -> None:
                     "run_queue_wait": calls["run_queue_wait_s"],
                     "slower_compute": round(calls["in_calls_s"] - (calls["run_queue_wait_s"] or 0.0) - n_rows / ref, 2)}
             runs.append({
-                "dedicated_cores": n, "cores": ({"shared": list(plan.shared), slowest: list(plan.stages[slowest])}
-                                                if plan else None),
                 "rows": n_rows, "load_avg_1min": round(load0, 1), "slowest_alone_rows_per_s": round(ref, 1),
                 "end_to_end_s": round(e2e_s, 2), "end_to_end_rows_per_s": round(n_rows / e2e_s, 1),
                 "ratio_end_to_end": round(n_rows / e2e_s / ref, 3),
@@ -498,23 +470,15 @@ def main() -> None:
             })
         ray.shutdown()
 
-        def med(key, n):
-            vals = [x[key] for x in runs if x[key] is not None and x["dedicated_cores"] == n]
+        def med(key):
+            vals = [x[key] for x in runs if x[key] is not None]
             return round(statistics.median(vals), 3) if vals else None
-
-        by_cores = {str(n): {"runs": sum(x["dedicated_cores"] == n for x in runs),
-                             "ratio_end_to_end_vs_slowest": med("ratio_end_to_end", n),
-                             "ratio_end_to_end_vs_slowest_as_ray_job": med("ratio_end_to_end_vs_ray_job", n),
-                             "ratio_steady_state_vs_slowest": med("ratio_steady_state", n),
-                             "ratio_while_busy_vs_slowest": med("ratio_while_busy", n),
-                             "time_to_first_commit_s": med("time_to_first_commit_s", n)}
-                    for n in args.dedicated_cores}
 
         print(json.dumps({
             "benchmark": "builder.end_to_end_vs_slowest_stage",
             "images": args.images, "source_shards": args.shards, "image_size": list(args.size), "models": "tiny",
             "write_rows_per_file": args.rows_per_file, "input_batch_rows": args.batch_rows,
-            "ray_worker_niceness": args.worker_niceness, "this_process_niceness": os.nice(0),
+            "this_process_niceness": os.nice(0),
             "stage_alone_rows_per_s": {k: round(v, 1) for k, v in alone_all.items()},
             "stage_alone_cpu_ms_per_row": {k: round(v, 2) for k, v in alone_cpu.items()},
             "stage_alone_torch_threads": threads,
@@ -524,17 +488,19 @@ def main() -> None:
             "load_avg_1min_each_alone": [round(v, 1) for v in loads],
             "slowest_stage_alone_ray_job_rows_per_s_each_time": [round(v, 1) for v in alone_ray],
             "slowest_calls_in_ray_job_reference": ray_job_calls,
-            "by_dedicated_cores": by_cores,
+            "ratio_end_to_end_vs_slowest": med("ratio_end_to_end"),
+            "ratio_end_to_end_vs_slowest_as_ray_job": med("ratio_end_to_end_vs_ray_job"),
+            "ratio_steady_state_vs_slowest": med("ratio_steady_state"),
+            "ratio_while_busy_vs_slowest": med("ratio_while_busy"),
+            "time_to_first_commit_s": med("time_to_first_commit_s"),
             "target_ratio": 0.9,
             "runs": runs,
             "decode_cpu_ms_per_image": round(alone_cpu["decode"], 2),
             "note": "ratios are medians over runs, each against the slowest stage alone measured just "
                     "before and after it; end_to_end includes actor start-up and model loading; "
                     "steady_state is measured between the first and the last commit of the commit log.",
-            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "gpu": None},
+            "machine": machine(),
         }, indent=2))
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

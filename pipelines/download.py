@@ -1,4 +1,5 @@
-"""``humanverse download URLS OUT``: fetch a URL list into source shards with img2dataset (DESIGN.md §2).
+"""``humanverse download URLS OUT``: fetch a URL list into source shards with img2dataset (HyperHuman §4's
+LAION/COYO web images).
 
 The output (img2dataset's ``webdataset`` or ``parquet`` layout) is what :func:`pipelines.readers.discover_shards`
 reads: every URL becomes a source row, failed downloads included (with ``source_error``), so the
@@ -33,7 +34,7 @@ import subprocess
 import sys
 import threading
 from collections import Counter, deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 _CHILD_FLAG = "HUMANVERSE_IMG2DATASET_CHILD"
 if __name__ in ("__main__", "__mp_main__") and os.environ.get(_CHILD_FLAG) == "1":

@@ -3,8 +3,9 @@
 ``humanverse eval`` (paper §5) scores generated images by estimating their poses exactly as the
 training data were annotated: person detection (:class:`pipelines.stages.detect.PersonDetector`,
 YOLOS) then whole-body pose (:class:`pipelines.stages.pose.PoseEstimator`, ViTPose, 133
-keypoints), called directly on a batch outside Ray. DESIGN §3 keeps ``model`` and ``pipelines``
-apart, so this returns plain data (dicts) and the CLI hands it to :mod:`model.evaluation.evaluate`.
+keypoints), called directly on a batch outside Ray. ``model`` and ``pipelines`` never import each
+other (``docs/architecture.md``), so this returns plain data (dicts) and the CLI hands it to
+:mod:`model.evaluation.evaluate`.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The in-flight row: what flows between builder stages (DESIGN.md §5).
+"""The in-flight row: what flows between builder stages (``docs/architecture.md``).
 
 Every stage takes and returns a :class:`pyarrow.Table` with :data:`INFLIGHT_SCHEMA`. Stages work on
 *alive* rows only (``reject_reason`` is null) and pass rejected rows through untouched; a stage that

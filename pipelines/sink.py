@@ -3,7 +3,7 @@
 Each write task splits its blocks into ``data/`` and ``rejects/`` tables and commits them through
 the exactly-once protocol of :mod:`humanverse.shards`. File names are deterministic per (task,
 block), because Ray Data retries a failed write task with the same ``task_idx``: a retry overwrites
-its own files instead of adding copies (RAY-NOTES.md).
+its own files instead of adding copies (the commit protocol: ``docs/format.md``).
 """
 
 from __future__ import annotations

@@ -3,8 +3,6 @@ bad inputs, resume, config checks."""
 
 from __future__ import annotations
 
-import json
-import os
 import re
 import subprocess
 import sys
@@ -17,8 +15,10 @@ import pytest
 from PIL import Image
 
 import humanverse
-from pipelines.build import PRESETS, build, cpu_shortfall, load_config, main
-from pipelines.configs import ConfigError
+from humanverse.config import ConfigError
+from humanverse.cli import main as cli_main
+from pipelines.build import PRESETS, build, cpu_shortfall, load_config
+from pipelines.steps import plan_steps
 
 sys.path.insert(0, str(Path(__file__).parent))
 import bad_images  # noqa: E402
@@ -190,7 +190,7 @@ def test_rerun_resumes_and_changed_config_is_refused(ray_cluster, cfg, tmp_path)
 
 
 def test_each_shard_is_its_own_read_task_and_blocks_stream(ray_cluster, tmp_path):
-    """Throughput regressions (issue 3, BENCHMARKS.md): every source shard gets its own read task
+    """Throughput regressions (issue 3): every source shard gets its own read task
     (a batch_size on a CPU stage fused after the reader once bundled every shard into one task), and
     the model stages see blocks of input.batch_rows rows, not one block per shard."""
 
@@ -209,43 +209,46 @@ def test_each_shard_is_its_own_read_task_and_blocks_stream(ray_cluster, tmp_path
     assert tasks.get("MapBatches(PersonDetector)", 0) >= 6, rep.ray_stats  # 12 rows in blocks of 2
 
 
-def test_model_stages_take_whole_blocks_and_return_one_chunk_per_column():
-    """Ray Data calls a model stage on whole blocks; the stage runs its model ``batch_size`` rows at a
-    time, in order, and returns one chunk per column (Ray serialises a block chunk by chunk, in
-    Python: BENCHMARKS.md, builder, session 8). A block no larger than a batch is one call."""
+def test_stages_take_whole_blocks_and_return_one_chunk_per_column():
+    """Ray Data calls a stage on whole blocks; the stage runs ``batch_size`` rows at a time, in order,
+    and returns one chunk per column (Ray serialises a block chunk by chunk, and the next stage would
+    combine them again). A block no larger than a batch is one call."""
     import pyarrow as pa
-    import pyarrow.compute as pc
 
-    from pipelines.build import _in_sub_batches, _whole_blocks
+    from pipelines import rows as R
+    from pipelines.stages.base import Stage
 
     calls = []
 
-    class Doubler:
-        def __call__(self, t):
-            calls.append(t["x"].to_pylist())
-            return t.append_column("double", pc.multiply(t["x"], 2))
+    class Indexer(Stage):
+        def process(self, rows):
+            calls.append([r["source_index"] for r in rows])
+            for r in rows:
+                r["num_persons"] = 2 * r["source_index"]
 
-    block = pa.concat_tables([pa.table({"x": list(range(5))}), pa.table({"x": list(range(5, 10))})])
-    stage = _whole_blocks(Doubler, 4)
-    assert stage.__name__ == "Doubler"  # Ray Data's stats name the operator after it
-    out = stage()(block)
+    rows = [{"source_shard": "s", "source_index": i} for i in range(10)]
+    block = pa.concat_tables([R.from_source_rows(rows[:5]), R.from_source_rows(rows[5:])])
+    out = Indexer()(block, batch_size=4)
     assert calls == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
-    assert out.to_pydict() == {"x": list(range(10)), "double": [2 * i for i in range(10)]}
-    assert [c.num_chunks for c in out.columns] == [1, 1]
+    assert out["num_persons"].to_pylist() == [2 * i for i in range(10)]
+    assert out.schema == block.schema and all(c.num_chunks == 1 for c in out.columns)
     calls.clear()
-    assert _in_sub_batches(Doubler(), block.slice(0, 4), 4).num_rows == 4
+    assert Indexer()(block.slice(0, 4), batch_size=4).num_rows == 4
     assert calls == [[0, 1, 2, 3]]
 
 
 def test_actor_pools_that_leave_no_cpu_for_the_tasks_are_caught():
     """Actors hold their CPUs for the whole run: a config whose pools leave less than one CPU for
     Ray Data's tasks would wait forever, so it is named up front (the presets all fit)."""
+    def shortfall(cfg, cpus):
+        return cpu_shortfall(cfg, plan_steps(cfg, "tiny", None), cpus)
+
     greedy = load_config(PRESETS / "demo.yaml", {"stages": FILTER_STAGES, "resources.detect.num_cpus": 3.5})
-    msg = cpu_shortfall(greedy, 4)
+    msg = shortfall(greedy, 4)
     assert msg and "actor pools hold 3.75 CPUs" in msg and "need 1 more" in msg and "has 4 CPUs" in msg
-    assert cpu_shortfall(load_config(PRESETS / "cpu.yaml"), 4) is None  # every stage: 7 actors x 0.25
-    assert cpu_shortfall(load_config(PRESETS / "cpu.yaml"), 2) is not None  # hence its ray.num_cpus: 4
-    assert cpu_shortfall(load_config(PRESETS / "gpu-node.yaml"), 96) is None
+    assert shortfall(load_config(PRESETS / "cpu.yaml"), 4) is None  # every stage: 7 actors x 0.25
+    assert shortfall(load_config(PRESETS / "cpu.yaml"), 2) is not None  # hence its ray.num_cpus: 4
+    assert shortfall(load_config(PRESETS / "gpu-node.yaml"), 96) is None
 
 
 @pytest.mark.parametrize("args,message", [
@@ -260,181 +263,27 @@ def test_config_errors_are_one_sentence_and_write_nothing(tmp_path, caplog, args
     src.mkdir()
     (src / "a.jpg").write_bytes(image_bytes(0))
     out = tmp_path / "out"
-    assert main([str(src), str(out), "--models", "tiny", *args]) == 2
+    assert cli_main(["build", str(src), str(out), "--models", "tiny", *args]) == 2
     assert message in caplog.text
     assert not out.exists()
 
 
 def test_missing_input_and_gpu_request_on_a_cpu_cluster(ray_cluster, tmp_path, caplog):
-    assert main([str(tmp_path / "nope"), str(tmp_path / "out"), "--models", "tiny"]) == 2
+    assert cli_main(["build", str(tmp_path / "nope"), str(tmp_path / "out"), "--models", "tiny"]) == 2
     assert "does not exist" in caplog.text
     src = tmp_path / "in"
     src.mkdir()
     (src / "a.jpg").write_bytes(image_bytes(0))
     with pytest.raises(ConfigError, match="resources.detect.num_gpus is 0.25 but the Ray cluster has no GPUs"):
         build(str(src), str(tmp_path / "out"), load_config(None), models="tiny")
-    from pipelines.build import PRESETS, _check_gpus
+    from pipelines.build import _check_gpus
 
     caplog.clear()
-    _check_gpus(load_config(PRESETS / "gpu-node.yaml"))  # autoscaling: GPU nodes may still come, a warning
+    gpu_node = load_config(PRESETS / "gpu-node.yaml")
+    _check_gpus(gpu_node, plan_steps(gpu_node, "paper", None))  # autoscaling: GPU nodes may still come, a warning
     assert "waiting for the autoscaler" in caplog.text
 
 
 def test_python_m_entrypoint_help():
     out = subprocess.run([sys.executable, "-m", "pipelines.build", "--help"], capture_output=True, text=True)
-    assert out.returncode == 0 and "--force-new-config" in out.stdout
-
-
-def test_dedicated_cores_plan_and_config_checks(ray_cluster, caplog):
-    """``resources.<stage>.dedicated_cores``: the highest cores go to the stages in stage order, at
-    least one stays shared, CPU stages cannot have any, and a cluster this process did not start
-    with the plan (its processes cannot be moved) ignores it with a warning."""
-    from pipelines.build import CorePlan, _active_core_plan, core_plan
-
-    both = load_config(PRESETS / "demo.yaml", {"stages": FILTER_STAGES, "resources.detect.dedicated_cores": 1,
-                                               "resources.aesthetic.dedicated_cores": 2})
-    assert core_plan(both, available={0, 1, 2, 3}) == CorePlan(shared=(0,), stages={"detect": (3,),
-                                                                                    "aesthetic": (1, 2)})
-    assert core_plan(load_config(PRESETS / "demo.yaml", {"stages": FILTER_STAGES}), available={0, 1}) is None
-    with pytest.raises(ConfigError, match=r"ask for 3 cores \(detect: 1, aesthetic: 2\) but this process may run "
-                                          r"on 3 \(CPUs \[0, 1, 2\]\), and at least one must stay"):
-        core_plan(both, available={0, 1, 2})
-    left_out = load_config(PRESETS / "demo.yaml", {"stages": ["decode", "detect"], "resources.aesthetic.dedicated_cores": 1})
-    assert core_plan(left_out, available={0, 1}) is None  # only stages that run count
-    with pytest.raises(ConfigError, match="resources.decode.dedicated_cores is 1, but only model stages"):
-        load_config(PRESETS / "demo.yaml", {"resources.decode.dedicated_cores": 1})
-    with pytest.raises(ConfigError, match="dedicated_cores must be >= 0, got -1"):
-        load_config(PRESETS / "demo.yaml", {"resources.detect.dedicated_cores": -1})
-    with pytest.raises(ConfigError, match=r"ray.worker_niceness must be in \[0, 19\] or null, got 25"):
-        load_config(PRESETS / "demo.yaml", {"ray.worker_niceness": 25})
-    assert _active_core_plan(CorePlan(shared=(0,), stages={"detect": (1,)})) is None
-    assert "dedicated_cores {'detect': 1} ignored: it applies only to a local cluster" in caplog.text
-
-
-needs_two_cores = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2 if hasattr(os, "sched_getaffinity") else True,
-                                     reason="needs Linux and at least 2 cores")
-
-
-@needs_two_cores
-def test_worker_setup_moves_the_process_onto_the_cores_its_environment_names():
-    """The workers' setup hook reads ``HUMANVERSE_WORKER_CORES``; without it the process stays put."""
-    from pipelines.cores import WORKER_CORES_ENV
-
-    last = sorted(os.sched_getaffinity(0))[-1]
-    code = ("import os, threading, time; threading.Thread(target=time.sleep, args=(5,), daemon=True).start(); "
-            "from pipelines.cores import worker_setup; worker_setup(); "
-            "print(sorted({c for t in os.listdir('/proc/self/task') for c in os.sched_getaffinity(int(t))}))")
-    moved = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                           env={**os.environ, WORKER_CORES_ENV: str(last)})
-    assert moved.stdout.strip() == f"[{last}]"  # every thread, not only the calling one
-    env = {k: v for k, v in os.environ.items() if k != WORKER_CORES_ENV}
-    stays = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
-    assert stays.stdout.strip() == str(sorted(os.sched_getaffinity(0)))
-
-
-@needs_two_cores
-def test_spawn_watcher_moves_each_new_child_onto_the_cores_its_environment_names(tmp_path):
-    """The driver-side watcher moves a process its parent starts onto the cores named in the child's
-    environment (it polls every 5 ms; the latency in a real cluster is in BENCHMARKS.md); a child
-    without the variable, with an empty value or with one that names no cores stays where it started."""
-    from pipelines.cores import WORKER_CORES_ENV, SpawnWatcher
-
-    cores = sorted(os.sched_getaffinity(0))
-    child = tmp_path / "child.py"
-    # each child reports the cores of all its threads after its parent has started every child
-    child.write_text("import os, sys, time\n"
-                     "time.sleep(1.0)\n"
-                     "got = sorted({c for t in os.listdir('/proc/self/task') for c in os.sched_getaffinity(int(t))})\n"
-                     "open(sys.argv[1], 'w').write(f'{os.getpid()} {got}')\n")
-    # the parent is a shell, as the raylet is another binary than its Python workers
-    parent = subprocess.Popen(
-        ["bash", "-c", f"{WORKER_CORES_ENV}=abc {sys.executable} {child} {tmp_path}/d & "
-                       f"{WORKER_CORES_ENV}={cores[-1]} {sys.executable} {child} {tmp_path}/a & "
-                       f"{sys.executable} {child} {tmp_path}/b & "
-                       f"{WORKER_CORES_ENV}= {sys.executable} {child} {tmp_path}/c & wait"])
-    watcher = SpawnWatcher(parent.pid)
-    try:
-        assert parent.wait(timeout=60) == 0
-    finally:
-        watcher.stop()
-    got = {n: (tmp_path / n).read_text().split(" ", 1) for n in "abcd"}
-    assert got["a"][1] == str(cores[-1:])
-    assert got["b"][1] == got["c"][1] == got["d"][1] == str(cores)  # a bad value is skipped, not fatal
-    assert watcher.moved == {int(got["a"][0]): (cores[-1],)}
-
-
-@needs_two_cores
-def test_dedicated_cores_local_cluster_moves_each_worker_onto_its_cores(tiny_zoo, tmp_path):
-    """A local cluster started with a core plan: the raylet starts its workers on the shared cores, a
-    task worker stays there, and an actor whose runtime env names the stage's cores is moved onto them
-    by the driver's watcher as soon as it is started, before its constructor runs."""
-    cores = sorted(os.sched_getaffinity(0))
-    script = tmp_path / "cluster.py"
-    script.write_text(f"""
-import json, os, ray
-from pipelines import build
-from pipelines.build import PRESETS, _init_ray, core_plan, load_config
-from pipelines.cores import WORKER_CORES_ENV, child_pids
-
-cfg = load_config(PRESETS / "demo.yaml", {{"resources.detect.dedicated_cores": 1,
-                                           "ray.temp_dir": "/tmp/rt-{uuid.uuid4().hex[:6]}"}})
-plan = core_plan(cfg)
-_init_ray(cfg, None, plan)
-try:
-    @ray.remote(num_cpus=0.25)
-    def task_cores():
-        return sorted(os.sched_getaffinity(0))
-
-    @ray.remote(num_cpus=0.25)
-    class Actor:
-        def __init__(self):
-            self.at_start = sorted(os.sched_getaffinity(0))
-
-        def cores(self):
-            return os.getpid(), self.at_start
-
-    own = Actor.options(runtime_env={{"env_vars": {{WORKER_CORES_ENV: "{cores[-1]}"}}}}).remote()
-    pid, at_start = ray.get(own.cores.remote())
-    print(json.dumps({{"plan": [list(plan.shared), list(plan.stages["detect"])],
-                      "raylet": [sorted(os.sched_getaffinity(p)) for p in child_pids("raylet")],
-                      "driver": sorted(os.sched_getaffinity(0)), "task": ray.get(task_cores.remote()),
-                      "actor": at_start,
-                      "watched": [w.moved.get(pid) for w in build._SPAWN_WATCHERS]}}))
-finally:
-    ray.shutdown()
-""")
-    env = {**os.environ, "HUMANVERSE_TINY_ZOO": str(tiny_zoo), "HF_HUB_OFFLINE": "1", "RAY_ADDRESS": ""}
-    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    got = json.loads(out.stdout.strip().splitlines()[-1])
-    assert got["plan"] == [cores[:-1], cores[-1:]]
-    assert got["raylet"] == [cores[:-1]]  # one raylet, on the shared cores
-    assert got["driver"] == cores  # the calling thread is restored after ray.init
-    assert got["task"] == cores[:-1]
-    assert got["actor"] == cores[-1:]
-    assert got["watched"] == [cores[-1:]]  # the watcher moved it (the setup hook is only the fallback)
-
-
-@needs_two_cores
-def test_dedicated_cores_put_the_stage_actor_on_its_own_core(tiny_zoo, tmp_path):
-    """``python -m pipelines.build`` with ``resources.detect.dedicated_cores: 1`` starts its local cluster
-    on the other cores and moves the detect actor (only it) onto the last core; the build is complete."""
-    src = tmp_path / "in"
-    src.mkdir()
-    for i in range(6):
-        (src / f"{i}.jpg").write_bytes(image_bytes(i))
-    cores = sorted(os.sched_getaffinity(0))
-    env = {**os.environ, "HUMANVERSE_TINY_ZOO": str(tiny_zoo), "HF_HUB_OFFLINE": "1", "RAY_ADDRESS": ""}
-    out = subprocess.run(
-        [sys.executable, "-m", "pipelines.build", str(src), str(tmp_path / "out"), "--models", "tiny",
-         "--config", str(PRESETS / "demo.yaml"), "--set", f"stages={FILTER_STAGES}",
-         "--set", "resources.detect.dedicated_cores=1", "--set", "ray.worker_niceness=0",
-         "--set", f"ray.temp_dir=/tmp/rt-{uuid.uuid4().hex[:6]}"],
-        capture_output=True, text=True, env=env, timeout=600)
-    log = out.stdout + out.stderr
-    assert out.returncode == 0, log[-3000:]
-    assert re.search(rf"PersonDetector actor \(pid \d+\) runs on CPUs \[{cores[-1]}\] \(dedicated, since its "
-                     rf"process started\), nice 0", log), log[-3000:]
-    assert re.search(rf"AestheticScorer actor \(pid \d+\) runs on CPUs {re.escape(str(cores[:-1]))} \(shared, "
-                     rf"since its process started\)", log)
-    assert sum(_counts(tmp_path / "out")) == 6
+    assert out.returncode == 0 and out.stdout.startswith("usage: humanverse build") and "--force-new-config" in out.stdout

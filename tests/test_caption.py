@@ -10,9 +10,9 @@ from PIL import Image
 from transformers import Blip2ForConditionalGeneration, Blip2Processor
 
 from humanverse.codecs import decode_image
+from humanverse.config import ConfigError
 from humanverse.testing.synthetic import make_sample
 from pipelines import rows as R
-from pipelines.configs import ConfigError
 from pipelines.stages.caption import CaptionConfig, Captioner, caption_problem, choose_caption, clean_text
 
 

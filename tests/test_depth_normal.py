@@ -17,10 +17,10 @@ from transformers import DPTForDepthEstimation, DPTImageProcessor
 from transformers.modeling_outputs import DepthEstimatorOutput
 
 from humanverse.codecs import decode_depth, decode_image, decode_normal
+from humanverse.config import ConfigError
 from humanverse.testing.synthetic import make_sample
 from pipelines import rows as R
 from pipelines.annotators.omnidata import OmnidataDPT, OmnidataProcessor, predict_maps
-from pipelines.configs import ConfigError
 from pipelines.geometry import MapsConfig
 from pipelines.stages.depth import DepthConfig, DepthEstimator, fit_map
 from pipelines.stages.normal import NormalConfig, NormalEstimator

@@ -513,5 +513,5 @@ def test_load_omnidata_takes_a_checkpoint_file_or_a_saved_folder(tmp_path: Path)
     torch.save(saved.state_dict(), tmp_path / "depth.pth")  # a file is read as the published layout
     with pytest.raises(ValueError, match="does not match the Omnidata DPT-Hybrid layout"):
         load_omnidata("omnidata-depth", str(tmp_path / "depth.pth"), "depth")
-    with pytest.raises(ValueError, match="neither a saved OmnidataDPT"):
+    with pytest.raises(ValueError, match="has neither a 'omnidata-depth/' subfolder nor a model file"):
         load_omnidata("omnidata-depth", str(tmp_path), "depth")

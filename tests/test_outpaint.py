@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from humanverse.config import ConfigError
 from humanverse.testing.synthetic import make_sample
 from pipelines import rows as R
-from pipelines.configs import ConfigError
 from pipelines.geometry import Canvas
 from pipelines.stages.outpaint import (OutpaintConfig, Outpainter, outpaint_inputs, row_seed, working_shape)
 

@@ -11,9 +11,9 @@ import torch
 from PIL import Image
 
 from humanverse.codecs import decode_keypoints
+from humanverse.config import ConfigError
 from humanverse.testing.synthetic import make_sample
 from pipelines import rows as R
-from pipelines.configs import ConfigError
 from pipelines.geometry import Canvas, plan_canvas
 from pipelines.stages.outpaint import encode_canvas, outpaint_inputs
 from pipelines.stages.pose import PoseConfig, PoseEstimator, processor_boxes
@@ -21,7 +21,7 @@ from pipelines.stages.pose import PoseConfig, PoseEstimator, processor_boxes
 HM_H, HM_W = 64, 48  # heatmap size of a 256x192 input
 K = 133
 
-#: ``usyd-community/vitpose-base-simple`` preprocessor_config.json (MODELS.md §2): the real processor
+#: ``usyd-community/vitpose-base-simple`` preprocessor_config.json (docs/models.md): the real processor
 REAL_PROCESSOR = {"do_affine_transform": True, "do_normalize": True, "do_rescale": True,
                   "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225],
                   "normalize_factor": 200.0, "rescale_factor": 1 / 255, "size": {"height": 256, "width": 192}}

@@ -3,7 +3,7 @@
 An optional backend of :mod:`pipelines.stages.pose` (``pose.backend: mmpose``), not installed by
 default. Every workaround the MMPose stack needs on this project's pins lives in this module.
 
-Install (measured here: ~1 min on 2 cores, no compiler work except xtcocotools' Cython)::
+Install (no compiler work except xtcocotools' Cython; ``make mmpose``)::
 
     pip install --no-deps mmengine==0.10.7 mmcv-lite==2.1.0 mmpose==1.3.2 mmdet==3.3.0 \
         mmpretrain==1.2.0 json_tricks munkres addict yapf terminaltables shapely pycocotools \

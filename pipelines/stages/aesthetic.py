@@ -11,17 +11,17 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 from PIL import Image
 
+from humanverse.config import check
 from pipelines import rows as R
-from pipelines.configs import check
 from pipelines.stages.base import ModelStage
+from pipelines.stages.loading import Device, Dtype
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +32,8 @@ class AestheticConfig:
     clip_model: str | None = None  # spec overriding --models for the CLIP entry
     mlp_model: str | None = None  # spec overriding --models for the aesthetic MLP entry
     store_embedding: bool = True
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    device: Device = "auto"
+    dtype: Dtype = "auto"
 
     def __post_init__(self):
         check(math.isfinite(self.threshold), f"aesthetic.threshold must be a finite score, got {self.threshold}.")
@@ -88,16 +88,14 @@ class AestheticScorer(ModelStage):
         import torch
 
         from humanverse.zoo import resolve
-        from pipelines.stages.device import pick_device, pick_dtype
+        from pipelines.stages.loading import place, placed
 
         self.config = config
-        self.device = pick_device(config.device)
-        self.dtype = pick_dtype(config.dtype, self.device)
         rc = resolve("clip-vit-l14", config.clip_model or models)
         rm = resolve("aesthetic-mlp", config.mlp_model or models)
-        self.clip, _, self.preprocess = open_clip.create_model_and_transforms(_open_clip_name(rc))
-        self.clip.to(self.device, self.dtype).eval()
-        self.mlp = load_aesthetic_mlp(rm).to(self.device)
+        clip, _, self.preprocess = open_clip.create_model_and_transforms(_open_clip_name(rc))
+        self.clip, self.device, self.dtype = placed(clip, config)
+        self.mlp = place(load_aesthetic_mlp(rm), self.device)
         self.tag = f"{rc.tag} + {rm.tag}"
         self._torch = torch
         log.info("aesthetic: %s, threshold %.2f", self.tag, config.threshold)

@@ -3,7 +3,7 @@ noisy; both the caption and the alt text are kept).
 
 The model is BLIP-2 (Li et al., "BLIP-2: Bootstrapping Language-Image Pre-training with Frozen Image
 Encoders and Large Language Models", ICML 2023), ``Salesforce/blip2-opt-2.7b`` through transformers
-(``Blip2Processor`` + ``Blip2ForConditionalGeneration``, MODELS.md §7) with LAVIS's captioning
+(``Blip2Processor`` + ``Blip2ForConditionalGeneration``; ``docs/models.md``) with LAVIS's captioning
 defaults: beam search (``num_beams=5``), ``max_new_tokens=30``, ``min_length=1``,
 ``repetition_penalty=1.0``, ``length_penalty=1.0``, no sampling, empty prompt.
 
@@ -21,11 +21,11 @@ import logging
 import re
 import unicodedata
 from dataclasses import dataclass
-from typing import Literal
 
+from humanverse.config import check
 from pipelines import rows as R
-from pipelines.configs import check
 from pipelines.stages.base import ModelStage
+from pipelines.stages.loading import Device, Dtype
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +44,8 @@ class CaptionConfig:
     prompt: str = ""
     #: captions with fewer words fall back to the alt text
     min_words: int = 2
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    device: Device = "auto"
+    dtype: Dtype = "auto"
 
     def __post_init__(self):
         check(isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 1,
@@ -142,17 +142,12 @@ class Captioner(ModelStage):
         import torch
         from transformers import Blip2ForConditionalGeneration, Blip2Processor
 
-        from humanverse.zoo import resolve
-        from pipelines.stages.device import pick_device, pick_dtype
+        from pipelines.stages.loading import load_pretrained
 
-        r = resolve("blip2-opt-2.7b", config.model or models)
+        self.model, self.processor, self.tag, self.device, self.dtype = load_pretrained(
+            "blip2-opt-2.7b", config, models, Blip2ForConditionalGeneration, processor_class=Blip2Processor,
+            load_in_dtype=True)
         self.config = config
-        self.tag = r.tag
-        self.device = pick_device(config.device)
-        self.dtype = pick_dtype(config.dtype, self.device)
-        self.processor = Blip2Processor.from_pretrained(r.path, **r.pretrained_kwargs())
-        self.model = Blip2ForConditionalGeneration.from_pretrained(r.path, **r.pretrained_kwargs(), dtype=self.dtype)
-        self.model.to(self.device).eval()
         self._torch = torch
         log.info("caption: model %s, %d beams, max %d new tokens, prompt %r", self.tag, config.num_beams,
                  config.max_new_tokens, config.prompt)

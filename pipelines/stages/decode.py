@@ -1,4 +1,4 @@
-"""Decode and validate source images: the builder's first filter (HyperHuman §4, DESIGN.md §5).
+"""Decode and validate source images: the builder's first filter (HyperHuman §4).
 
 HyperHuman (arXiv 2310.08579, §4 "HumanVerse") starts from LAION-2B-en / COYO-700M web images;
 before any model sees them, every source row is decoded once here. A row either becomes an upright
@@ -9,7 +9,7 @@ before any model sees them, every source row is decoded once here. A row either 
   applied *before* any pixel data is decoded);
 * ``undecodable``: empty, truncated, corrupt or non-image bytes (the detail says what failed).
 
-Conventions (the format contract, DESIGN.md §4):
+Conventions (the format contract, ``docs/format.md``):
 
 * ``id`` is the hex sha256 of the ORIGINAL source bytes, set for every row that reaches this stage,
   rejected or not (``sha256(b"")`` when the bytes are null), so rejects are accounted for by id too.
@@ -23,8 +23,7 @@ Conventions (the format contract, DESIGN.md §4):
   ``jpeg_quality`` with Pillow's default 4:2:0 chroma subsampling (as img2dataset's encoder),
   including grayscale JPEGs, so that every stored image opens as RGB. Why never PNG: after
   compositing on white every stored image is opaque and the sources are photographs, so a lossless
-  PNG would cost ~5-10x the bytes and ~3x the decode time (DESIGN.md §4) for no gain a generator can
-  see. Re-encoded images carry no EXIF (orientation is applied; GPS and the like are dropped); an
+  PNG would cost ~5-10x the bytes and ~3x the decode time for no gain a generator can see. Re-encoded images carry no EXIF (orientation is applied; GPS and the like are dropped); an
   RGB source's ICC profile is carried over so they look the same as kept originals.
 * ``source_bytes`` is nulled once decoded: the stored ``image`` replaces it in the object store.
 
@@ -54,12 +53,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 from PIL import ExifTags, Image, ImageOps
 
-from pipelines.configs import check
-from pipelines.rows import reject
-from pipelines.stages.base import Stage
+from humanverse.config import check
+from pipelines.stages.base import Reject, RowFilter, as_inflight_table
 
 logger = logging.getLogger(__name__)
 
@@ -78,9 +75,9 @@ DEFAULT_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 #: integer-factor box reduction first, stopping at 2x the target size, then a true LANCZOS.
 REDUCING_GAP = 2.0
 #: JPEGs are decoded with libjpeg's DCT scaling (``Image.draft``) to the smallest of 1/2, 1/4, 1/8
-#: that is still >= DRAFT_GAP x the target, then LANCZOS-resized. Measured on a 2000x1500 JPEG
-#: to 512 px (one core): 18 ms instead of 42 ms, mean abs difference 0.34/255 from full decode +
-#: LANCZOS (a gap of 2, as ``Image.thumbnail`` uses, never drafts at that ratio).
+#: that is still >= DRAFT_GAP x the target, then LANCZOS-resized: less than half the decode time,
+#: and well under one grey level from a full decode + LANCZOS (timings in BENCHMARKS.md). A gap of
+#: 2, as ``Image.thumbnail`` uses, would never draft at a 2000 -> 512 px ratio.
 DRAFT_GAP = 1.0
 
 _ORIENTATION_TAG = ExifTags.Base.Orientation
@@ -148,11 +145,10 @@ class Decoded:
 
 
 @dataclass(frozen=True)
-class Rejected:
-    """Why a source image cannot be used; ``unexpected`` marks a possible bug (logged at WARNING)."""
+class Rejected(Reject):
+    """Why a source image cannot be used, with the size its header declares when it could be read;
+    ``unexpected`` marks a possible bug (logged at WARNING)."""
 
-    reason: str
-    detail: str
     orig_width: int | None = None
     orig_height: int | None = None
     unexpected: bool = False
@@ -335,38 +331,24 @@ def decode_one(data: bytes | None, cfg: DecodeConfig) -> Decoded | Rejected:
     return result
 
 
-class DecodeStage(Stage):
+class DecodeStage(RowFilter):
     """Ray Data stage: decode and validate every alive row (HyperHuman §4's first filter).
 
-    A CPU stage: ``ds.map_batches(DecodeStage, fn_constructor_kwargs={"config": cfg, "clip_dim": d},
-    batch_format="pyarrow")``, or call an instance on a table. Takes and returns a table with
-    :func:`pipelines.rows.inflight_schema` ``(clip_dim)``; rows rejected upstream pass through
-    untouched, and the output has the same rows in the same order. Images are decoded one at a time
-    and no decoded pixels are kept, so memory is bounded by the batch's encoded bytes plus one image.
+    A CPU stage: call an instance on a table with :func:`pipelines.rows.inflight_schema` ``(clip_dim)``
+    columns; rows rejected upstream pass through untouched, and the output has the same rows in the
+    same order. Images are decoded one at a time and no decoded pixels are kept, so memory is bounded
+    by the batch's encoded bytes plus one image.
     """
 
     name = STAGE
+    config_class = DecodeConfig
 
-    def __init__(self, config: DecodeConfig | None = None, clip_dim: int | None = None):
-        super().__init__(clip_dim)
-        self.config = config if config is not None else DecodeConfig()
-        if not isinstance(self.config, DecodeConfig):
-            raise TypeError(f"config must be a DecodeConfig, got {type(self.config).__name__}.")
-        self.clip_dim = clip_dim
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        return super().__call__(as_inflight_table(batch, self.schema, type(self).__name__))
-
-    def process(self, rows: list[dict]) -> None:
-        for row in rows:
-            self.process_row(row)
-
-    def process_row(self, row: dict) -> dict:
-        """Decode one alive row in place (and return it); never raises."""
+    def check(self, row: dict) -> Reject | None:
+        """Decode one alive row in place: its ``id`` always, its image and sizes when it decodes."""
         data = row.get("source_bytes")
         row["id"] = image_id(data)
         if row.get("source_error") is not None:
-            return reject(row, STAGE, "download_failed", row["source_error"] or "source row has no image")
+            return Reject("download_failed", row["source_error"] or "source row has no image")
         try:
             res = decode_one(data, self.config)
         except Exception as e:  # noqa: BLE001 - decode_one is total; this guards against our own bugs
@@ -376,23 +358,10 @@ class DecodeStage(Stage):
             log("reject %s (shard %s, index %s): %s: %s", row.get("source_key"), row.get("source_shard"),
                 row.get("source_index"), res.reason, res.detail)
             row["orig_width"], row["orig_height"] = res.orig_width, res.orig_height
-            return reject(row, STAGE, res.reason, res.detail)
+            return res
         row.update(image=res.image, width=res.width, height=res.height, orig_width=res.orig_width,
                    orig_height=res.orig_height, source_bytes=None)
-        return row
-
-
-def as_inflight_table(batch: pa.Table | pa.RecordBatch, schema: pa.Schema, who: str) -> pa.Table:
-    """``batch`` as a table, after checking it has the in-flight schema's columns (one clear error)."""
-    if isinstance(batch, pa.RecordBatch):
-        batch = pa.Table.from_batches([batch])
-    if not isinstance(batch, pa.Table):
-        raise TypeError(f"{who} takes a pyarrow.Table (map_batches(..., batch_format='pyarrow')), "
-                        f"got {type(batch).__name__}.")
-    if batch.schema.names != schema.names:
-        raise ValueError(f"{who} got columns {batch.schema.names}, expected the in-flight schema's "
-                         f"{schema.names} (check clip_dim).")
-    return batch
+        return None
 
 
 __all__ = ["DEFAULT_FORMATS", "DEFAULT_MAX_PIXELS", "DecodeConfig", "DecodeStage", "Decoded", "Rejected",

@@ -3,14 +3,14 @@
 The paper's depth annotator is MiDaS DPT-Hybrid (Ranftl et al., "Towards Robust Monocular Depth
 Estimation: Mixing Datasets for Zero-shot Cross-dataset Transfer", TPAMI 2022; "Vision Transformers
 for Dense Prediction", ICCV 2021), here ``Intel/dpt-hybrid-midas`` through transformers
-(``DPTForDepthEstimation`` + ``DPTImageProcessor``, MODELS.md §3).
+(``DPTForDepthEstimation`` + ``DPTImageProcessor``; loading facts in ``docs/models.md``).
 
 What is stored. MiDaS predicts *relative inverse depth* (disparity up to an unknown scale and shift;
 larger = nearer, >= 0 before resampling). We store it as predicted, without any rescaling, in the
 dataset's codec (:func:`humanverse.codecs.encode_depth`: 16-bit PNG min-max normalised per image, with
 ``depth_min``/``depth_max`` to restore the values).
 
-Geometry (DESIGN.md §5, :mod:`pipelines.geometry`). The model runs on the outpainted canvas when
+Geometry (:mod:`pipelines.geometry`). The model runs on the outpainted canvas when
 the row has one (so bodies cut by the frame are seen whole, as in the paper), otherwise on the
 stored image. The prediction is resized back to the *canvas* size, cropped to the stored frame with
 :meth:`~pipelines.geometry.Canvas.crop_map`, then resized to ``maps.size(width, height)`` when maps
@@ -41,16 +41,16 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
 from PIL import Image
 
+from humanverse.config import check
 from pipelines import rows as R
-from pipelines.configs import check
 from pipelines.geometry import Canvas, MapsConfig
 from pipelines.stages.base import ModelStage
+from pipelines.stages.loading import Device, Dtype
 
 log = logging.getLogger(__name__)
 
@@ -131,34 +131,6 @@ def set_map_size(row: dict, size: tuple[int, int]) -> None:
     row["map_width"], row["map_height"] = int(size[0]), int(size[1])
 
 
-def load_omnidata(name: str, spec: str, task: Literal["depth", "normal"]):
-    """Load the Omnidata DPT for zoo entry ``name`` from a model spec; returns ``(model, tag)``.
-
-    Besides every spec :func:`humanverse.zoo.resolve` takes, ``spec`` may be the downloaded
-    checkpoint file itself (``omnidata_dpt_{depth,normal}_v2.ckpt`` or a torch-hub ``.pth``), and a
-    resolved directory may hold that file instead of a ``save_pretrained`` folder.
-    """
-    from humanverse.zoo import ZOO, resolve
-    from pipelines.annotators.omnidata import OmnidataDPT, make_tiny_omnidata_depth, make_tiny_omnidata_normal
-
-    path = Path(spec).expanduser()
-    if path.is_file():
-        return OmnidataDPT.from_pretrained(path, task=task), str(path.resolve())
-    builders = {"omnidata-depth": make_tiny_omnidata_depth, "omnidata-normal": make_tiny_omnidata_normal}
-    r = resolve(name, spec, builders=builders)
-    if r.kind == "hub":
-        raise ValueError(f"{name} weights are not on the Hugging Face hub ({spec!r}); download "
-                         f"{', '.join(ZOO[name].files)} by hand and pass the file or its directory.")
-    folder = Path(r.path)
-    if (folder / "config.json").is_file():
-        return OmnidataDPT.from_pretrained(folder, task=task), r.tag
-    for f in ZOO[name].files:
-        if (folder / f).is_file():
-            return OmnidataDPT.from_pretrained(folder / f, task=task), r.tag
-    raise ValueError(f"{folder} holds neither a saved OmnidataDPT (config.json + model.safetensors) nor "
-                     f"{', '.join(ZOO[name].files)}.")
-
-
 # -- the depth stage -----------------------------------------------------------------------------------
 
 
@@ -171,8 +143,8 @@ class DepthConfig:
     #: ``omnidata`` only: the shorter side the model sees (rounded to a multiple of 32, aspect kept);
     #: ``midas`` always uses its checkpoint's processor config (384x384)
     working_size: int = 384
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    device: Device = "auto"
+    dtype: Dtype = "auto"
 
     def __post_init__(self):
         check(self.backend in ("midas", "omnidata"),
@@ -188,16 +160,10 @@ class _MidasBackend:
         import torch
         from transformers import DPTForDepthEstimation, DPTImageProcessor
 
-        from humanverse.zoo import resolve
-        from pipelines.stages.device import pick_device, pick_dtype
+        from pipelines.stages.loading import load_pretrained
 
-        r = resolve("midas-dpt-hybrid", config.model or models)
-        self.tag = r.tag
-        self.device = pick_device(config.device)
-        self.dtype = pick_dtype(config.dtype, self.device)
-        self.processor = DPTImageProcessor.from_pretrained(r.path, **r.pretrained_kwargs())
-        self.model = DPTForDepthEstimation.from_pretrained(r.path, **r.pretrained_kwargs())
-        self.model.to(self.device, self.dtype).eval()
+        self.model, self.processor, self.tag, self.device, self.dtype = load_pretrained(
+            "midas-dpt-hybrid", config, models, DPTForDepthEstimation, processor_class=DPTImageProcessor)
         self._torch = torch
 
     def predict(self, images: list[Image.Image]) -> list[np.ndarray]:
@@ -226,13 +192,11 @@ class _OmnidataDepthBackend:
     """Omnidata v2 depth, stored as ``1 - d`` (larger = nearer; see the module docstring)."""
 
     def __init__(self, config: DepthConfig, models: str):
-        from pipelines.annotators.omnidata import OmnidataProcessor
-        from pipelines.stages.device import pick_device, pick_dtype
+        from pipelines.annotators.omnidata import OmnidataProcessor, load_omnidata
+        from pipelines.stages.loading import placed
 
-        self.model, self.tag = load_omnidata("omnidata-depth", config.model or models, "depth")
-        self.device = pick_device(config.device)
-        self.dtype = pick_dtype(config.dtype, self.device)
-        self.model.to(self.device, self.dtype).eval()
+        model, self.tag = load_omnidata("omnidata-depth", config.model or models, "depth")
+        self.model, self.device, self.dtype = placed(model, config)
         self.processor = OmnidataProcessor(task="depth", size=config.working_size)
         log.warning("depth: the omnidata backend stores 1 - depth (larger = nearer), a non-linear proxy "
                     "for MiDaS's inverse depth; do not mix backends in one training set.")
@@ -280,5 +244,5 @@ class DepthEstimator(ModelStage):
             R.add_model(r, self.name, self.backend.tag)
 
 
-__all__ = ["DepthConfig", "DepthEstimator", "MapInputError", "fit_map", "load_omnidata", "map_input",
-           "reject_bad_inputs", "set_map_size"]
+__all__ = ["DepthConfig", "DepthEstimator", "MapInputError", "fit_map", "map_input", "reject_bad_inputs",
+           "set_map_size"]

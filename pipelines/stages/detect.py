@@ -20,9 +20,10 @@ from typing import Literal
 
 from PIL import Image
 
+from humanverse.config import check
 from pipelines import rows as R
-from pipelines.configs import check
 from pipelines.stages.base import ModelStage
+from pipelines.stages.loading import Device, Dtype
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +37,8 @@ class DetectConfig:
     score_threshold: float = 0.5
     #: keep at most this many persons per image (highest scores); None keeps all above threshold
     top_k: int | None = None
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    device: Device = "auto"
+    dtype: Dtype = "auto"
 
     def __post_init__(self):
         check(0.0 <= self.score_threshold <= 1.0,
@@ -57,16 +58,11 @@ class _YolosBackend:
         import torch
         from transformers import YolosForObjectDetection, YolosImageProcessor
 
-        from humanverse.zoo import resolve
-        from pipelines.stages.device import pick_device, pick_dtype
+        from pipelines.stages.loading import load_pretrained
 
-        r = resolve("yolos-tiny", config.model or models)
-        self.tag = r.tag
-        self.device = pick_device(config.device)
-        self.dtype = pick_dtype(config.dtype, self.device)
-        self.processor = YolosImageProcessor.from_pretrained(r.path, **r.pretrained_kwargs())
-        self.model = YolosForObjectDetection.from_pretrained(r.path, **r.pretrained_kwargs(), use_safetensors=True)
-        self.model.to(self.device, self.dtype).eval()
+        self.model, self.processor, self.tag, self.device, self.dtype = load_pretrained(
+            "yolos-tiny", config, models, YolosForObjectDetection, processor_class=YolosImageProcessor,
+            use_safetensors=True)
         label2id = {k.lower(): v for k, v in self.model.config.label2id.items()}
         self.person_id = int(label2id.get("person", 1))
         self.threshold = config.score_threshold
@@ -99,7 +95,7 @@ class _UltralyticsBackend:
         except ImportError as e:
             raise ImportError("detect.backend 'ultralytics' needs the 'ultralytics' extra: "
                               "pip install -e '.[ultralytics]'") from e
-        from pipelines.stages.device import pick_device
+        from pipelines.stages.loading import pick_device
 
         self.model = YOLO(config.model)
         self.tag = f"ultralytics:{config.model}"

@@ -4,7 +4,7 @@ Omnidata; stage 1 denoises it jointly with RGB and depth).
 The model is Omnidata v2's DPT-Hybrid normal head (Eftekhar et al., "Omnidata: A Scalable Pipeline
 for Making Multi-Task Mid-Level Vision Datasets from 3D Scans", ICCV 2021; the DPT of Ranftl et al.,
 ICCV 2021), our :class:`~pipelines.annotators.omnidata.OmnidataDPT` loading the published weights
-(MODELS.md §4; non-commercial EULA, never vendored: pass the downloaded file or its directory).
+(non-commercial EULA, never vendored: pass the downloaded file or its directory; ``docs/models.md``).
 
 Pre/post-processing is :class:`~pipelines.annotators.omnidata.OmnidataProcessor`: the whole canvas
 resized bilinearly so its shorter side is about ``working_size`` (aspect kept, sides multiples of
@@ -28,15 +28,15 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 
+from humanverse.config import check
 from pipelines import rows as R
-from pipelines.configs import check
 from pipelines.geometry import MapsConfig
 from pipelines.stages.base import ModelStage
-from pipelines.stages.depth import fit_map, load_omnidata, reject_bad_inputs, set_map_size
+from pipelines.stages.depth import fit_map, reject_bad_inputs, set_map_size
+from pipelines.stages.loading import Device, Dtype
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +49,8 @@ class NormalConfig:
     #: the shorter side the model sees (rounded to a multiple of 32, aspect kept); Omnidata was
     #: trained at 384
     working_size: int = 384
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    device: Device = "auto"
+    dtype: Dtype = "auto"
 
     def __post_init__(self):
         check(isinstance(self.working_size, int) and self.working_size >= 32 and self.working_size % 32 == 0,
@@ -72,15 +72,13 @@ class NormalEstimator(ModelStage):
     def __init__(self, config: NormalConfig, models: str = "paper", clip_dim: int | None = None,
                  maps: MapsConfig = MapsConfig()):
         super().__init__(clip_dim)
-        from pipelines.annotators.omnidata import OmnidataProcessor
-        from pipelines.stages.device import pick_device, pick_dtype
+        from pipelines.annotators.omnidata import OmnidataProcessor, load_omnidata
+        from pipelines.stages.loading import placed
 
         self.config = config
         self.maps = maps
-        self.model, self.tag = load_omnidata("omnidata-normal", config.model or models, "normal")
-        self.device = pick_device(config.device)
-        self.dtype = pick_dtype(config.dtype, self.device)
-        self.model.to(self.device, self.dtype).eval()
+        model, self.tag = load_omnidata("omnidata-normal", config.model or models, "normal")
+        self.model, self.device, self.dtype = placed(model, config)
         self.processor = OmnidataProcessor(task="normal", size=config.working_size)
         log.info("normal: model %s, working size %d, maps %s", self.tag, config.working_size,
                  f"capped at {maps.max_side}" if maps.max_side else "at the stored size")

@@ -12,7 +12,7 @@ UNet over ``cat(noisy latents, mask, masked-image latents)``) repaints the paddi
   inpainting's training resolution; both sides multiples of 8 for the VAE), diffused there, and
   the result resized back to canvas pixels (bicubic);
 * **mask**: white (255) = repaint = the padding, black = keep = the original (diffusers'
-  convention, MODELS.md §8). The kept rectangle is shrunk inwards to the 8-pixel latent grid at
+  convention). The kept rectangle is shrunk inwards to the 8-pixel latent grid at
   working size, so no latent cell that straddles the border is "kept" (a kept cell would carry the
   masked image's grey fill into the padding and show as a seam);
 * **the original pixels are pasted back exactly** in the frame after decoding (the VAE drifts
@@ -22,9 +22,8 @@ UNet over ``cat(noisy latents, mask, masked-image latents)``) repaints the paddi
   element's latents from its own generator);
 * **encoding**: the canvas is stored as PNG (zlib level 1) in the internal ``canvas`` column.
   Lossless keeps the original region identical to the stored image for pose/depth/normal (a JPEG
-  would re-compress it a second generation); level 1 encodes a 1152x1280 canvas in ~90 ms on one
-  core (level 6: ~115 ms for 10 % fewer bytes), small beside the diffusion, and the column is
-  dropped at write, so bytes only cost in-flight memory.
+  would re-compress it a second generation); level 1 is the fastest zlib level, small beside the
+  diffusion, and the column is dropped at write, so its extra bytes only cost in-flight memory.
 
 Rows keep ``outpaint = canvas.record()`` (``applied`` false and the identity when not outpainted;
 then ``canvas`` stays null). The model tag is recorded (``models["outpaint"]``) on rows that were
@@ -49,14 +48,15 @@ from typing import Literal
 import numpy as np
 from PIL import Image
 
+from humanverse.config import check
 from pipelines import rows as R
-from pipelines.configs import check
 from pipelines.geometry import Canvas, plan_canvas
 from pipelines.stages.base import ModelStage
+from pipelines.stages.loading import Device, Dtype
 
 log = logging.getLogger(__name__)
 
-#: PNG zlib level of the stored canvas (see the module docstring for the measurement).
+#: PNG zlib level of the stored canvas (see the module docstring).
 CANVAS_PNG_LEVEL = 1
 #: The VAE's downsampling factor: working sizes and the kept rectangle align to it.
 LATENT_GRID = 8
@@ -86,8 +86,8 @@ class OutpaintConfig:
     batch_size: int = 8
     #: model spec overriding ``--models`` for this stage (zoo entry ``sd2-inpainting``)
     model: str | None = None
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    device: Device = "auto"
+    dtype: Dtype = "auto"
 
     def __post_init__(self):
         check(self.policy in ("always", "truncated", "never"),
@@ -197,18 +197,12 @@ class Outpainter(ModelStage):
         import torch
         from diffusers import StableDiffusionInpaintPipeline
 
-        from humanverse.zoo import resolve
-        from pipelines.stages.device import pick_device, pick_dtype
+        from pipelines.stages.loading import load_pretrained
 
-        r = resolve("sd2-inpainting", config.model or models)
-        self.tag = r.tag
-        self.device = pick_device(config.device)
-        self.dtype = pick_dtype(config.dtype, self.device)
-        pipe = StableDiffusionInpaintPipeline.from_pretrained(
-            r.path, dtype=self.dtype, safety_checker=None, requires_safety_checker=False,
-            use_safetensors=True, **r.pretrained_kwargs())
-        pipe.set_progress_bar_config(disable=True)
-        self.pipe = pipe.to(self.device)
+        self.pipe, _, self.tag, self.device, self.dtype = load_pretrained(
+            "sd2-inpainting", config, models, StableDiffusionInpaintPipeline, load_in_dtype=True,
+            safety_checker=None, requires_safety_checker=False, use_safetensors=True)
+        self.pipe.set_progress_bar_config(disable=True)
         self._torch = torch
         log.info("outpaint: policy %s, model %s on %s/%s, working size %d, %d steps", config.policy, self.tag,
                  self.device, self.dtype, config.working_size, config.steps)

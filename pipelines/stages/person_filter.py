@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipelines import rows as R
-from pipelines.configs import check
-from pipelines.stages.base import Stage
+from humanverse.config import check
+from pipelines.stages.base import Reject, RowFilter
 
 
 @dataclass(frozen=True)
@@ -45,23 +44,23 @@ def union_area(boxes: list[list[float]]) -> float:
     return area
 
 
-class PersonFilter(Stage):
+class PersonFilter(RowFilter):
+    """Sets ``num_persons`` and ``person_area`` (union of the person boxes / image area) on every alive
+    row and rejects those outside 1-3 persons (by default) or below ``min_area``."""
+
     name = "person_filter"
+    config_class = PersonFilterConfig
 
-    def __init__(self, config: PersonFilterConfig, clip_dim: int | None = None):
-        super().__init__(clip_dim)
-        self.config = config
-
-    def process(self, rows: list[dict]) -> None:
+    def check(self, row: dict) -> Reject | None:
         c = self.config
-        for r in rows:
-            persons = r["persons"] or []
-            n = len(persons)
-            r["num_persons"] = n
-            r["person_area"] = union_area([p["bbox"] for p in persons]) / float(r["width"] * r["height"])
-            if n < c.min_persons:
-                R.reject(r, self.name, "no_person", f"{n} persons detected (need >= {c.min_persons})")
-            elif n > c.max_persons:
-                R.reject(r, self.name, "too_many_persons", f"{n} persons > {c.max_persons}")
-            elif r["person_area"] < c.min_area:
-                R.reject(r, self.name, "person_too_small", f"person area {r['person_area']:.3f} < {c.min_area}")
+        persons = row["persons"] or []
+        n = len(persons)
+        row["num_persons"] = n
+        row["person_area"] = union_area([p["bbox"] for p in persons]) / float(row["width"] * row["height"])
+        if n < c.min_persons:
+            return Reject("no_person", f"{n} persons detected (need >= {c.min_persons})")
+        if n > c.max_persons:
+            return Reject("too_many_persons", f"{n} persons > {c.max_persons}")
+        if row["person_area"] < c.min_area:
+            return Reject("person_too_small", f"person area {row['person_area']:.3f} < {c.min_area}")
+        return None

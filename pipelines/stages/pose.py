@@ -11,7 +11,7 @@ Backends, chosen by ``PoseConfig.backend``:
   et al. 2020) to 256x192, and :meth:`post_process_pose_estimation` decodes the 64x48 heatmaps
   with DARK-UDP refinement (Gaussian modulation, kernel 11) and the inverse warp -- the decoding of
   ViTPose's own whole-body test config (``use_udp=True``, ``modulate_kernel=11``), so it is used
-  as is. The model must predict 133 heatmaps: no Hugging Face checkpoint does (MODELS.md §2), so a
+  as is. The model must predict 133 heatmaps: no Hugging Face checkpoint does (``docs/models.md``), so a
   17-keypoint one is refused; convert ViTPose++-H's ``wholebody.pth`` (zoo entry
   ``vitpose-wholebody``). ViTPose+ (MoE) checkpoints get ``dataset_index`` 5 (the COCO-WholeBody
   expert).
@@ -46,12 +46,13 @@ import numpy as np
 from PIL import Image
 
 from humanverse.codecs import encode_keypoints
+from humanverse.config import check
 from humanverse.schema import NUM_KEYPOINTS
 from humanverse.skeleton import FLIP_PAIRS
 from pipelines import rows as R
-from pipelines.configs import check
 from pipelines.geometry import Canvas
 from pipelines.stages.base import ModelStage
+from pipelines.stages.loading import Device, Dtype
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +79,8 @@ class PoseConfig:
     flip_test: bool = False
     #: person crops per forward pass
     batch_size: int = 32
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    device: Device = "auto"
+    dtype: Dtype = "auto"
 
     def __post_init__(self):
         check(self.backend in ("vitpose", "mmpose"),
@@ -140,23 +141,18 @@ class _VitPoseBackend:
         import torch
         from transformers import VitPoseForPoseEstimation, VitPoseImageProcessor
 
-        from humanverse.zoo import resolve
-        from pipelines.stages.device import pick_device, pick_dtype
+        from pipelines.stages.loading import load_pretrained
 
-        r = resolve("vitpose-wholebody", config.model or models)
-        self.tag = r.tag
+        self.model, self.processor, self.tag, self.device, self.dtype = load_pretrained(
+            "vitpose-wholebody", config, models, VitPoseForPoseEstimation, processor_class=VitPoseImageProcessor,
+            use_safetensors=True)
         self.config = config
-        self.device = pick_device(config.device)
-        self.dtype = pick_dtype(config.dtype, self.device)
-        self.processor = VitPoseImageProcessor.from_pretrained(r.path, **r.pretrained_kwargs())
-        self.model = VitPoseForPoseEstimation.from_pretrained(r.path, **r.pretrained_kwargs(), use_safetensors=True)
         check_wholebody(self.model.config.num_labels, self.tag)
         backbone = self.model.config.backbone_config
         size = self.processor.size
         if [size["height"], size["width"]] != list(backbone.image_size):
             raise ValueError(f"pose model {self.tag}: its processor crops {size['height']}x{size['width']} but the "
                              f"backbone expects {backbone.image_size[0]}x{backbone.image_size[1]}.")
-        self.model.to(self.device, self.dtype).eval()
         self.moe = getattr(backbone, "num_experts", 1) > 1
         self.flip_pairs = torch.tensor(FLIP_PAIRS, dtype=torch.long, device=self.device)
         self._torch = torch
@@ -210,7 +206,7 @@ class _VitPoseBackend:
 class _MMPoseAdapter:
     def __init__(self, config: PoseConfig):
         from pipelines.annotators.mmpose_backend import MMPoseBackend
-        from pipelines.stages.device import pick_device
+        from pipelines.stages.loading import pick_device
 
         device = pick_device(config.device)
         self.backend = MMPoseBackend(config.mmpose_config, config.model,

@@ -1,0 +1,217 @@
+"""Source readers: image folders, webdataset tars and Parquet files as *source shards* (HyperHuman §4's
+web images, read as img2dataset writes them; the shard contract is in ``docs/format.md``).
+
+A :class:`SourceShard` is the unit of work and of resume: the builder reads one shard at a time, and a
+shard is done once the rows it committed add up to :attr:`SourceShard.size`. So discovery is
+deterministic (everything sorted) and a row's ``source_index`` (its position in the shard) never
+changes between runs.
+
+Three input kinds, detected by :func:`discover_shards`, one module each:
+
+* **parquet** (:mod:`.parquet`): ``*.parquet`` files with an image-bytes column; one shard per file.
+* **webdataset** (:mod:`.webdataset`): ``*.tar`` files in img2dataset's layout, with its metadata
+  Parquet beside each tar when there; one shard per file.
+* **folder** (:mod:`.folder`): any other directory, read recursively for image files, chunked into
+  shards of ``folder_shard_size`` per directory.
+
+In img2dataset output folders (recognised by ``NNNNN_stats.json`` files), a shard without its
+``_stats.json`` is still being written, or was cut off by a killed download: it is skipped with a
+warning (re-running ``humanverse download`` completes it). Names starting with ``.`` or ``_`` are
+ignored at every level, as pyarrow datasets do (this also hides img2dataset's ``_tmp``).
+
+All file access goes through :mod:`pyarrow.fs` (:func:`humanverse.fs.resolve_root`), so inputs may be
+local paths or ``s3://``, ``gs://``, ``hdfs://`` and fsspec URLs.
+"""
+
+from __future__ import annotations
+
+import logging
+import posixpath
+import re
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import pyarrow.fs as pafs
+
+from humanverse.fs import Root, resolve_root
+from pipelines.readers.base import (
+    ALT_TEXT_COLUMNS,
+    FOLDER,
+    IMAGE_COLUMNS,
+    IMAGE_EXTENSIONS,
+    KINDS,
+    PARQUET,
+    WEBDATASET,
+    SourceShard,
+    SourceShardError,
+    join_uri,
+    split_ext,
+)
+from pipelines.readers.folder import folder_rows, folder_shards
+from pipelines.readers.parquet import parquet_rows, parquet_size
+from pipelines.readers.webdataset import tar_size, webdataset_rows
+
+log = logging.getLogger(__name__)
+
+_STATS_RE = re.compile(r"^(\d+)_stats\.json$")
+_NUMBERED_RE = re.compile(r"^(\d+)\.(tar|parquet)$")
+_DISCOVERY_THREADS = 16
+
+
+# -- discovery ------------------------------------------------------------------------------------
+
+
+def discover_shards(
+    input: str, *, image_column: str | None = None, folder_shard_size: int = 1000  # noqa: A002 - the CLI's name
+) -> list[SourceShard]:
+    """List the source shards of ``input`` (a folder, a ``.tar``/``.parquet`` file, local or a URL), sorted by name.
+
+    Raises ``ValueError`` for a missing input, an empty one, a folder mixing ``.tar`` and ``.parquet``
+    shards, or Parquet files without a usable image column.
+    """
+    if folder_shard_size < 1:
+        raise ValueError(f"folder_shard_size must be at least 1, got {folder_shard_size}.")
+    root = resolve_root(input)
+    info = root.fs.get_file_info(root.path)
+    if info.type == pafs.FileType.NotFound:
+        raise ValueError(f"input {input} does not exist.")
+    if info.type == pafs.FileType.File:
+        return _single_file_shard(root, image_column)
+
+    listing = root.fs.get_file_info(pafs.FileSelector(root.path, recursive=True))
+    rel_names = sorted(
+        rel for rel in (_relpath(root, f.path) for f in listing if f.type == pafs.FileType.File)
+        if not any(part.startswith((".", "_")) for part in rel.split("/"))
+    )
+    names = set(rel_names)
+    dirs = {a for rel in rel_names for a in _ancestors(rel)}
+
+    tars, parquets, images = [], [], []
+    for rel in rel_names:
+        stem, ext = split_ext(rel)
+        if ext == "tar":
+            tars.append(rel)
+        elif ext == "parquet":
+            # img2dataset writes a metadata parquet beside each tar (webdataset) or folder (files output):
+            # it is read with its tar (see webdataset_rows), never as a shard of its own.
+            if (stem + ".tar") not in names and stem not in dirs:
+                parquets.append(rel)
+        elif ext in IMAGE_EXTENSIONS:
+            images.append(rel)
+
+    if tars and parquets:
+        raise ValueError(
+            f"input {input} mixes .tar and .parquet shards ({tars[0]}, {parquets[0]}); give one kind per input."
+        )
+    if tars or parquets:
+        if images:
+            log.warning("input %s: reading its %s shards and ignoring %d loose image files (e.g. %s)",
+                        input, "webdataset" if tars else "parquet", len(images), images[0])
+        shard_files = _complete_img2dataset_shards(tars or parquets, names)
+        if not shard_files:
+            raise ValueError(f"no complete .tar or .parquet shards under {input} (img2dataset has not finished any).")
+        sizer = tar_size if tars else (lambda r, p: parquet_size(r, p, image_column))
+        uris = [join_uri(root, rel) for rel in shard_files]
+        roots = [Root(root.fs, root.join(rel), uri) for rel, uri in zip(shard_files, uris)]  # one client for all
+        sizes = _parallel(lambda i: sizer(roots[i], shard_files[i]), range(len(shard_files)))
+        kind = WEBDATASET if tars else PARQUET
+        return [SourceShard(rel, uri, kind, size) for rel, uri, size in zip(shard_files, uris, sizes)]
+
+    if not images:
+        raise ValueError(f"no images, .tar or .parquet files found under {input}.")
+    return folder_shards(root, images, folder_shard_size)
+
+
+def _single_file_shard(root: Root, image_column: str | None) -> list[SourceShard]:
+    name = posixpath.basename(root.path)
+    _, ext = split_ext(name)
+    if ext == "tar":
+        return [SourceShard(name, root.uri, WEBDATASET, tar_size(root, name))]
+    if ext == "parquet":
+        return [SourceShard(name, root.uri, PARQUET, parquet_size(root, name, image_column))]
+    raise ValueError(
+        f"input {root.uri} is a file but not a .tar or .parquet shard; give a folder, a .tar or a .parquet."
+    )
+
+
+def _complete_img2dataset_shards(shard_files: list[str], rel_names: set[str]) -> list[str]:
+    """Drop numbered shards that img2dataset has not finished (no ``NNNNN_stats.json`` beside them).
+
+    A shard is img2dataset's when its folder has ``_stats.json`` files, or when it is a tar with its
+    metadata parquet beside it (the first shard of a download cut off before any finished).
+    """
+    dirs_with_stats = {posixpath.dirname(r) for r in rel_names if _STATS_RE.match(posixpath.basename(r))}
+    out = []
+    for rel in shard_files:
+        d, base = posixpath.split(rel)
+        m = _NUMBERED_RE.match(base)
+        ours = m is not None and (d in dirs_with_stats or (m.group(2) == "tar" and rel[:-4] + ".parquet" in rel_names))
+        if ours and posixpath.join(d, f"{m.group(1)}_stats.json") not in rel_names:
+            log.warning("skipping %s: img2dataset has not finished it (no %s_stats.json); re-run the download "
+                        "to complete it", rel, m.group(1))
+            continue
+        out.append(rel)
+    return out
+
+
+def _relpath(root: Root, path: str) -> str:
+    prefix = root.path.rstrip("/") + "/"
+    if not path.startswith(prefix):
+        raise ValueError(f"listing {root.uri} returned {path}, which is outside it.")
+    return path[len(prefix):]
+
+
+def _ancestors(rel: str) -> list[str]:
+    """``a/b/c.jpg`` -> [``a/b``, ``a``, ``""``]."""
+    out = []
+    while rel:
+        rel = posixpath.dirname(rel)
+        out.append(rel)
+    return out
+
+
+def _parallel(fn: Callable[[int], int], items: range) -> list[int]:
+    """Map ``fn`` over ``items`` with a few threads (footers and tar headers on object stores are slow one by one)."""
+    if len(items) <= 1:
+        return [fn(i) for i in items]
+    with ThreadPoolExecutor(max_workers=min(_DISCOVERY_THREADS, len(items))) as pool:
+        return list(pool.map(fn, items))
+
+
+# -- reading --------------------------------------------------------------------------------------
+
+
+def read_shard(
+    shard: SourceShard,
+    *,
+    skip: frozenset[int] = frozenset(),
+    batch_rows: int = 64,
+    image_column: str | None = None,
+) -> Iterator[list[dict]]:
+    """Yield the rows of ``shard`` in lists of at most ``batch_rows`` dicts with the ``SOURCE_SCHEMA`` keys.
+
+    Rows whose ``source_index`` is in ``skip`` (committed by an earlier run) are left out, without
+    reading their image bytes where the format allows (folders, tars, whole Parquet row groups); the
+    other rows keep their indices. A row that cannot be read becomes a row with ``source_bytes=None``
+    and ``source_error`` set; a shard that cannot be opened at all raises :class:`SourceShardError`.
+    """
+    if batch_rows < 1:
+        raise ValueError(f"batch_rows must be at least 1, got {batch_rows}.")
+    if shard.kind == FOLDER:
+        rows = folder_rows(shard, skip)
+    elif shard.kind == WEBDATASET:
+        rows = webdataset_rows(shard, skip)
+    else:
+        rows = parquet_rows(shard, skip, image_column, batch_rows)
+    batch: list[dict] = []
+    for row in rows:
+        batch.append(row)
+        if len(batch) == batch_rows:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+__all__ = ["ALT_TEXT_COLUMNS", "IMAGE_COLUMNS", "IMAGE_EXTENSIONS", "KINDS", "SourceShard", "SourceShardError",
+           "discover_shards", "read_shard"]
