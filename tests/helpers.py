@@ -62,3 +62,28 @@ def train_and_kill_at(argv: list[str], run: Path, step: int, tiny_zoo: Path, tim
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+
+
+@contextlib.contextmanager
+def local_ray(env_vars: dict | None = None, num_cpus: int = 2):
+    """A local Ray cluster of ``num_cpus`` logical CPUs for the block, without progress bars; shut down
+    after it. The raylet can time out at start-up on a loaded 2-core machine: one retry."""
+    import uuid
+
+    import ray
+    from ray.data import DataContext
+
+    temp = f"/tmp/rt-{uuid.uuid4().hex[:6]}"  # short: Ray's socket paths live under it
+    for attempt in range(2):
+        try:
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+                     _temp_dir=temp, runtime_env={"env_vars": env_vars} if env_vars else None)
+            break
+        except Exception:  # noqa: BLE001
+            if attempt:
+                raise
+    DataContext.get_current().enable_progress_bars = False
+    try:
+        yield ray
+    finally:
+        ray.shutdown()

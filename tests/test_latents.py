@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import glob
 import os
-import uuid
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -17,6 +16,7 @@ import humanverse
 from humanverse.testing.synthetic import synthetic_table
 from model.training import data as D
 from model.training import latents as L
+from helpers import local_ray
 
 R = 64
 
@@ -268,26 +268,12 @@ def test_ray_build_matches_local(built, root, tiny_zoo, tmp_path):
     """The Ray Data job (decode tasks -> VaeEncoder actor pool -> staged files) writes the same
     rows as the plain loop. One chunk (files_per_chunk is not part of the content): each chunk is
     its own Ray Data job whose actor pool loads torch + diffusers afresh (~10-60 s here)."""
-    ray = pytest.importorskip("ray")
+    pytest.importorskip("ray")
     out_local, local_cfg, _ = built
     cfg = L.LatentCacheConfig(**{**local_cfg.__dict__, "files_per_chunk": 8})
-    for attempt in range(2):  # the raylet can time out at start-up on a loaded 2-core machine
-        try:
-            ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-                     _temp_dir=f"/tmp/rt-{uuid.uuid4().hex[:6]}",
-                     runtime_env={"env_vars": {"HUMANVERSE_TINY_ZOO": str(tiny_zoo), "HF_HUB_OFFLINE": "1"}})
-            break
-        except Exception:  # noqa: BLE001
-            if attempt:
-                raise
-    try:
-        from ray.data import DataContext
-
-        DataContext.get_current().enable_progress_bars = False
+    with local_ray({"HUMANVERSE_TINY_ZOO": str(tiny_zoo), "HF_HUB_OFFLINE": "1"}):
         res = L.EncoderResources(encoders=1, num_gpus=0, num_cpus=0.5, prepare_num_cpus=0.25, read_num_cpus=0.25)
         rep = L.build_latent_cache(root, tmp_path / "ray", cfg, "tiny", use_ray=True, resources=res)
-    finally:
-        ray.shutdown()
     assert rep.rows == 12
     L.check_cache(tmp_path / "ray", root, cfg, "tiny")
     shape = (4, R // 8, R // 8)

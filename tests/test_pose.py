@@ -3,6 +3,7 @@ box -> 1.25 padding -> 256x192 UDP crop -> 64x48 heatmap -> image -> outpaint ca
 
 from __future__ import annotations
 
+import contextlib
 import io
 
 import numpy as np
@@ -83,6 +84,19 @@ class FixedHeatmaps(torch.nn.Module):
         return flip_back(hm, flip_pairs) if flip_pairs is not None else hm
 
 
+@contextlib.contextmanager
+def fixed_heatmaps(stage, hm: torch.Tensor, config: PoseConfig | None = None):
+    """``stage``'s pose head replaced by :class:`FixedHeatmaps` (and its config by ``config``) for the block."""
+    head, old = stage.backend.model.head, stage.backend.config
+    stage.backend.model.head = FixedHeatmaps(hm)
+    if config is not None:
+        stage.backend.config = config
+    try:
+        yield
+    finally:
+        stage.backend.model.head, stage.backend.config = head, old
+
+
 def _peaks(seed=0):
     """One single-cell peak per keypoint, >= 6 cells from the border (DARK's blur stays symmetric)."""
     rng = np.random.default_rng(seed)
@@ -141,12 +155,8 @@ def test_heatmap_peaks_land_at_the_expected_stored_pixels(stage):
     canvas = plan_canvas(200, 240, [left], policy="truncated", pad_fraction=0.25, border_margin=0.02)
     assert (canvas.offset_x, canvas.offset_y, canvas.canvas_width) == (56, 0, 256)
     rows = [_row(img, 0, [left, inner], canvas), _row(img, 1, [[30, 5, 190, 235]])]
-    head = stage.backend.model.head
-    stage.backend.model.head = FixedHeatmaps(hm)
-    try:
+    with fixed_heatmaps(stage, hm):
         out = _run(stage, rows)
-    finally:
-        stage.backend.model.head = head
     checks = [(out[0]["persons"][0], left, (56, 0)), (out[0]["persons"][1], inner, (56, 0)),
               (out[1]["persons"][0], [30, 5, 190, 235], (0, 0))]
     n_outside = 0
@@ -178,14 +188,8 @@ def test_flip_test_runs_and_keeps_symmetric_peaks(stage):
         hm[k, i, j] = float(v)
     img = make_sample(200, 240, seed=7).image
     box = [40, 20, 160, 220]
-    config = stage.config
-    stage.backend.config = PoseConfig(device="cpu", dtype="float32", flip_test=True)
-    head = stage.backend.model.head
-    stage.backend.model.head = FixedHeatmaps(hm)
-    try:
+    with fixed_heatmaps(stage, hm, PoseConfig(device="cpu", dtype="float32", flip_test=True)):
         (r,) = _run(stage, [_row(img, 0, [box])])
-    finally:
-        stage.backend.model.head, stage.backend.config = head, config
     got = decode_keypoints(r["persons"][0]["keypoints"])
     paired = FLIP_INDEX != np.arange(K)
     want = expected_keypoints(box, (0, 0), cells, values, (200, 240))
@@ -214,14 +218,8 @@ def test_box_padding_scales_the_crop(stage):
     cells, values, hm = _peaks(seed=2)
     img = make_sample(200, 240, seed=8).image
     box = [50, 30, 150, 210]
-    config = stage.backend.config
-    stage.backend.config = PoseConfig(device="cpu", dtype="float32", box_padding=1.5)
-    head = stage.backend.model.head
-    stage.backend.model.head = FixedHeatmaps(hm)
-    try:
+    with fixed_heatmaps(stage, hm, PoseConfig(device="cpu", dtype="float32", box_padding=1.5)):
         (r,) = _run(stage, [_row(img, 0, [box])])
-    finally:
-        stage.backend.model.head, stage.backend.config = head, config
     want = expected_keypoints(box, (0, 0), cells, values, (200, 240), padding=1.5)
     np.testing.assert_allclose(decode_keypoints(r["persons"][0]["keypoints"])[:, :2], want[:, :2], atol=0.01)
 

@@ -4,7 +4,6 @@ determinism, rank sharding, step-exact skipping, and the Ray path's agreement wi
 from __future__ import annotations
 
 import io
-import uuid
 
 import numpy as np
 import pyarrow as pa
@@ -19,7 +18,7 @@ from humanverse.schema import NUM_KEYPOINTS
 from humanverse.skeleton import flip_keypoints, render_skeleton
 from humanverse.testing.synthetic import synthetic_table
 from model.training import data as D
-from helpers import assert_batches_equal
+from helpers import assert_batches_equal, local_ray
 
 R = 128
 
@@ -316,30 +315,17 @@ def test_bad_arguments(root):
 def test_ray_path_matches_local_path(root):
     """Same ids and bit-identical per-sample tensors (random crops and flips included: draws are
     keyed by the row, not by position)."""
-    ray = pytest.importorskip("ray")
+    pytest.importorskip("ray")
     cfg = D.TrainDataConfig(resolution=64, crop="random", flip_prob=0.5, shuffle_buffer=0, seed=11)
     local = {}
     for b in _all(root, cfg, epoch=1, batch_size=1):
         local[b["id"][0]] = b
-    for attempt in range(2):  # the raylet can time out at start-up on a loaded 2-core machine
-        try:
-            ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-                     _temp_dir=f"/tmp/rt-{uuid.uuid4().hex[:6]}")
-            break
-        except Exception:  # noqa: BLE001
-            if attempt:
-                raise
-    try:
-        from ray.data import DataContext
-
-        DataContext.get_current().enable_progress_bars = False
+    with local_ray():
         rds = D.ray_dataset(root, cfg, epoch=1, batch_size=4, num_cpus=0.25, read_num_cpus=0.25)
         got = {}
         for b in rds.iter_torch_batches(**D.ray_iter_kwargs(cfg, epoch=1, batch_size=5, drop_last=False)):
             for j, i in enumerate(b["id"]):
                 got[i] = {k: (v[j] if isinstance(v, torch.Tensor) else v[j]) for k, v in b.items()}
-    finally:
-        ray.shutdown()
     assert sorted(got) == sorted(local) and len(got) == 12
     for i, g in got.items():
         ref = local[i]

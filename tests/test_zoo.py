@@ -410,21 +410,15 @@ def test_open_clip_embeds_images_and_text(tiny_root: Path, image: Image.Image):
 def test_aesthetic_mlp_scores_a_clip_embedding(tiny_root: Path, image: Image.Image):
     from safetensors.torch import load_file
 
+    from pipelines.stages.aesthetic import load_aesthetic_mlp
+
     state = load_file(str(Path(resolve("aesthetic-mlp", "tiny").path) / "model.safetensors"))
+    # the LAION predictor's layers and widths (768 -> 1024 -> 128 -> 64 -> 16 -> 1), on the tiny CLIP width
+    widths = [TINY_CLIP_EMBED_DIM, 1024, 128, 64, 16, 1]
+    assert {k: tuple(v.shape) for k, v in state.items() if k.endswith("weight")} == {
+        f"layers.{i}.weight": (widths[n + 1], widths[n]) for n, i in enumerate((0, 2, 4, 6, 7))}
     assert set(state) == {f"layers.{i}.{p}" for i in (0, 2, 4, 6, 7) for p in ("weight", "bias")}
-    head = torch.nn.Sequential(
-        torch.nn.Linear(TINY_CLIP_EMBED_DIM, 1024),
-        torch.nn.Dropout(0.2),
-        torch.nn.Linear(1024, 128),
-        torch.nn.Dropout(0.2),
-        torch.nn.Linear(128, 64),
-        torch.nn.Dropout(0.1),
-        torch.nn.Linear(64, 16),
-        torch.nn.Linear(16, 1),
-    )
-    mlp = torch.nn.Module()
-    mlp.layers = head
-    mlp.load_state_dict(state, strict=True)
+    mlp = load_aesthetic_mlp(resolve("aesthetic-mlp", "tiny"))  # what the aesthetic stage scores with
 
     model, preprocess, _ = _clip(tiny_root)
     with torch.no_grad():
