@@ -7,6 +7,7 @@ Slow (a fresh virtual environment and a wheel build, ~25 s): run by ``make test-
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -26,11 +27,15 @@ def test_core_install_queries_a_dataset_without_torch_or_ray(tmp_path):
     sink.write(synthetic_table(5, shard="a"), "data", "a")
     sink.close()
 
+    # a copy of the sources: building the wheel in place would leave build/ in the checkout
+    src = tmp_path / "src"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".git", ".venv", "out", "build", "*.egg-info",
+                                                             "__pycache__", ".pytest_cache", "docs", "tests"))
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     py, exe = venv / "bin" / "python", venv / "bin" / "humanverse"
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    subprocess.run([str(py), "-m", "pip", "install", "-q", str(ROOT)], check=True, env=env, cwd=tmp_path)
+    subprocess.run([str(py), "-m", "pip", "install", "-q", str(src)], check=True, env=env, cwd=tmp_path)
 
     probe = ("import importlib.util as u; "
              "print([m for m in ('torch', 'ray', 'transformers', 'diffusers') if u.find_spec(m)])")
