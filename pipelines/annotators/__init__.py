@@ -1,1 +1,2 @@
-"""Annotator backends that are not plain Hugging Face ``from_pretrained`` classes: Omnidata's DPT (depth, normals) and the optional MMPose route."""
+"""Annotator backends that are not plain Hugging Face ``from_pretrained`` classes: Omnidata's DPT
+(depth, normals) and the optional MMPose route."""

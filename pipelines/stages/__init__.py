@@ -1,1 +1,2 @@
-"""The builder stages, one module per stage; what they share is in :mod:`pipelines.stages.base` and :mod:`pipelines.stages.loading`."""
+"""The builder stages, one module per stage; what they share lives in :mod:`pipelines.stages.base`
+and :mod:`pipelines.stages.loading`."""
