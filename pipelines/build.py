@@ -27,7 +27,6 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pyarrow as pa
 
@@ -37,6 +36,10 @@ from pipelines.plan import open_build, read_item
 from pipelines.steps import Step, plan_steps
 
 log = logging.getLogger("pipelines.build")
+
+#: ``load_config``, ``BuildConfig`` and ``PRESETS`` live in :mod:`pipelines.config` and are handed on
+#: here, so that ``from pipelines.build import build, load_config`` is the whole builder API.
+__all__ = ["PRESETS", "BuildConfig", "BuildReport", "ConfigError", "build", "cpu_shortfall", "load_config"]
 
 
 @dataclass

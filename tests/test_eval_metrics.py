@@ -5,7 +5,6 @@ import io
 
 import numpy as np
 import pytest
-from scipy import linalg
 
 from humanverse.skeleton import OKS_SIGMAS
 from model.evaluation.metrics import (PersonPose, clip_score, fid_from_features, frechet_distance,

@@ -14,7 +14,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-import torch
 
 import humanverse
 from humanverse.config import ConfigError

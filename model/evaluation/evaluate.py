@@ -98,7 +98,6 @@ __all__ = [
     "list_images",
     "load_eval_image",
     "load_testset",
-    "main",
     "resize_center_crop",
     "transform_keypoints",
 ]

@@ -26,7 +26,6 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 from diffusers import ControlNetModel, UNet2DConditionModel
