@@ -7,10 +7,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import posixpath
 from dataclasses import dataclass
+from typing import Literal
 
 import pyarrow as pa
 import pyarrow.dataset as pads
@@ -18,7 +20,8 @@ import pyarrow.fs as pafs
 
 from humanverse import fs as hfs
 from humanverse.schema import REJECT_SCHEMA, data_schema
-from humanverse.shards import KINDS, CommitState, read_log, read_manifest
+from humanverse.shards import (KINDS, SEALED, STAGING_DIR, CommitRecord, CommitState, DatasetError, read_log,
+                               read_manifest)
 
 log = logging.getLogger(__name__)
 
@@ -70,23 +73,43 @@ class HumanVerseDataset:
         import duckdb
 
         con = duckdb.connect()
-        for name, kind in (("hv", "data"), ("rejects", "rejects")):
-            files = self.files(kind)
-            if files and self.root.is_local:
-                listing = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
-                con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet([{listing}])")
-            else:  # remote filesystems and empty datasets go through Arrow (lazy, projected scans)
-                con.register(f"_{name}_arrow", self.arrow_dataset(kind, widen_float16=True))
-                con.execute(f"CREATE VIEW {name} AS SELECT * FROM _{name}_arrow")
+        with self.loud_reads():  # creating a view reads the files' footers
+            for name, kind in (("hv", "data"), ("rejects", "rejects")):
+                files = self.files(kind)
+                if files and self.root.is_local:
+                    listing = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
+                    con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet([{listing}])")
+                else:  # remote filesystems and empty datasets go through Arrow (lazy, projected scans)
+                    con.register(f"_{name}_arrow", self.arrow_dataset(kind, widen_float16=True))
+                    con.execute(f"CREATE VIEW {name} AS SELECT * FROM _{name}_arrow")
         return con
 
     def query(self, sql: str) -> pa.Table:
-        """Run SQL over ``hv`` and ``rejects``; returns an Arrow table."""
+        """Run SQL over ``hv`` and ``rejects``; returns an Arrow table. A committed file that cannot
+        be read raises :class:`~humanverse.shards.DatasetError` naming it."""
         con = self.connect()
         try:
-            return con.sql(sql).to_arrow_table()
+            with self.loud_reads():
+                return con.sql(sql).to_arrow_table()
         finally:
             con.close()
+
+    @contextlib.contextmanager
+    def loud_reads(self):
+        """Turn a read error that names one of the committed files (truncated, corrupt, not Parquet)
+        into one sentence naming that file; other errors pass unchanged."""
+        import duckdb
+
+        try:
+            yield
+        except (duckdb.Error, pa.ArrowInvalid, OSError) as e:
+            text = str(e)
+            bad = next((f for k in KINDS for f in self._published[k] if f in text), None)
+            if bad is None:
+                raise
+            first = text.strip().splitlines()[0]
+            raise DatasetError(f"the committed file {bad} cannot be read ({first}); restore it from a backup "
+                               "or rebuild its source shard.") from None
 
     # -- other front ends ---------------------------------------------------------------------
     def to_ray(self, kind: str = "data", **read_kwargs):
@@ -102,24 +125,52 @@ class HumanVerseDataset:
         """Counts, the reject funnel and distributions (see :mod:`humanverse.stats`)."""
         from humanverse.stats import compute_stats
 
-        return compute_stats(self)
+        with self.loud_reads():
+            return compute_stats(self)
 
     def __repr__(self) -> str:
         return (f"HumanVerseDataset({self.root.path!r}, rows={self.num_rows('data')}, "
                 f"rejects={self.num_rows('rejects')}, files={len(self.state.records)})")
 
 
-def open(root: "str | os.PathLike[str]") -> HumanVerseDataset:  # noqa: A001 - mirrors io.open
-    """Open a dataset root (local path or URL) for reading."""
+def open(root: "str | os.PathLike[str]", *, missing: Literal["raise", "skip"] = "raise") -> HumanVerseDataset:  # noqa: A001
+    """Open a dataset root (local path or URL) for reading.
+
+    Only files the commit log lists are read. A listed file that is not in place is either still
+    being published by a live writer (it is then in that run's staging folder, and is left out
+    until it lands) or lost: a lost file raises :class:`~humanverse.shards.DatasetError` naming
+    it, unless ``missing="skip"``, which logs a warning and reads what remains.
+    """
+    if missing not in ("raise", "skip"):
+        raise ValueError(f"missing must be 'raise' or 'skip', got {missing!r}.")
     r = hfs.resolve_root(root)
     manifest = read_manifest(r)
     if manifest is None:
         raise FileNotFoundError(f"{r.path} is not a HumanVerse dataset: it has no humanverse.json.")
     state = read_log(r)
     published: dict[str, list[str]] = {}
+    lost: list[CommitRecord] = []
     for kind in KINDS:
         present = {e.base_name for e in hfs.list_dir(r, r.join(kind)) if e.type == pafs.FileType.File}
-        # A record whose file is not yet renamed into place is committed but not yet visible;
-        # the writer (or the next ShardSink.open) publishes it.
-        published[kind] = [r.join(f) for f in state.files(kind) if posixpath.basename(f) in present]
+        published[kind] = []
+        for rec in state.records:
+            if rec.kind != kind:
+                continue
+            if posixpath.basename(rec.file) in present:
+                published[kind].append(r.join(rec.file))
+            elif not _in_flight(r, rec):
+                lost.append(rec)
+    if lost:
+        msg = (f"{r.path}: the commit log lists {len(lost)} file(s) that are missing ({sum(x.rows for x in lost)} "
+               f"rows), e.g. {lost[0].file}")
+        if missing == "raise":
+            raise DatasetError(msg + "; restore them, or read what remains with missing='skip' (--skip-missing).")
+        log.warning("%s; reading what remains (missing='skip').", msg)
     return HumanVerseDataset(r, manifest, state, published)
+
+
+def _in_flight(root: hfs.Root, rec: CommitRecord) -> bool:
+    """Whether a logged file that is not in place is still in its run's staging folder (published
+    by the writer in a moment, or rolled forward by the next writer)."""
+    base = posixpath.basename(rec.file)
+    return any(hfs.exists(root, root.join(STAGING_DIR, run, base)) for run in (rec.run, SEALED + rec.run))

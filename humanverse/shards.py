@@ -35,6 +35,7 @@ from __future__ import annotations
 import json
 import logging
 import posixpath
+import re
 import time
 import uuid
 from collections import Counter
@@ -60,8 +61,23 @@ SNAPSHOT = "snapshot-"
 COMPACT_AFTER = 256
 
 
-class DataLossError(RuntimeError):
-    """A logged file can be found neither in place nor in staging."""
+class DatasetError(ValueError):
+    """A dataset's log, manifest or files are damaged, inconsistent or not what they claim to be."""
+
+
+class DataLossError(DatasetError):
+    """A logged file can be found neither in place nor in staging, or counts do not add up."""
+
+
+#: A run name or a file's base name: one path component, no ``..``, no separator.
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+=-]*$")
+
+
+def _checked_name(value: object, what: str) -> str:
+    if not isinstance(value, str) or not _NAME.match(value) or ".." in value:
+        raise DatasetError(f"the commit log names {what} {value!r}, which is not a plain file name; "
+                           "the log is damaged or was crafted, so nothing was read, moved or deleted.")
+    return value
 
 
 @dataclass(frozen=True)
@@ -80,9 +96,21 @@ class CommitRecord:
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "CommitRecord":
-        return cls(file=d["file"], kind=d["kind"], rows=int(d["rows"]),
-                   shard_rows={str(k): int(v) for k, v in d["shard_rows"].items()},
-                   run=d["run"], created=float(d["created"]))
+        """A record read from the log. Every path it names must stay inside the root: ``file`` is
+        ``<kind>/<plain name>.parquet`` and ``run`` a plain name (it names a staging folder)."""
+        try:
+            rec = cls(file=d["file"], kind=d["kind"], rows=int(d["rows"]),
+                      shard_rows={str(k): int(v) for k, v in d["shard_rows"].items()},
+                      run=d["run"], created=float(d["created"]))
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise DatasetError(f"a commit record is malformed ({type(e).__name__}: {e}); the log is damaged.") from None
+        kind, _, base = rec.file.partition("/") if isinstance(rec.file, str) else ("", "", "")
+        if rec.kind not in KINDS or kind != rec.kind or not base.endswith(".parquet"):
+            raise DatasetError(f"the commit log names file {rec.file!r} of kind {rec.kind!r}, outside data/ and "
+                               "rejects/; the log is damaged or was crafted, so nothing was read, moved or deleted.")
+        _checked_name(base, "file")
+        _checked_name(rec.run, "run")
+        return rec
 
 
 @dataclass(frozen=True)
@@ -152,7 +180,10 @@ def _read_log_once(root: hfs.Root) -> CommitState:
     snaps = sorted(e.path for e in entries if e.type == pafs.FileType.File
                    and e.base_name.startswith(SNAPSHOT) and e.base_name.endswith(".json"))
     for p in snaps:
-        for d in _read_json(root, p)["records"]:
+        snap = _read_json(root, p)
+        if not isinstance(snap, dict) or not isinstance(snap.get("records"), list):
+            raise DatasetError(f"commit log snapshot {p} holds no record list; the log is damaged.")
+        for d in snap["records"]:
             rec = CommitRecord.from_dict(d)
             by_file[rec.file] = rec
     for e in entries:
@@ -160,7 +191,10 @@ def _read_log_once(root: hfs.Root) -> CommitState:
             continue
         for f in hfs.list_dir(root, e.path):
             if f.type == pafs.FileType.File and f.base_name.endswith(".json"):
-                rec = CommitRecord.from_dict(_read_json(root, f.path))
+                d = _read_json(root, f.path)
+                if not isinstance(d, dict):
+                    raise DatasetError(f"commit record {f.path} is not a JSON object; the log is damaged.")
+                rec = CommitRecord.from_dict(d)
                 by_file[rec.file] = rec
     return CommitState(tuple(sorted(by_file.values(), key=lambda r: (r.created, r.file))))
 
@@ -170,9 +204,14 @@ def read_manifest(root: "str | hfs.Root") -> dict | None:
     path = root.join(MANIFEST)
     if not hfs.exists(root, path):
         return None
-    m = json.loads(hfs.read_bytes(root, path))
-    if m.get("format") != FORMAT_NAME:
-        raise ValueError(f"{path} is not a HumanVerse manifest (format={m.get('format')!r}).")
+    try:
+        m = json.loads(hfs.read_bytes(root, path))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DatasetError(f"{path} is not valid JSON ({e}); restore it (the builder rewrites it on its next run "
+                           "with the same config).") from None
+    if not isinstance(m, dict) or m.get("format") != FORMAT_NAME:
+        raise DatasetError(f"{path} is not a HumanVerse manifest (format="
+                           f"{m.get('format') if isinstance(m, dict) else type(m).__name__!r}).")
     if int(m.get("format_version", 0)) > FORMAT_VERSION:
         raise ValueError(
             f"{path} has format_version {m['format_version']}, newer than this library's "

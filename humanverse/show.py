@@ -33,6 +33,7 @@ from PIL import Image, ImageDraw, ImageFont
 from humanverse.codecs import decode_depth
 from humanverse.schema import NUM_KEYPOINTS
 from humanverse.skeleton import SkeletonStyle, render_skeleton
+from humanverse.sql import where_expression
 
 log = logging.getLogger(__name__)
 
@@ -266,7 +267,7 @@ def _sql_str(s: str) -> str:
 def _select(ds, where: str | None, limit: int, rejects_limit: int) -> _Selection:
     import duckdb
 
-    cond = f"({where}\n)" if where and where.strip() else "TRUE"
+    cond = f"({where_expression(where, '--where')})" if where and where.strip() else "TRUE"
     con = ds.connect()
     try:
         try:

@@ -39,7 +39,17 @@ def add_subcommand(sub, name: str, help: str) -> argparse.ArgumentParser:
 
 
 def add_root(p: argparse.ArgumentParser) -> None:
+    """The dataset root, and ``--skip-missing`` (read what remains when committed files are lost)."""
     p.add_argument("root", help="dataset root (local path or URL)")
+    p.add_argument("--skip-missing", action="store_true",
+                   help="read what remains when files the commit log lists are missing (default: refuse)")
+
+
+def open_dataset(args: argparse.Namespace):
+    """``humanverse.open`` of ``args.root`` honouring ``--skip-missing``."""
+    import humanverse
+
+    return humanverse.open(args.root, missing="skip" if args.skip_missing else "raise")
 
 
 def add_models(p: argparse.ArgumentParser, what: str = "pretrained models") -> None:

@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from humanverse.cli.plumbing import add_root, log
+from humanverse.cli.plumbing import add_root, log, open_dataset
 
 NAME = "query"
 HELP = "run SQL over a dataset (tables: hv, rejects)"
@@ -25,12 +25,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import duckdb
 
-    import humanverse
-
     try:
-        table = humanverse.open(args.root).query(args.sql)
+        table = open_dataset(args).query(args.sql)
     except duckdb.Error as e:
-        raise ValueError(f"the SQL query failed: {e}") from e
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"the SQL query failed: {first}") from e
     fmt = args.format
     if fmt == "table":
         if args.out:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from humanverse.cli.plumbing import add_root, log
+from humanverse.cli.plumbing import add_root, log, open_dataset
 
 NAME = "show"
 HELP = "a gallery of rows (boxes, skeletons, depth, normals) and rejects"
@@ -21,10 +21,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import humanverse
     from humanverse.show import GalleryStyle, render_gallery
 
-    ds = humanverse.open(args.root)
+    ds = open_dataset(args)
     banner = args.banner if args.banner is not None else ds.manifest.get("banner")
     out = render_gallery(ds, args.out, where=args.where, limit=args.limit, banner=banner,
                          style=GalleryStyle(keypoint_threshold=args.keypoint_threshold))

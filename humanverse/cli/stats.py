@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from humanverse.cli.plumbing import add_root, log
+from humanverse.cli.plumbing import add_root, log, open_dataset
 
 NAME = "stats"
 HELP = "counts, reject funnel and distributions"
@@ -20,10 +20,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import humanverse
     from humanverse.stats import format_stats, plot_stats
 
-    stats = humanverse.open(args.root).stats()
+    stats = open_dataset(args).stats()
     sys.stdout.write(format_stats(stats) + "\n")
     if args.json:
         Path(args.json).write_text(json.dumps(stats, indent=2, default=str))

@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image
 
 from humanverse.schema import NUM_KEYPOINTS
+from humanverse.sql import where_expression
 from model.evaluation.evaluate import crop_geometry, resize_center_crop, transform_keypoints
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ def build_hv_testset(cfg: HVTestsetConfig) -> dict[str, int]:
     ds = humanverse.open(cfg.root)
     sql = "SELECT id, image, width, height, caption, persons FROM hv"
     if cfg.where:
-        sql += f" WHERE {cfg.where}"
+        sql += f" WHERE ({where_expression(cfg.where, '--where')})"
     sql += " ORDER BY id"
     if cfg.limit:
         sql += f" LIMIT {int(cfg.limit)}"

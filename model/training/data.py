@@ -101,6 +101,7 @@ import humanverse
 from humanverse.codecs import decode_keypoints
 from humanverse.schema import data_schema
 from humanverse.skeleton import flip_keypoints, render_skeleton
+from humanverse.sql import where_expression
 
 log = logging.getLogger(__name__)
 
@@ -211,29 +212,26 @@ class TrainDataConfig:
                                                  or self.ray_concurrency < 1):
             raise ValueError(f"ray_concurrency must be a positive integer or None, got {self.ray_concurrency!r}.")
         if self.where is not None:
-            check_where(self.where)
+            object.__setattr__(self, "where", check_where(self.where))
 
 
-def check_where(where: str) -> None:
-    """Raise one clear ``ValueError`` unless ``where`` is a valid row-wise predicate on ``hv``."""
+def check_where(where: str) -> str:
+    """``where`` as one row-wise condition on ``hv`` (:func:`humanverse.sql.where_expression`: one
+    parsed expression, no subquery or window), checked against the columns; returns the parsed
+    expression's text, the form every query embeds. A ``ValueError`` of one sentence otherwise."""
     import duckdb
 
-    if not isinstance(where, str) or not where.strip():
-        raise ValueError(f"where must be a non-empty SQL predicate on table hv or None, got {where!r}.")
+    expr = where_expression(where, "where")
     con = duckdb.connect()
     try:
         con.register("hv", _cheap_schema().empty_table())
-        try:
-            con.execute(f"SELECT count(*) FROM hv WHERE ({where})").fetchall()
-        except duckdb.Error as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ValueError(f"where {where!r} is not a valid SQL predicate on table hv: {first}") from None
-        ast = con.execute("SELECT json_serialize_sql(?)", [f"SELECT 1 FROM hv WHERE ({where})"]).fetchone()[0]
+        con.execute(f"SELECT count(*) FROM hv WHERE ({expr})").fetchall()
+    except duckdb.Error as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"where {where!r} is not a valid SQL predicate on table hv: {first}") from None
     finally:
         con.close()
-    if '"SUBQUERY"' in ast or '"WINDOW"' in ast:
-        raise ValueError(f"where {where!r} uses a subquery or window function; only row-wise predicates "
-                         f"are supported (it is evaluated one file or block at a time).")
+    return expr
 
 
 def _cheap_schema() -> pa.Schema:

@@ -164,7 +164,8 @@ class LatentCacheConfig:
         if isinstance(self.files_per_chunk, bool) or not isinstance(self.files_per_chunk, int) \
                 or self.files_per_chunk < 1:
             raise ValueError(f"files_per_chunk must be a positive integer, got {self.files_per_chunk!r}.")
-        self.data_config()  # validates resolution, where and skeleton_threshold
+        # validates resolution, where and skeleton_threshold; keeps ``where`` in its parsed form
+        object.__setattr__(self, "where", self.data_config().where)
 
     def data_config(self) -> D.TrainDataConfig:
         """The reader config that produces exactly the cached (unflipped) examples."""

@@ -1,0 +1,138 @@
+"""Hostile and damaged inputs on the dataset side: each ends in one sentence and exit code 2, and
+nothing is read, moved, deleted or written outside the dataset root.
+
+Crafted commit records, injected ``where`` filters, deleted or truncated committed files, a
+truncated manifest, and malformed records.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import pytest
+
+import humanverse
+from humanverse.cli import main
+from humanverse.shards import LOG_DIR, DatasetError, ShardSink
+from humanverse.sql import where_expression
+from humanverse.testing.synthetic import synthetic_table
+
+sys.path.insert(0, str(Path(__file__).parent))
+from shard_writer_proc import make_rows  # noqa: E402
+
+INJECTIONS = [
+    "1=1) ; COPY (SELECT 42) TO '{target}' (FORMAT csv); --",
+    "1=1; COPY (SELECT 42) TO '{target}' (FORMAT csv)",
+    "id IN (SELECT column0 FROM read_csv('/etc/hostname'))",
+    "row_number() OVER () < 3",
+]
+
+
+def _dataset(root: Path) -> Path:
+    sink = ShardSink.open(root, manifest={})
+    sink.write(synthetic_table(4, shard="a"), "data", "a")
+    sink.write(make_rows("b", [0, 5])[1], "rejects", "b")
+    sink.close()
+    return root
+
+
+def _one_sentence(caplog) -> str:
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "\n" not in errors[0] and "Traceback" not in errors[0], errors
+    return errors[0]
+
+
+# -- where filters ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("template", INJECTIONS)
+def test_where_is_one_condition_never_a_statement(tmp_path, template, caplog):
+    root = _dataset(tmp_path / "ds")
+    target = tmp_path / "written-by-the-filter.csv"
+    where = template.format(target=target)
+    with pytest.raises(ValueError):
+        where_expression(where)
+    assert main(["show", str(root), "--where", where, "--out", str(tmp_path / "g.html")]) == 2
+    assert "where" in _one_sentence(caplog)
+    assert main(["testset", "rows", str(root), str(tmp_path / "ts"), "--where", where]) == 2
+    from model.training.data import TrainDataConfig
+
+    with pytest.raises(ValueError, match="where"):
+        TrainDataConfig(where=where)
+    assert not target.exists()
+    assert not (tmp_path / "g.html").exists()
+
+
+def test_where_keeps_ordinary_conditions(tmp_path):
+    root = _dataset(tmp_path / "ds")
+    assert where_expression("num_persons >= 1 AND caption ILIKE '%a%'") == "num_persons >= 1 AND caption ILIKE '%a%'"
+    assert main(["show", str(root), "--where", "num_persons >= 1", "--out", str(tmp_path / "g.html")]) == 0
+    from model.training.data import TrainDataConfig
+
+    assert TrainDataConfig(where="num_persons=1 -- one person").where == "num_persons=1"  # the parsed expression
+
+
+# -- the commit log and the files it lists ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("file,run", [("data/../../outside.parquet", "r1"), ("/tmp/abs.parquet", "r1"),
+                                      ("data/part-x.parquet", "../../elsewhere"), ("rejects/x.parquet", "r1")])
+def test_a_crafted_record_moves_nothing_outside_the_root(tmp_path, file, run, caplog):
+    root = _dataset(tmp_path / "ds")
+    (tmp_path / "elsewhere").mkdir()
+    staged = root / "_staging" / f"sealed-{run}"
+    crafted = {"file": file, "kind": "data", "rows": 1, "shard_rows": {"a": 1}, "run": run, "created": 0.0}
+    (root / LOG_DIR / "sealed-evil").mkdir()
+    (root / LOG_DIR / "sealed-evil" / "data-x.json").write_text(json.dumps(crafted))
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    with pytest.raises(DatasetError, match="damaged or was crafted"):
+        ShardSink.open(root)
+    assert main(["query", str(root), "SELECT count(*) FROM hv"]) == 2
+    assert "crafted" in _one_sentence(caplog)
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    assert not (tmp_path / "outside.parquet").exists() and not staged.exists()
+
+
+@pytest.mark.parametrize("record", ["{}", "[]", '{"file": 3}', "not json"])
+def test_a_malformed_record_is_one_sentence(tmp_path, record, caplog):
+    root = _dataset(tmp_path / "ds")
+    (root / LOG_DIR / "sealed-bad").mkdir()
+    (root / LOG_DIR / "sealed-bad" / "data-x.json").write_text(record)
+    assert main(["stats", str(root)]) == 2
+    _one_sentence(caplog)
+
+
+def test_a_deleted_data_file_is_named_unless_asked_to_read_what_remains(tmp_path, caplog, capsys):
+    root = _dataset(tmp_path / "ds")
+    (data_file,) = (root / "data").iterdir()
+    data_file.unlink()
+    with pytest.raises(DatasetError, match=data_file.name):
+        humanverse.open(root)
+    assert main(["query", str(root), "SELECT count(*) AS n FROM rejects", "--format", "csv"]) == 2
+    assert data_file.name in _one_sentence(caplog)
+    capsys.readouterr()
+    assert main(["query", str(root), "SELECT count(*) AS n FROM rejects", "--format", "csv", "--skip-missing"]) == 0
+    assert capsys.readouterr().out.split() == ["n", "2"]
+    assert humanverse.open(root, missing="skip").num_rows("rejects") == 2
+
+
+def test_a_truncated_data_file_is_named(tmp_path, caplog):
+    root = _dataset(tmp_path / "ds")
+    (data_file,) = (root / "data").iterdir()
+    data_file.write_bytes(data_file.read_bytes()[:100])
+    assert main(["query", str(root), "SELECT count(*) FROM hv"]) == 2
+    assert data_file.name in _one_sentence(caplog)
+    caplog.clear()
+    assert main(["stats", str(root)]) == 2
+    assert data_file.name in _one_sentence(caplog)
+
+
+def test_a_truncated_manifest_is_one_sentence(tmp_path, caplog):
+    root = _dataset(tmp_path / "ds")
+    manifest = root / "humanverse.json"
+    manifest.write_text(manifest.read_text()[:10])
+    assert main(["stats", str(root)]) == 2
+    assert "humanverse.json is not valid JSON" in _one_sentence(caplog)
