@@ -181,7 +181,7 @@ def test_gallery_html(built, tmp_path):
 
 def test_gallery_errors(built, tmp_path):
     ds, _ = built
-    with pytest.raises(ValueError, match="not valid SQL on the hv view") as e:
+    with pytest.raises(ValueError, match="is not one SQL condition on the columns of hv") as e:
         render_gallery(ds, tmp_path / "bad.html", where="num_persons = = 1")
     assert "\n" not in str(e.value)
     with pytest.raises(ValueError, match="not valid SQL"):
