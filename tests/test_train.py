@@ -148,3 +148,22 @@ def test_latent_cache_ranks_cross_epochs_together(tiny_zoo, tmp_path):
                 n += 1
             steps.append(n - 1)  # the last call opened the next epoch
         assert steps[0] == steps[1] == min(rows) // 2, (rows, steps)
+
+
+@pytest.mark.parametrize("damage", ["optimizer.pt", "lsdm", "trainer_state.json"])
+def test_resume_falls_back_past_a_damaged_newest_checkpoint(tiny_zoo, data_root, tmp_path, damage, caplog):
+    """A truncated optimizer state, weights file or trainer state in the newest checkpoint: --resume
+    warns, naming the file, and continues from the previous checkpoint, step-exact."""
+    run = tmp_path / "run"
+    train_loop(_cfg(max_steps=6, checkpoint_every=3), str(data_root), str(run), "tiny")
+    newest = run / "checkpoints" / "step-00000006"
+    target = next(p for p in sorted(newest.rglob("*")) if p.is_file() and (p.name == damage or p.parent.name == damage)
+                  and p.suffix in (".pt", ".safetensors", ".json"))
+    target.write_bytes(target.read_bytes()[: max(1, target.stat().st_size // 2)])
+    ref = train_loop(_cfg(max_steps=9, checkpoint_every=3), str(data_root), str(tmp_path / "again"), "tiny")
+    resumed = train_loop(_cfg(max_steps=9, checkpoint_every=3), str(data_root), str(run), "tiny", resume=True)
+    assert "step-00000006 is damaged" in caplog.text and target.name in caplog.text
+    assert [h["step"] for h in resumed["history"]][0] == 4  # from step 3, the previous checkpoint
+    want = {h["step"]: h["loss"] for h in ref["history"]}
+    for h in resumed["history"]:
+        assert h["loss"] == want[h["step"]]

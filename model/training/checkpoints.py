@@ -71,6 +71,48 @@ def latest_checkpoint(run: Path) -> Path | None:
     return cks[-1] if cks else None
 
 
+def checkpoint_problem(ck: Path) -> str | None:
+    """Why checkpoint folder ``ck`` cannot be loaded (its first unreadable file), or None when every
+    file reads: JSON parses, a safetensors file holds all the bytes its header promises, a torch
+    file opens as a weights-only archive (memory-mapped, so nothing large is read)."""
+    for f in sorted(p for p in Path(ck).rglob("*") if p.is_file()):
+        try:
+            if f.suffix == ".json":
+                json.loads(f.read_text())
+            elif f.suffix == ".safetensors":
+                _check_safetensors(f)
+            elif f.suffix in (".pt", ".pth", ".bin"):
+                torch.load(f, map_location="cpu", weights_only=True, mmap=True)
+        except Exception as e:  # noqa: BLE001 - any failure to read is the answer
+            return f"{f.relative_to(ck)}: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+    return None
+
+
+def _check_safetensors(path: Path) -> None:
+    """The header parses and the file is as long as the tensors it lists (a truncated copy is not)."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        if n <= 0 or 8 + n > size:
+            raise ValueError(f"header of {n} bytes in a file of {size}")
+        header = json.loads(f.read(n))
+    end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+    if 8 + n + end != size:
+        raise ValueError(f"{size} bytes, the header describes {8 + n + end}")
+
+
+def usable_checkpoint(run: Path) -> Path | None:
+    """The newest complete checkpoint whose files all read (:func:`checkpoint_problem`); a damaged
+    newer one is skipped with a warning naming what is wrong, so a resume falls back to the
+    previous checkpoint instead of failing."""
+    for ck in reversed(list_checkpoints(run)):
+        problem = checkpoint_problem(ck)
+        if problem is None:
+            return ck
+        log.warning("checkpoint %s is damaged (%s); falling back to the previous one", ck, problem)
+    return None
+
+
 class EMA:
     """Exponential moving average of the trainable parameters (fp32 shadow copies)."""
 

@@ -31,7 +31,7 @@ from typing import ClassVar, Literal
 import torch
 
 from humanverse.config import to_dict
-from model.training.checkpoints import EMA, latest_checkpoint, save_checkpoint
+from model.training.checkpoints import EMA, latest_checkpoint, save_checkpoint, usable_checkpoint
 from model.training.data import TrainDataConfig
 from model.training.stage1 import Stage1LossConfig
 from model.training.stage2 import Stage2LossConfig
@@ -232,7 +232,7 @@ def train_loop(cfg: TrainerConfig, data_root: str, run: str, models: str, latent
         else torch.device("cpu")
     torch.manual_seed(cfg.seed)
     task = task_for(cfg)(cfg, models, data_root, device)
-    ck = latest_checkpoint(run_dir) if resume else None
+    ck = usable_checkpoint(run_dir) if resume else None
     if ck is not None:
         state = json.loads((ck / "trainer_state.json").read_text())
         if state.get("stage", task.name) != task.name:
@@ -240,7 +240,7 @@ def train_loop(cfg: TrainerConfig, data_root: str, run: str, models: str, latent
         log.info("resuming from %s (step %d)", ck, state["step"])
     else:
         if resume:
-            log.info("--resume: no complete checkpoint in %s, starting from scratch", run_dir / "checkpoints")
+            log.info("--resume: no complete, readable checkpoint in %s, starting from scratch", run_dir / "checkpoints")
         state = {"step": 0, "epoch": 0, "step_in_epoch": 0}
 
     def stats_batches():  # centre crops, no flips: the latent statistics of stage 1
