@@ -25,6 +25,12 @@ in ``data/``/``rejects/`` that no record lists are deleted, and sealed staging i
 A record is the only thing that makes a file count: readers (:func:`humanverse.open`) read the
 log, never a directory listing alone.
 
+One writer per root: :meth:`ShardSink.open` takes a lease (``_lease.json``: host, process, run,
+expiry) that the open sink renews in the background and :meth:`ShardSink.close` gives back. A
+second writer is refused with one sentence naming the holder while the lease is live; a lease
+lapses ``lease_seconds`` after its last renewal, at once when its holder was a process on this
+host that no longer exists, so a killed build never locks its output.
+
 The fence relies on atomic directory renames (local disks, HDFS, NFS). Object stores have none:
 there, run a single writer per root at a time (the commit point still holds) — documented in
 README.
@@ -34,8 +40,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import posixpath
 import re
+import socket
+import threading
 import time
 import uuid
 from collections import Counter
@@ -57,6 +66,9 @@ LOG_DIR = "_log"
 STAGING_DIR = "_staging"
 SEALED = "sealed-"
 SNAPSHOT = "snapshot-"
+LEASE = "_lease.json"
+#: Seconds a writer's lease stays valid after its last renewal (renewed every third of that).
+LEASE_SECONDS = 60.0
 #: Compact the log into one snapshot at start once it holds more record files than this.
 COMPACT_AFTER = 256
 
@@ -297,6 +309,104 @@ class ShardWriter:
         return rec
 
 
+@dataclass(frozen=True)
+class Lease:
+    """Who writes a dataset root: ``host``/``pid`` of the process, its ``run``, and when it lapses."""
+
+    host: str
+    pid: int
+    run: str
+    renewed: float
+    expires: float
+
+    @classmethod
+    def mine(cls, run: str, seconds: float) -> "Lease":
+        now = time.time()
+        return cls(socket.gethostname(), os.getpid(), run, now, now + seconds)
+
+    def is_mine(self) -> bool:
+        return self.host == socket.gethostname() and self.pid == os.getpid()
+
+    def is_live(self) -> bool:
+        """Not lapsed, and (on this host) its process still exists."""
+        if time.time() >= self.expires:
+            return False
+        if self.host == socket.gethostname():
+            try:
+                os.kill(self.pid, 0)
+            except ProcessLookupError:
+                return False
+            except PermissionError:  # another user's live process
+                return True
+        return True
+
+
+def _read_lease(root: hfs.Root) -> Lease | None:
+    path = root.join(LEASE)
+    try:
+        d = json.loads(hfs.read_bytes(root, path))
+        return Lease(str(d["host"]), int(d["pid"]), str(d["run"]), float(d["renewed"]), float(d["expires"]))
+    except FileNotFoundError:
+        return None
+    except (ValueError, KeyError, TypeError):  # a torn or foreign file: nobody holds the root
+        return None
+
+
+def _write_lease(root: hfs.Root, lease: Lease) -> None:
+    hfs.write_bytes_atomic(root, root.join(LEASE), json.dumps(asdict(lease)).encode(),
+                           tmp_suffix=uuid.uuid4().hex, fsync=False)
+
+
+def _acquire_lease(root: hfs.Root, run: str, seconds: float) -> Lease:
+    """Take the root's lease, or raise :class:`DatasetError` naming the live holder."""
+    held = _read_lease(root)
+    if held is not None and held.is_live() and not held.is_mine():
+        raise DatasetError(
+            f"{root.path} is being written by another build (run {held.run}, process {held.pid} on {held.host}, "
+            f"lease renewed {max(0.0, time.time() - held.renewed):.0f} s ago); wait for it to finish, or, if that "
+            f"process is gone, retry once its lease lapses at "
+            f"{time.strftime('%H:%M:%S', time.localtime(held.expires))}.")
+    lease = Lease.mine(run, seconds)
+    _write_lease(root, lease)
+    got = _read_lease(root)  # two writers racing: the last write wins, the other backs off here
+    if got is None or got.run != run:
+        raise DatasetError(f"{root.path} was taken by another build (run {got.run if got else '?'}) at the same "
+                           "moment; run one build per output at a time.")
+    return lease
+
+
+class _LeaseKeeper:
+    """Renews a lease every third of its lifetime until stopped, then gives it back."""
+
+    def __init__(self, root: hfs.Root, lease: Lease, seconds: float):
+        self.root, self.run, self.seconds = root, lease.run, seconds
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._renew, name=f"lease-{lease.run}", daemon=True)
+        self._thread.start()
+
+    def _renew(self) -> None:
+        while not self._stop.wait(self.seconds / 3):
+            held = _read_lease(self.root)
+            if held is not None and held.run != self.run:
+                log.warning("the lease of %s was taken by run %s; this run no longer holds it", self.root.path,
+                            held.run)
+                return
+            try:
+                _write_lease(self.root, Lease.mine(self.run, self.seconds))
+            except OSError as e:  # the root went away (a test's temp folder), or a transient error
+                log.debug("lease renewal failed: %s", e)
+
+    def release(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        held = _read_lease(self.root)
+        if held is not None and held.run == self.run:
+            try:
+                self.root.fs.delete_file(self.root.join(LEASE))
+            except OSError:
+                pass
+
+
 class ShardSink:
     """A writing session on a dataset root: fences earlier runs, recovers, then hands out writers.
 
@@ -305,32 +415,50 @@ class ShardSink:
     >>> sink.write(table, "data", name="shard-0-0")
     """
 
-    def __init__(self, root: hfs.Root, run: str, state: CommitState, options: ParquetWriteOptions):
+    def __init__(self, root: hfs.Root, run: str, state: CommitState, options: ParquetWriteOptions,
+                 lease: "_LeaseKeeper | None" = None):
         self.root = root
         self.run = run
         self._state = state
         self.options = options
+        self._lease = lease
 
     @classmethod
     def open(cls, root: "str | hfs.Root", *, manifest: Mapping | None = None, run: str | None = None,
-             options: ParquetWriteOptions = ParquetWriteOptions()) -> "ShardSink":
+             options: ParquetWriteOptions = ParquetWriteOptions(),
+             lease_seconds: float = LEASE_SECONDS) -> "ShardSink":
+        """Take the root's lease (refused while another writer holds it), write the manifest, fence
+        earlier runs, recover, and start run ``run``."""
         root = hfs.resolve_root(root)
-        run = run or time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
+        run = _checked_name(run, "run") if run else time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
+        info = root.fs.get_file_info(root.path)
+        if info.type == pafs.FileType.File:
+            raise DatasetError(f"the output {root.path} is a file, not a folder; give a new or existing dataset folder.")
         for d in (root.path, root.join("data"), root.join("rejects"), root.join(LOG_DIR), root.join(STAGING_DIR)):
             root.fs.create_dir(d, recursive=True)
-        existing = read_manifest(root)
-        if manifest is not None:
-            write_manifest(root, manifest)
-        elif existing is None:
-            write_manifest(root, {})
-        _fence(root)
-        state = _recover(root)
-        _compact(root, state, run)
-        root.fs.create_dir(root.join(LOG_DIR, run), recursive=False)
-        root.fs.create_dir(root.join(STAGING_DIR, run), recursive=False)
+        lease = _acquire_lease(root, run, lease_seconds)
+        return cls._open(root, run, manifest, options, _LeaseKeeper(root, lease, lease_seconds))
+
+    @classmethod
+    def _open(cls, root: hfs.Root, run: str, manifest: Mapping | None, options: ParquetWriteOptions,
+              keeper: "_LeaseKeeper") -> "ShardSink":
+        try:
+            existing = read_manifest(root)
+            if manifest is not None:
+                write_manifest(root, manifest)
+            elif existing is None:
+                write_manifest(root, {})
+            _fence(root)
+            state = _recover(root)
+            _compact(root, state, run)
+            root.fs.create_dir(root.join(LOG_DIR, run), recursive=False)
+            root.fs.create_dir(root.join(STAGING_DIR, run), recursive=False)
+        except BaseException:
+            keeper.release()
+            raise
         log.info("opened %s as run %s: %d committed files, %d rows", root.path, run,
                  len(state.records), state.rows())
-        return cls(root, run, state, options)
+        return cls(root, run, state, options, keeper)
 
     @property
     def state(self) -> CommitState:
@@ -369,13 +497,16 @@ class ShardSink:
         return ids
 
     def close(self) -> None:
-        """Seal this run's log and remove its (now empty) staging folder."""
+        """Seal this run's log, remove its (now empty) staging folder and give the lease back."""
         log_dir = self.root.join(LOG_DIR, self.run)
         if hfs.exists(self.root, log_dir):
             self.root.fs.move(log_dir, self.root.join(LOG_DIR, SEALED + self.run))
         staging = self.root.join(STAGING_DIR, self.run)
         if hfs.exists(self.root, staging):
             self.root.fs.delete_dir(staging)
+        if self._lease is not None:
+            self._lease.release()
+            self._lease = None
 
 
 def _fence(root: hfs.Root) -> None:

@@ -18,7 +18,7 @@ import humanverse
 from humanverse.cli import main
 from humanverse.shards import LOG_DIR, DatasetError, ShardSink
 from humanverse.sql import where_expression
-from humanverse.testing.synthetic import synthetic_table
+from humanverse.testing.synthetic import make_sample, synthetic_table
 
 sys.path.insert(0, str(Path(__file__).parent))
 from shard_writer_proc import make_rows  # noqa: E402
@@ -136,3 +136,45 @@ def test_a_truncated_manifest_is_one_sentence(tmp_path, caplog):
     manifest.write_text(manifest.read_text()[:10])
     assert main(["stats", str(root)]) == 2
     assert "humanverse.json is not valid JSON" in _one_sentence(caplog)
+
+
+# -- one writer per output --------------------------------------------------------------------------
+
+
+def test_one_writer_per_output_and_a_killed_writer_never_locks_it(tmp_path, caplog):
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from humanverse import fs as hfs
+    from humanverse.shards import LEASE, Lease, _write_lease
+
+    root = _dataset(tmp_path / "ds")
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from humanverse.shards import ShardSink\n"
+        f"sink = ShardSink.open({str(root)!r}, lease_seconds=30)\n"
+        "print('open', flush=True); time.sleep(600)")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        with pytest.raises(DatasetError, match=f"being written by another build .*process {holder.pid}"):
+            ShardSink.open(root)
+        src = tmp_path / "in"
+        src.mkdir()
+        make_sample(320, 240, seed=1).image.save(src / "a.jpg")
+        assert main(["build", str(src), str(root), "--models", "tiny", "--set", "stages=[decode]"]) == 2
+        assert f"process {holder.pid}" in _one_sentence(caplog)
+        assert main(["query", str(root), "SELECT count(*) FROM hv"]) == 0  # readers are never blocked
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait()
+    ShardSink.open(root).close()  # the holder is gone: its lease no longer counts
+    assert not (root / LEASE).exists()  # given back on close
+
+    r = hfs.resolve_root(root)
+    now = time.time()
+    _write_lease(r, Lease("another-host", 1, "remote-run", now, now + 30))
+    with pytest.raises(DatasetError, match="remote-run"):
+        ShardSink.open(root)
+    _write_lease(r, Lease("another-host", 1, "remote-run", now - 100, now - 40))  # lapsed
+    ShardSink.open(root).close()
