@@ -103,7 +103,16 @@ def load_yaml(cls: type[T], path: str | Path | None, overrides: Mapping[str, Any
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"config file {p} does not exist.")
-        loaded = yaml.safe_load(p.read_text()) or {}
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(e, "problem", None) or str(e).strip().splitlines()[0]
+            raise ConfigError(f"config file {p} is not valid YAML{where}: {problem} (plain YAML only: no tabs "
+                              "for indentation, no !!python tags).") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"config file {p} is not UTF-8 text.") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {p} must hold a mapping at the top level, got {type(loaded).__name__}.")
         data = loaded
@@ -113,10 +122,17 @@ def load_yaml(cls: type[T], path: str | Path | None, overrides: Mapping[str, Any
 
 
 def _set_dotted(data: dict, key: str, value: Any) -> None:
+    """``data[a][b] = value`` for ``key`` ``"a.b"``; a key through a value that is not a section is
+    refused with one sentence."""
     parts = key.split(".")
-    for p in parts[:-1]:
-        data = data.setdefault(p, {})
-    data[parts[-1]] = value
+    if not all(parts):
+        raise ConfigError(f"{key!r} is not a config key (dotted names like detect.score_threshold).")
+    node = data
+    for n, p in enumerate(parts[:-1]):
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{'.'.join(parts[:n + 1])} is a value, not a section, so {key} cannot be set.")
+    node[parts[-1]] = value
 
 
 def to_dict(cfg: Any) -> dict:

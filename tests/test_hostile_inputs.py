@@ -178,3 +178,59 @@ def test_one_writer_per_output_and_a_killed_writer_never_locks_it(tmp_path, capl
         ShardSink.open(root)
     _write_lease(r, Lease("another-host", 1, "remote-run", now - 100, now - 40))  # lapsed
     ShardSink.open(root).close()
+
+
+# -- errors raised far from the command line --------------------------------------------------------
+
+
+def test_errors_from_ray_tasks_and_train_workers_are_one_sentence():
+    """Ray re-raises a task's exception as a RayTaskError (its text holds the remote traceback) and
+    Ray Train a worker's inside a WorkerGroupError: the command reports the cause, on one line."""
+    import errno
+
+    from ray.exceptions import RayTaskError
+    from ray.train.v2.api.exceptions import WorkerGroupError
+
+    from humanverse.cli.plumbing import one_sentence, user_error
+
+    task = RayTaskError("map_batches(DecodeStage)", "Traceback (most recent call last):\n  ...",
+                        ValueError("input.batch_rows must be >= 1, got 0.")).as_instanceof_cause()
+    assert one_sentence(user_error(task)) == "input.batch_rows must be >= 1, got 0."
+    train = WorkerGroupError("rank 0: Traceback ...", {1: RuntimeError("later"), 0: ValueError(
+        "the training data selection is empty: no rows to estimate latent statistics from.")})
+    assert one_sentence(user_error(train)).startswith("the training data selection is empty")
+    full = OSError(errno.ENOSPC, "No space left on device", "/data/hv/_staging/x.parquet")
+    assert one_sentence(user_error(RayTaskError("write", "tb", full).as_instanceof_cause())) == \
+        "No space left on device: /data/hv/_staging/x.parquet"
+    assert user_error(RayTaskError("f", "tb", KeyError("a bug")).as_instanceof_cause()) is None
+
+
+@pytest.mark.parametrize("argv,expect", [
+    (["--set", "write.rows_per_file.x=1"], "write.rows_per_file"),
+    (["--set", "write=3", "--set", "write.rows_per_file=1"], "write is a value, not a section"),
+    (["--config", "{tab}"], "not valid YAML at line 2"),
+    (["--config", "{tag}"], "not valid YAML"),
+])
+def test_config_mistakes_are_one_sentence(tmp_path, argv, expect, caplog):
+    src = tmp_path / "in"
+    src.mkdir()
+    make_sample(320, 240, seed=1).image.save(src / "a.jpg")
+    (tmp_path / "tab.yaml").write_text("write:\n\trows_per_file: 3\n")
+    (tmp_path / "tag.yaml").write_text("write: !!python/object/apply:os.system ['touch pwned']\n")
+    argv = [a.format(tab=tmp_path / "tab.yaml", tag=tmp_path / "tag.yaml") for a in argv]
+    assert main(["build", str(src), str(tmp_path / "out"), "--models", "tiny", *argv]) == 2
+    assert expect in _one_sentence(caplog)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_query_parquet_without_out_and_an_output_that_is_a_file(tmp_path, caplog):
+    root = _dataset(tmp_path / "ds")
+    assert main(["query", str(root), "SELECT 1", "--format", "parquet"]) == 2
+    assert "--out" in _one_sentence(caplog)
+    caplog.clear()
+    (tmp_path / "afile").write_text("x")
+    src = tmp_path / "in"
+    src.mkdir()
+    make_sample(320, 240, seed=1).image.save(src / "a.jpg")
+    assert main(["build", str(src), str(tmp_path / "afile"), "--models", "tiny", "--set", "stages=[decode]"]) == 2
+    assert "is a file, not a folder" in _one_sentence(caplog)

@@ -8,6 +8,7 @@ stays cheap, and each command imports what it needs only when it runs.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 from collections.abc import Callable, Iterable
 
@@ -87,14 +88,56 @@ def given(args: argparse.Namespace, names: Iterable[str]) -> dict:
     return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
 
 
+#: OS errors a user fixes (space, permissions, a read-only disk, a file where a folder belongs)
+_USER_OS_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR}
+
+
+def user_error(e: BaseException) -> BaseException | None:
+    """The error a user can fix behind ``e``, or None (a bug).
+
+    That is a ``ValueError`` (which ``ConfigError`` and ``DatasetError`` are), a ``FileNotFoundError``,
+    a ``ModuleNotFoundError`` naming a missing extra, or an ``OSError`` of :data:`_USER_OS_ERRORS`,
+    found in ``e`` itself or in what it wraps: Ray re-raises a task's or an actor's exception as a
+    ``RayTaskError`` whose ``cause`` is the original, and Ray Train as a ``WorkerGroupError`` whose
+    ``worker_failures`` hold each worker's.
+    """
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        inner = getattr(e, "cause", None)
+        failures = getattr(e, "worker_failures", None)
+        if inner is None and isinstance(failures, dict) and failures:
+            inner = failures[min(failures)]
+        if isinstance(inner, BaseException):  # a Ray wrapper: its text holds remote tracebacks
+            e = inner
+            continue
+        if isinstance(e, (ValueError, FileNotFoundError, ModuleNotFoundError)):
+            return e
+        if isinstance(e, OSError) and e.errno in _USER_OS_ERRORS:
+            return e
+        e = e.__cause__
+    return None
+
+
+def one_sentence(e: BaseException) -> str:
+    """``e``'s message on one line (an ``OSError`` with its path)."""
+    if isinstance(e, OSError) and e.strerror:
+        return f"{e.strerror}: {e.filename}" if e.filename else e.strerror
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 def run_command(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
-    """Run one command. A bad input, config or file (``ValueError``, which ``ConfigError`` is, or
-    ``FileNotFoundError``) or a missing optional extra (``ModuleNotFoundError`` naming it) is logged
-    as one sentence and gives exit code 2; the traceback is logged at DEBUG. Anything else is a bug
-    and propagates."""
+    """Run one command. An error the user can fix (:func:`user_error`: a bad input, config or
+    dataset, a missing file or extra, no space or no permission, also when raised inside a Ray task
+    or a Ray Train worker) is logged as one sentence and gives exit code 2; the traceback is logged
+    at DEBUG. Anything else is a bug and propagates."""
     try:
         return func(args)
-    except (ValueError, FileNotFoundError, ModuleNotFoundError) as e:
+    except Exception as e:  # noqa: BLE001 - sorted below: user errors are one sentence, bugs propagate
+        found = user_error(e)
+        if found is None:
+            raise
         log.debug("details", exc_info=True)
-        log.error("%s", e)
+        log.error("%s", one_sentence(found))
         return 2
