@@ -54,20 +54,37 @@ class BuildReport:
     #: Ray Data's per-operator execution stats of this run (``Dataset.stats()``: rows, tasks and
     #: time per stage), "" if nothing ran
     ray_stats: str = ""
+    #: source shards that could not be read (name -> why), at discovery or while being read: not
+    #: done, so a rerun retries them; the other shards were built
+    failed_shards: dict[str, str] = field(default_factory=dict)
 
 
-def _read_shards(batch: pa.Table, input_cfg: InputConfig, clip_dim: int | None):
+def _read_shards(batch: pa.Table, input_cfg: InputConfig, clip_dim: int | None, ledger):
     """The read step: the rows of each source shard item (:meth:`pipelines.plan.WorkPlan.items`) in
-    blocks of ``input.batch_rows`` (module level so Ray can pickle it)."""
+    blocks of ``input.batch_rows`` (module level so Ray can pickle it).
+
+    A shard that cannot be read to its end (:class:`~pipelines.readers.SourceShardError`) is logged
+    and reported to ``ledger`` (a :class:`~pipelines.ledger.ReadLedger` actor); the rows read before
+    the failure go on, and the task goes on with its next shard.
+    """
+    import ray
+
     from pipelines import readers
     from pipelines.rows import from_source_rows
 
     for item in batch.to_pylist():
         shard, skip = read_item(item)
-        for rows in readers.read_shard(shard, skip=skip, batch_rows=input_cfg.batch_rows,
-                                       image_column=input_cfg.image_column):
-            if rows:
-                yield from_source_rows(rows, clip_dim)
+        try:
+            for rows in readers.read_shard(shard, skip=skip, batch_rows=input_cfg.batch_rows,
+                                           image_column=input_cfg.image_column):
+                if rows:
+                    yield from_source_rows(rows, clip_dim)
+        except readers.SourceShardError as e:
+            log.warning("source shard %s failed while being read and stays to do (a rerun retries it): %s",
+                        shard.name, e)
+            ray.get(ledger.failed.remote(shard.name, str(e)))
+            continue
+        ray.get(ledger.finished.remote(shard.name, []))
 
 
 def _init_ray(cfg: BuildConfig, address: str | None) -> bool:
@@ -137,10 +154,13 @@ def build(input: str, output: str, cfg: BuildConfig, *, models: str = "paper", a
     import humanverse
     from pipelines.sink import make_datasink
 
+    from pipelines.ledger import ReadLedger
+
     t0 = time.perf_counter()
     sink, plan = open_build(input, output, cfg, models=models, force_new_config=force_new_config)
     work = plan.work
     summary_rows, ray_stats = (0, 0), ""
+    failed = dict(work.failed)
     if work.todo:
         steps = plan_steps(cfg, models, plan.clip_dim)
         started_local = _init_ray(cfg, address)
@@ -152,8 +172,10 @@ def build(input: str, output: str, cfg: BuildConfig, *, models: str = "paper", a
             log.warning("%s (unless the cluster adds nodes)", shortfall)
         res = cfg.resources
         items = work.items()
+        ledger = ray.remote(num_cpus=0)(ReadLedger).remote()
         ds = ray.data.from_items(items, override_num_blocks=len(items))
-        ds = ds.map_batches(_read_shards, fn_kwargs={"input_cfg": cfg.input, "clip_dim": plan.clip_dim},
+        ds = ds.map_batches(_read_shards, fn_kwargs={"input_cfg": cfg.input, "clip_dim": plan.clip_dim,
+                                                     "ledger": ledger},
                             batch_size=1, batch_format="pyarrow", num_cpus=res.read.num_cpus,
                             compute=ray.data.TaskPoolStrategy(size=res.read.concurrency))
         # Blocks of input.batch_rows rows from here on. A read task's output is otherwise coalesced up
@@ -170,16 +192,29 @@ def build(input: str, output: str, cfg: BuildConfig, *, models: str = "paper", a
         written = getattr(ds, "_write_ds", None)  # what write_datasink executed (holds the stats)
         ray_stats = written.stats() if written is not None else ""
         log.debug("Ray Data stats:\n%s", ray_stats)
+        read = ray.get(ledger.report.remote())
+        ray.kill(ledger)
+        failed.update(read.failed)
     sink.close()
     ds_read = humanverse.open(output)
     stats = ds_read.stats()
-    report = BuildReport(output=output, shards_total=len(work.shards), shards_skipped=len(work.done),
-                         rows_written=summary_rows[0], rejects_written=summary_rows[1],
-                         seconds=time.perf_counter() - t0, funnel=stats.get("funnel", {}),
-                         ray_stats=ray_stats)
-    log.info("build finished in %.1f s: this run wrote %d rows and %d rejects; dataset now %d rows, %d rejects",
-             report.seconds, summary_rows[0], summary_rows[1], ds_read.num_rows("data"), ds_read.num_rows("rejects"))
+    report = BuildReport(output=output, shards_total=len(work.shards) + len(work.failed),
+                         shards_skipped=len(work.done), rows_written=summary_rows[0],
+                         rejects_written=summary_rows[1], seconds=time.perf_counter() - t0,
+                         funnel=stats.get("funnel", {}), ray_stats=ray_stats, failed_shards=failed)
+    log.info("build finished in %.1f s: this run wrote %d rows and %d rejects; dataset now %d rows, %d rejects%s",
+             report.seconds, summary_rows[0], summary_rows[1], ds_read.num_rows("data"), ds_read.num_rows("rejects"),
+             _failed_note(failed))
     return report
+
+
+def _failed_note(failed: dict[str, str]) -> str:
+    """The end-of-build line's note on the shards that could not be read ("" when none)."""
+    if not failed:
+        return ""
+    names = sorted(failed)
+    shown = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+    return f"; {len(names)} source shard(s) could not be read and stay to do (rerun to retry them): {shown}"
 
 
 # -- the ``ray job submit`` entrypoint --------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Planning a build: what to do, decided before Ray starts (no Ray here).
 
-* the source shards of the input (:func:`pipelines.readers.discover_shards`);
+* the source shards of the input (:func:`pipelines.readers.discover`), and those that cannot be read;
 * the config fingerprint, compared with the one the dataset was started with: a resume must run
   the same config (:data:`RESUMABLE_SECTIONS` may change: they change how, not what);
 * the manifest (``humanverse.json``: config, models, CLIP width, source shards);
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from humanverse.config import ConfigError, to_dict
 from humanverse.shards import ShardSink, read_manifest
 from pipelines.config import BuildConfig
-from pipelines.readers import SourceShard, discover_shards
+from pipelines.readers import SourceShard, discover
 from pipelines.stages.aesthetic import clip_embed_dim
 
 log = logging.getLogger(__name__)
@@ -118,9 +118,11 @@ class WorkPlan:
     todo: tuple[SourceShard, ...]
     #: shard name -> the ``source_index`` values already committed (partly done shards only)
     skip: dict[str, tuple[int, ...]]
+    #: shard name -> why it cannot be read (found at discovery): left out of this run, not done
+    failed: dict[str, str] = dataclasses.field(default_factory=dict)
 
     @classmethod
-    def of(cls, shards: list[SourceShard], sink: ShardSink) -> WorkPlan:
+    def of(cls, shards: list[SourceShard], sink: ShardSink, failed: dict[str, str] | None = None) -> WorkPlan:
         """The plan for ``shards`` given what ``sink``'s dataset has committed."""
         done = sink.state.complete_shards({s.name: s.size for s in shards})
         todo = tuple(s for s in shards if s.name not in done)
@@ -129,7 +131,8 @@ class WorkPlan:
         skip: dict[str, list[int]] = {name: [] for name in partial}
         for name, index in sink.committed_keys(partial) if partial else ():
             skip[name].append(index)
-        return cls(tuple(shards), frozenset(done), todo, {k: tuple(sorted(v)) for k, v in skip.items()})
+        return cls(tuple(shards), frozenset(done), todo, {k: tuple(sorted(v)) for k, v in skip.items()},
+                   dict(failed or {}))
 
     @property
     def rows(self) -> int:
@@ -160,16 +163,18 @@ def open_build(input: str, output: str, cfg: BuildConfig, *, models: str,  # noq
                force_new_config: bool = False) -> tuple[ShardSink, BuildPlan]:
     """Discover the input's shards, check the config against the dataset's, open (or create) the
     dataset with its manifest and plan the work. The caller closes the sink."""
-    shards = discover_shards(input, image_column=cfg.input.image_column,
-                             folder_shard_size=cfg.input.folder_shard_size)
+    found = discover(input, image_column=cfg.input.image_column, folder_shard_size=cfg.input.folder_shard_size)
+    shards = found.shards
+    for name, reason in sorted(found.failed.items()):
+        log.warning("source shard %s is left out of this run and stays to do (a rerun retries it): %s", name, reason)
     clip_dim = stored_clip_dim(cfg, models)
     existing = read_manifest(output)
     check_resumable(existing, config_fingerprint(cfg, models), output, force_new_config)
     manifest = make_manifest(cfg, models, input, shards, clip_dim, existing)
     sink = ShardSink.open(output, manifest=manifest)
-    work = WorkPlan.of(shards, sink)
-    log.info("%d source shards (%d rows): %d complete, %d to do (%d partly done)", len(shards), work.rows,
-             len(work.done), len(work.todo), len(work.skip))
+    work = WorkPlan.of(shards, sink, found.failed)
+    log.info("%d source shards (%d rows): %d complete, %d to do (%d partly done), %d unreadable", len(shards),
+             work.rows, len(work.done), len(work.todo), len(work.skip), len(found.failed))
     return sink, BuildPlan(manifest, clip_dim, work)
 
 

@@ -8,7 +8,11 @@ The writer (:mod:`pipelines.sink`) splits the final table into ``data/`` rows an
 Columns are the HumanVerse data columns (all nullable while in flight) plus:
 
 * ``source_bytes``: the original bytes as read (null after decode, which stores ``image``);
-* ``source_error``: set by readers when the source carries no image (e.g. img2dataset status);
+* ``source_error``: set by readers when the source carries no image (e.g. img2dataset status), or
+  when its bytes could not be read (a damaged tar, an unreadable file): the reject's detail;
+* ``source_reason``: the reject reason that goes with ``source_error`` (``download_failed`` when the
+  source says the download failed, ``undecodable`` when the bytes could not be read; null means
+  ``download_failed``);
 * ``canvas``: the outpainted canvas (null when not outpainted), dropped at write;
 * ``reject_stage``, ``reject_reason``, ``reject_detail``.
 """
@@ -29,6 +33,7 @@ SOURCE_FIELDS = [
     pa.field("alt_text", pa.string()),
     pa.field("source_bytes", pa.binary()),
     pa.field("source_error", pa.string()),
+    pa.field("source_reason", pa.string()),
 ]
 SOURCE_SCHEMA = pa.schema(SOURCE_FIELDS)
 

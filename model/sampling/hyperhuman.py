@@ -165,8 +165,9 @@ def pose_from_row(spec: str, threshold: float = 0.3) -> tuple[PoseInput, str]:
 
 
 def _checkpoint_dir(path: str | Path, weights: str) -> Path:
-    """A run folder (newest complete checkpoint), a checkpoint folder, or the weights folder itself."""
-    from model.training.checkpoints import latest_checkpoint
+    """A run folder (its newest complete checkpoint whose files all read), a checkpoint folder, or
+    the weights folder itself."""
+    from model.training.checkpoints import usable_checkpoint
 
     p = Path(path)
     if not p.is_dir():
@@ -174,9 +175,9 @@ def _checkpoint_dir(path: str | Path, weights: str) -> Path:
     if (p / weights).is_dir():
         return p
     if (p / "checkpoints").is_dir():
-        ck = latest_checkpoint(p)
+        ck = usable_checkpoint(p)
         if ck is None:
-            raise ValueError(f"the run {p} has no complete checkpoint yet.")
+            raise ValueError(f"the run {p} has no complete, readable checkpoint yet.")
         return ck
     if (p / "config.json").is_file():
         return p  # the weights folder itself

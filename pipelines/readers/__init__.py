@@ -30,6 +30,8 @@ import posixpath
 import re
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TypeVar
 
 import pyarrow.fs as pafs
 
@@ -56,18 +58,30 @@ log = logging.getLogger(__name__)
 _STATS_RE = re.compile(r"^(\d+)_stats\.json$")
 _NUMBERED_RE = re.compile(r"^(\d+)\.(tar|parquet)$")
 _DISCOVERY_THREADS = 16
+_T = TypeVar("_T")
 
 
 # -- discovery ------------------------------------------------------------------------------------
 
 
-def discover_shards(
-    input: str, *, image_column: str | None = None, folder_shard_size: int = 1000  # noqa: A002 - the CLI's name
-) -> list[SourceShard]:
-    """List the source shards of ``input`` (a folder, a ``.tar``/``.parquet`` file, local or a URL), sorted by name.
+@dataclass(frozen=True)
+class Discovery:
+    """What :func:`discover` found: the shards it can read, sorted by name, and those it cannot."""
 
-    Raises ``ValueError`` for a missing input, an empty one, a folder mixing ``.tar`` and ``.parquet``
-    shards, or Parquet files without a usable image column.
+    shards: list[SourceShard]
+    #: shard name -> one sentence saying why it cannot be read (a damaged tar, a corrupt Parquet footer)
+    failed: dict[str, str] = field(default_factory=dict)
+
+
+def discover(
+    input: str, *, image_column: str | None = None, folder_shard_size: int = 1000  # noqa: A002 - the CLI's name
+) -> Discovery:
+    """List the source shards of ``input`` (a folder, a ``.tar``/``.parquet`` file, local or a URL).
+
+    A shard that cannot be read (its size cannot be counted) is listed in :attr:`Discovery.failed`
+    and the others are returned, so one bad file never stops a build. Raises ``ValueError`` for a
+    missing input, an empty one, a folder mixing ``.tar`` and ``.parquet`` shards, or Parquet files
+    without a usable image column.
     """
     if folder_shard_size < 1:
         raise ValueError(f"folder_shard_size must be at least 1, got {folder_shard_size}.")
@@ -113,25 +127,49 @@ def discover_shards(
         sizer = tar_size if tars else (lambda r, p: parquet_size(r, p, image_column))
         uris = [join_uri(root, rel) for rel in shard_files]
         roots = [Root(root.fs, root.join(rel), uri) for rel, uri in zip(shard_files, uris)]  # one client for all
-        sizes = _parallel(lambda i: sizer(roots[i], shard_files[i]), range(len(shard_files)))
+        sizes = _parallel(lambda i: _attempt(sizer, roots[i], shard_files[i]), range(len(shard_files)))
         kind = WEBDATASET if tars else PARQUET
-        return [SourceShard(rel, uri, kind, size) for rel, uri, size in zip(shard_files, uris, sizes)]
+        return Discovery(
+            [SourceShard(rel, uri, kind, size) for rel, uri, size in zip(shard_files, uris, sizes)
+             if not isinstance(size, SourceShardError)],
+            {rel: str(size) for rel, size in zip(shard_files, sizes) if isinstance(size, SourceShardError)})
 
     if not images:
         raise ValueError(f"no images, .tar or .parquet files found under {input}.")
-    return folder_shards(root, images, folder_shard_size)
+    return Discovery(folder_shards(root, images, folder_shard_size))
 
 
-def _single_file_shard(root: Root, image_column: str | None) -> list[SourceShard]:
+def discover_shards(
+    input: str, *, image_column: str | None = None, folder_shard_size: int = 1000  # noqa: A002 - the CLI's name
+) -> list[SourceShard]:
+    """The shards of ``input`` as :func:`discover` lists them, strictly: a shard that cannot be read raises
+    :class:`SourceShardError` (the first by name) instead of being left out."""
+    found = discover(input, image_column=image_column, folder_shard_size=folder_shard_size)
+    if found.failed:
+        raise SourceShardError(found.failed[min(found.failed)])
+    return found.shards
+
+
+def _attempt(sizer: Callable[[Root, str], int], root: Root, name: str) -> int | SourceShardError:
+    """The shard's size, or the error saying why it cannot be counted."""
+    try:
+        return sizer(root, name)
+    except SourceShardError as e:
+        return e
+
+
+def _single_file_shard(root: Root, image_column: str | None) -> Discovery:
     name = posixpath.basename(root.path)
     _, ext = split_ext(name)
-    if ext == "tar":
-        return [SourceShard(name, root.uri, WEBDATASET, tar_size(root, name))]
-    if ext == "parquet":
-        return [SourceShard(name, root.uri, PARQUET, parquet_size(root, name, image_column))]
-    raise ValueError(
-        f"input {root.uri} is a file but not a .tar or .parquet shard; give a folder, a .tar or a .parquet."
-    )
+    if ext not in ("tar", "parquet"):
+        raise ValueError(
+            f"input {root.uri} is a file but not a .tar or .parquet shard; give a folder, a .tar or a .parquet."
+        )
+    kind, sizer = (WEBDATASET, tar_size) if ext == "tar" else (PARQUET, lambda r, n: parquet_size(r, n, image_column))
+    size = _attempt(sizer, root, name)
+    if isinstance(size, SourceShardError):
+        return Discovery([], {name: str(size)})
+    return Discovery([SourceShard(name, root.uri, kind, size)])
 
 
 def _complete_img2dataset_shards(shard_files: list[str], rel_names: set[str]) -> list[str]:
@@ -170,7 +208,7 @@ def _ancestors(rel: str) -> list[str]:
     return out
 
 
-def _parallel(fn: Callable[[int], int], items: range) -> list[int]:
+def _parallel(fn: Callable[[int], _T], items: range) -> list[_T]:
     """Map ``fn`` over ``items`` with a few threads (footers and tar headers on object stores are slow one by one)."""
     if len(items) <= 1:
         return [fn(i) for i in items]
@@ -213,5 +251,5 @@ def read_shard(
         yield batch
 
 
-__all__ = ["ALT_TEXT_COLUMNS", "IMAGE_COLUMNS", "IMAGE_EXTENSIONS", "KINDS", "SourceShard", "SourceShardError",
-           "discover_shards", "read_shard"]
+__all__ = ["ALT_TEXT_COLUMNS", "IMAGE_COLUMNS", "IMAGE_EXTENSIONS", "KINDS", "Discovery", "SourceShard",
+           "SourceShardError", "discover", "discover_shards", "read_shard"]

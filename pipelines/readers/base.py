@@ -35,7 +35,13 @@ URL_COLUMNS = ("url", "URL")
 #: img2dataset's ``status`` of a downloaded sample.
 SUCCESS = "success"
 
-_ROW_KEYS = ["source_shard", "source_index", "source_key", "source_url", "alt_text", "source_bytes", "source_error"]
+#: ``source_row``'s ``reason`` when the source says it has no image (img2dataset status, no bytes)
+DOWNLOAD_FAILED = "download_failed"
+#: ``source_row``'s ``reason`` when the bytes are there but could not be read (a damaged tar, an I/O error)
+UNREADABLE = "undecodable"
+
+_ROW_KEYS = ["source_shard", "source_index", "source_key", "source_url", "alt_text", "source_bytes", "source_error",
+             "source_reason"]
 if _ROW_KEYS != SOURCE_SCHEMA.names:  # the row contract moved: update source_row()
     raise ImportError(f"pipelines.readers builds rows with {_ROW_KEYS} but SOURCE_SCHEMA is {SOURCE_SCHEMA.names}.")
 
@@ -73,10 +79,13 @@ class SourceShard:
 
 
 def source_row(shard: SourceShard, index: int, *, key: str | None, url: str | None = None,
-               alt_text: str | None = None, data: bytes | None = None, error: str | None = None) -> dict:
-    """One reader row; ``error`` set means the row carries no image (its bytes are dropped)."""
+               alt_text: str | None = None, data: bytes | None = None, error: str | None = None,
+               reason: str = DOWNLOAD_FAILED) -> dict:
+    """One reader row; ``error`` set means the row carries no image (its bytes are dropped) and becomes
+    a reject with ``reason`` (:data:`DOWNLOAD_FAILED` or :data:`UNREADABLE`) at decode."""
     return {"source_shard": shard.name, "source_index": index, "source_key": key, "source_url": url,
-            "alt_text": alt_text, "source_bytes": data if error is None else None, "source_error": error}
+            "alt_text": alt_text, "source_bytes": data if error is None else None, "source_error": error,
+            "source_reason": None if error is None else reason}
 
 
 def check_size(shard: SourceShard, seen: int) -> None:

@@ -17,8 +17,8 @@ import pyarrow.fs as pafs
 from humanverse.fs import Root, resolve_root
 from pipelines.readers.base import (
     FOLDER,
+    UNREADABLE,
     SourceShard,
-    SourceShardError,
     check_size,
     join_uri,
     json_dict,
@@ -50,8 +50,10 @@ def folder_rows(shard: SourceShard, skip: frozenset[int]) -> Iterator[dict]:
     root = resolve_root(shard.uri)
     try:
         listing = {posixpath.basename(f.path) for f in root.fs.get_file_info(pafs.FileSelector(root.path))}
-    except (OSError, pa.ArrowException) as e:
-        raise SourceShardError(f"cannot list folder shard {shard.name} at {shard.uri}: {e}") from e
+    except (OSError, pa.ArrowException) as e:  # each member is still tried: those that fail are rows too
+        log.warning("cannot list folder shard %s at %s (%s); reading its images without their .txt/.json",
+                    shard.name, shard.uri, e)
+        listing = set()
     prefix = shard.name.rsplit("#", 1)[0]
     for index, member in enumerate(shard.members):
         if index in skip:
@@ -62,7 +64,7 @@ def folder_rows(shard: SourceShard, skip: frozenset[int]) -> Iterator[dict]:
         try:
             data = read_all(root, root.join(member))
         except (OSError, pa.ArrowException) as e:
-            yield source_row(shard, index, key=key, error=f"cannot read {key}: {e}")
+            yield source_row(shard, index, key=key, error=f"cannot read {key}: {e}", reason=UNREADABLE)
             continue
         try:
             if stem + ".txt" in listing:

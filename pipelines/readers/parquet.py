@@ -19,8 +19,10 @@ from pipelines.readers.base import (
     ALT_TEXT_COLUMNS,
     IMAGE_COLUMNS,
     SUCCESS,
+    UNREADABLE,
     URL_COLUMNS,
     SourceShard,
+    SourceShardError,
     check_size,
     first_of,
     iter_parquet,
@@ -122,7 +124,12 @@ class ParquetColumns:
 
 
 def parquet_rows(shard: SourceShard, skip: frozenset[int], image_col: str | None, batch_rows: int) -> Iterator[dict]:
-    """The rows of a Parquet shard; row groups whose rows are all skipped are not read at all."""
+    """The rows of a Parquet shard; row groups whose rows are all skipped are not read at all.
+
+    A row group whose data cannot be read (a damaged page) becomes rows with ``source_error``
+    (reason ``undecodable``) as long as its rows can still be named (their keys read, or no key
+    column); otherwise, like a footer that cannot be read, it raises :class:`SourceShardError`.
+    """
     root = resolve_root(shard.uri)
 
     def rows(pf: pq.ParquetFile) -> Iterator[dict]:
@@ -137,19 +144,41 @@ def parquet_rows(shard: SourceShard, skip: frozenset[int], image_col: str | None
             if n == 0 or all(i in skip for i in range(first, first + n)):
                 continue  # a committed row group: not even read
             index = first
-            for b in pf.iter_batches(batch_size=batch_rows, row_groups=[rg], columns=names):
-                data = {c: b.column(c) for c in names}
-                keep = [j for j in range(b.num_rows) if index + j not in skip]
-                if keep:
-                    if len(keep) < b.num_rows:
-                        data = {c: a.take(pa.array(keep, pa.int64())) for c, a in data.items()}
-                    values = {c: a.to_pylist() for c, a in data.items()}
-                    for k, j in enumerate(keep):
-                        yield cols.row(shard, index + j, values, k)
-                index += b.num_rows
+            try:
+                for b in pf.iter_batches(batch_size=batch_rows, row_groups=[rg], columns=names):
+                    data = {c: b.column(c) for c in names}
+                    keep = [j for j in range(b.num_rows) if index + j not in skip]
+                    if keep:
+                        if len(keep) < b.num_rows:
+                            data = {c: a.take(pa.array(keep, pa.int64())) for c, a in data.items()}
+                        values = {c: a.to_pylist() for c, a in data.items()}
+                        for k, j in enumerate(keep):
+                            yield cols.row(shard, index + j, values, k)
+                    index += b.num_rows
+            except (OSError, pa.ArrowException) as e:
+                yield from _unreadable_rows(pf, cols, shard, rg, range(index, first + n), skip, e)
         check_size(shard, start)
 
     yield from iter_parquet(root, shard.name, rows)
+
+
+def _unreadable_rows(pf: pq.ParquetFile, cols: ParquetColumns, shard: SourceShard, rg: int, indices: range,
+                     skip: frozenset[int], error: Exception) -> Iterator[dict]:
+    """Rows ``indices`` of row group ``rg``, whose data could not be read, as ``undecodable`` rows (keys
+    from the key column when it can still be read; without a key column a row's key is its index)."""
+    keys = [str(i) for i in indices]
+    if cols.key is not None:
+        try:
+            col = pf.read_row_group(rg, columns=[cols.key]).column(0).to_pylist()
+        except (OSError, pa.ArrowException) as e:
+            raise SourceShardError(f"cannot read row group {rg} of the parquet shard {shard.name}, not even its "
+                                   f"keys: {error}; {e}") from e
+        base = sum(pf.metadata.row_group(g).num_rows for g in range(rg))
+        keys = [str_or_none(col[i - base]) or str(i) for i in indices]
+    detail = f"cannot read row group {rg} of the parquet shard {shard.name}: {error}"
+    for i, key in zip(indices, keys):
+        if i not in skip:
+            yield source_row(shard, i, key=key, error=detail, reason=UNREADABLE)
 
 
 def _is_binary(t: pa.DataType) -> bool:

@@ -24,6 +24,7 @@ from humanverse.fs import Root, resolve_root
 from pipelines.readers.base import (
     IMAGE_EXTENSIONS,
     SUCCESS,
+    UNREADABLE,
     URL_COLUMNS,
     SourceShard,
     SourceShardError,
@@ -62,6 +63,14 @@ def _tar_key(member_name: str) -> tuple[str, str] | None:
 
 def _scan_tar(root: Root, name: str) -> list[_TarSample]:
     """Read the tar headers only (seeking over the data); group members into samples in order of first appearance."""
+    samples, error = _scan_tar_partly(root, name)
+    if error is not None:
+        raise SourceShardError(error)
+    return samples
+
+
+def _scan_tar_partly(root: Root, name: str) -> tuple[list[_TarSample], str | None]:
+    """:func:`_scan_tar`, but a damaged tar gives the samples before the damage and the error sentence."""
     samples: dict[str, _TarSample] = {}
     try:
         with root.fs.open_input_file(root.path) as raw, tarfile.open(
@@ -84,8 +93,8 @@ def _scan_tar(root: Root, name: str) -> list[_TarSample]:
                 elif ext == "json" and s.meta is None:
                     s.meta = m
     except (OSError, tarfile.TarError, pa.ArrowException) as e:
-        raise SourceShardError(f"cannot read the tar shard {name} ({root.uri}): {e}") from e
-    return list(samples.values())
+        return list(samples.values()), f"cannot read the tar shard {name} ({root.uri}): {e}"
+    return list(samples.values()), None
 
 
 def img2dataset_sidecar(tar_root: Root) -> Root | None:
@@ -112,10 +121,18 @@ def tar_size(root: Root, name: str) -> int:
 
 
 def webdataset_rows(shard: SourceShard, skip: frozenset[int]) -> Iterator[dict]:
-    """The rows of a tar shard, without reading the members of skipped rows."""
+    """The rows of a tar shard, without reading the members of skipped rows.
+
+    With img2dataset's sidecar the rows are known without the tar, so a damaged tar gives rows with
+    ``source_error`` (reason ``undecodable``) for the samples it no longer holds; without one a tar
+    whose headers cannot be read raises :class:`SourceShardError`.
+    """
     root = resolve_root(shard.uri)
-    samples = _scan_tar(root, shard.name)
     sidecar = img2dataset_sidecar(root)
+    if sidecar is None:
+        samples, damage = _scan_tar(root, shard.name), None
+    else:
+        samples, damage = _scan_tar_partly(root, shard.name)
     try:
         f = root.fs.open_input_file(root.path)
     except (OSError, pa.ArrowException) as e:
@@ -149,6 +166,9 @@ def webdataset_rows(shard: SourceShard, skip: frozenset[int]) -> Iterator[dict]:
                 if meta["status"] not in (None, SUCCESS):
                     yield source_row(shard, index, key=key, url=meta["url"], alt_text=meta["caption"],
                                      error=f"{meta['status']}: {meta['error_message']}")
+                elif (s is None or s.image is None) and damage is not None:
+                    yield source_row(shard, index, key=key, url=meta["url"], alt_text=meta["caption"],
+                                     error=damage, reason=UNREADABLE)
                 elif s is None or s.image is None:
                     yield source_row(shard, index, key=key, url=meta["url"], alt_text=meta["caption"],
                                      error=f"the image of key {key} is missing from {shard.name}")
@@ -166,7 +186,8 @@ def _tar_row(shard: SourceShard, index: int, s: _TarSample, member: Callable[[ta
         data = member(s.image)
     except (OSError, pa.ArrowException) as e:
         return source_row(shard, index, key=key, url=sidecar and sidecar["url"],
-                          alt_text=sidecar and sidecar["caption"], error=f"cannot read sample {s.key}: {e}")
+                          alt_text=sidecar and sidecar["caption"], error=f"cannot read sample {s.key}: {e}",
+                          reason=UNREADABLE)
     meta = json_dict(meta_bytes, s.key) if meta_bytes is not None else {}
     alt_text = text.decode("utf-8", "replace") if text is not None else None
     if alt_text is None:

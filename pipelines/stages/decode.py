@@ -4,7 +4,8 @@ HyperHuman (arXiv 2310.08579, §4 "HumanVerse") starts from LAION-2B-en / COYO-7
 before any model sees them, every source row is decoded once here. A row either becomes an upright
 8-bit RGB image ready for the model stages, or a reject with a reason from the fixed vocabulary:
 
-* ``download_failed``: the reader marked the row as carrying no image (``source_error``);
+* ``download_failed`` (or the reader's ``source_reason``, ``undecodable`` for bytes it could not
+  read): the reader marked the row as carrying no image (``source_error``, the detail);
 * ``too_large``: the header declares more than ``max_pixels`` pixels (a decompression bomb guard
   applied *before* any pixel data is decoded);
 * ``undecodable``: empty, truncated, corrupt or non-image bytes (the detail says what failed).
@@ -348,7 +349,8 @@ class DecodeStage(RowFilter):
         data = row.get("source_bytes")
         row["id"] = image_id(data)
         if row.get("source_error") is not None:
-            return Reject("download_failed", row["source_error"] or "source row has no image")
+            reason = row.get("source_reason") or "download_failed"
+            return Reject(reason, row["source_error"] or "source row has no image")
         try:
             res = decode_one(data, self.config)
         except Exception as e:  # noqa: BLE001 - decode_one is total; this guards against our own bugs
