@@ -94,8 +94,12 @@ def from_dict(cls: type[T], data: Mapping[str, Any], path: str = "") -> T:
         raise ConfigError(f"{path or cls.__name__}: {e}") from e
 
 
-def load_yaml(cls: type[T], path: str | Path | None, overrides: Mapping[str, Any] | None = None) -> T:
-    """Load ``cls`` from a YAML file (or defaults when ``path`` is None), then apply overrides."""
+def load_yaml(cls: type[T], path: str | Path | None, overrides: Mapping[str, Any] | None = None,
+              section: str | None = None) -> T:
+    """Load ``cls`` from a YAML file (or defaults when ``path`` is None), then apply overrides.
+
+    ``section``: a combined preset (e.g. ``model/presets/demo.yaml``, with ``stage1:`` and
+    ``stage2:`` sections) is read from that top-level section when the file has one."""
     import yaml
 
     data: dict[str, Any] = {}
@@ -115,6 +119,8 @@ def load_yaml(cls: type[T], path: str | Path | None, overrides: Mapping[str, Any
             raise ConfigError(f"config file {p} is not UTF-8 text.") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {p} must hold a mapping at the top level, got {type(loaded).__name__}.")
+        if section is not None and isinstance(loaded.get(section), dict):
+            loaded = loaded[section]
         data = loaded
     for k, v in (overrides or {}).items():
         _set_dotted(data, k, v)

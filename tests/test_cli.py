@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import duckdb
 import pyarrow.parquet as pq
@@ -91,3 +92,35 @@ def test_plain_duckdb_reads_our_parquet(dataset):
 def test_console_script_is_installed():
     out = subprocess.run([sys.executable, "-m", "humanverse.cli", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "query" in out.stdout and "zoo" in out.stdout
+
+
+def test_csv_lines_end_in_lf(dataset, tmp_path):
+    out = tmp_path / "ids.csv"
+    assert main(["query", str(dataset), "SELECT id FROM hv ORDER BY id", "--format", "csv", "--out", str(out)]) == 0
+    assert b"\r" not in out.read_bytes() and out.read_text().count("\n") == 7
+
+
+def test_show_writes_a_default_file(dataset, tmp_path, monkeypatch, caplog):
+    monkeypatch.chdir(tmp_path)
+    assert main(["show", str(dataset)]) == 0
+    assert (tmp_path / "gallery.html").is_file() and "gallery.html" in caplog.text
+
+
+def test_pose_from_takes_an_id_prefix(dataset):
+    from model.sampling.hyperhuman import pose_from_row
+
+    ids = humanverse.open(dataset).query("SELECT id FROM hv WHERE num_persons > 0 ORDER BY id").column("id").to_pylist()
+    pose, _ = pose_from_row(f"{dataset}#{ids[0][:12]}")
+    assert pose.source.endswith(ids[0])
+    with pytest.raises(ValueError, match="not a row id"):
+        pose_from_row(f"{dataset}#x' OR 1=1 --")
+    with pytest.raises(ValueError, match="no row with id"):
+        pose_from_row(f"{dataset}#ffffffffffff")
+
+
+def test_train_config_reads_its_section_of_a_combined_preset():
+    from model.training.loop import load_train_config
+
+    preset = Path(__file__).resolve().parents[1] / "model" / "presets" / "demo.yaml"
+    s2 = load_train_config(str(preset), {"max_steps": 3}, "stage2")
+    assert s2.stage == "stage2" and s2.max_steps == 3 and s2.data.resolution == 64

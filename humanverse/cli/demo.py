@@ -118,12 +118,13 @@ def _model_chain(out: Path, ds_dir: Path) -> dict[str, Path]:
 
     ts = out / "testset"
     t = demo["testset"]
-    build_hv_testset(HVTestsetConfig(str(ds_dir), str(ts), limit=t["limit"], keypoint_threshold=t["keypoint_threshold"]))
+    build_hv_testset(HVTestsetConfig(str(ds_dir), str(ts), limit=t["limit"],
+                                     keypoint_threshold=t["keypoint_threshold"]))
     paths["test set"] = ts / "testset.jsonl"
     gen = out / "generated"
     sets = [a for k, v in demo["sample"].items() for a in ("--set", f"{k}={v}")]
-    code = cli_main(["sample", "--models", "tiny", "--testset", str(ts / "testset.jsonl"), "--stage1", str(runs / "stage1"),
-                        "--stage2", str(runs / "stage2"), "--out", str(gen), *sets])
+    code = cli_main(["sample", "--models", "tiny", "--testset", str(ts / "testset.jsonl"),
+                     "--stage1", str(runs / "stage1"), "--stage2", str(runs / "stage2"), "--out", str(gen), *sets])
     if code:
         raise RuntimeError("the demo's sampling step failed (see the log above).")
     paths["generated"] = gen

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from humanverse.cli.plumbing import add_address, add_models, given
+from humanverse.cli.plumbing import absolute, add_address, add_models, given
 
 NAME = "latents"
 HELP = "build the VAE-latent cache of a dataset (a Ray job)"
@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = from_dict(LatentCacheConfig, {**given(args, FIELDS), **({"flips": False} if args.no_flips else {})})
     if not args.no_ray:
         connect_ray(args.address)
-    report = build_latent_cache(args.root, args.out, cfg, args.models, use_ray=not args.no_ray,
+    report = build_latent_cache(absolute(args.root), absolute(args.out), cfg, args.models, use_ray=not args.no_ray,
                                 resources=EncoderResources(encoders=args.encoders, num_gpus=args.num_gpus),
                                 overwrite=args.overwrite)
     sys.stdout.write(json.dumps(asdict(report)) + "\n")

@@ -98,7 +98,7 @@ def _to_csv(table) -> str:
     import io
 
     buf = io.StringIO()
-    w = csv.writer(buf)
+    w = csv.writer(buf, lineterminator="\n")  # LF: a value captured in a shell keeps no \r
     w.writerow(table.column_names)
     for r in table.to_pylist():
         w.writerow([json.dumps(_jsonable(v)) if isinstance(v, (list, dict, bytes)) else v for v in r.values()])

@@ -15,7 +15,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_root(p)
     p.add_argument("--where", help="SQL condition on table hv, e.g. \"num_persons = 1 AND aesthetic >= 5\"")
     p.add_argument("--limit", type=int, default=24)
-    p.add_argument("--out", required=True, help="FILE.html or FILE.png")
+    p.add_argument("--out", default="gallery.html", help="FILE.html or FILE.png (default: gallery.html here)")
     p.add_argument("--banner", help="text shown above the gallery (default: the dataset's own banner)")
     p.add_argument("--keypoint-threshold", type=float, default=0.3, help="hide keypoints scoring below this")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from humanverse.cli.plumbing import add_address, add_models, add_set, parse_sets
+from humanverse.cli.plumbing import absolute, add_address, add_models, add_set, parse_sets
 
 NAME = "train"
 HELP = "train stage 1 (LSDM) or stage 2 (refiner) on a dataset (Ray Train)"
@@ -15,7 +15,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("stage", choices=["stage1", "stage2"], help="stage1: the LSDM (§3.2); stage2: the refiner (§3.3)")
     p.add_argument("--data", required=True, help="HumanVerse dataset root")
     p.add_argument("--latents", help="latent cache built by `humanverse latents` (stage 1, optional)")
-    p.add_argument("--config", help="YAML training config (Stage1TrainConfig / Stage2TrainConfig fields)")
+    p.add_argument("--config", help="YAML training config (Stage1TrainConfig / Stage2TrainConfig fields; a combined "
+                   "preset such as model/presets/demo.yaml is read from its stage1:/stage2: section)")
     add_models(p)
     p.add_argument("--max-steps", type=int, help="stop after N optimizer steps (the config's max_steps)")
     p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in --out")
@@ -31,5 +32,6 @@ def run(args: argparse.Namespace) -> int:
     if args.max_steps is not None:
         overrides["max_steps"] = args.max_steps
     cfg = load_train_config(args.config, overrides, args.stage)
-    run_training(cfg, args.data, args.out, args.models, args.latents, args.resume, args.address)
+    run_training(cfg, absolute(args.data), absolute(args.out), args.models, absolute(args.latents), args.resume,
+                 args.address)
     return 0

@@ -146,16 +146,26 @@ def load_pose_json(path: str | Path, threshold: float = 0.3) -> PoseInput:
 
 
 def pose_from_row(spec: str, threshold: float = 0.3) -> tuple[PoseInput, str]:
-    """``ROOT[#ID]`` -> (the row's poses in its stored-image frame, its caption)."""
+    """``ROOT[#ID]`` -> (the row's poses in its stored-image frame, its caption). ``ID`` may be any
+    unique prefix of the row's id (the gallery shows the first 12 characters)."""
+    import re
+
     import humanverse
 
     root, _, rid = spec.partition("#")
+    rid = rid.strip().lower()
+    if rid and not re.fullmatch(r"[0-9a-f]{4,64}", rid):
+        raise ValueError(f"{rid!r} is not a row id: give the hex id of a row, or a prefix of at least 4 of its "
+                         "characters (as the gallery shows).")
     ds = humanverse.open(root)
     sql = "SELECT id, width, height, caption, persons FROM hv"
-    sql += f" WHERE id = '{rid.replace(chr(39), '')}'" if rid else " WHERE num_persons > 0 ORDER BY id"
-    rows = ds.query(sql + " LIMIT 1").to_pylist()
+    sql += f" WHERE starts_with(id, '{rid}') ORDER BY id" if rid else " WHERE num_persons > 0 ORDER BY id"
+    rows = ds.query(sql + " LIMIT 2").to_pylist()
     if not rows:
         raise ValueError(f"{root} has no row {'with id ' + rid if rid else 'with a person'} to take a pose from.")
+    if rid and len(rows) > 1:
+        raise ValueError(f"the id prefix {rid!r} matches several rows of {root} (e.g. {rows[0]['id']} and "
+                         f"{rows[1]['id']}); give more characters.")
     r = rows[0]
     kps = [p["keypoints"] for p in (r["persons"] or []) if p.get("keypoints") is not None]
     return check_pose(kps, r["width"], r["height"], threshold, source=f"{root}#{r['id']}"), r["caption"] or ""

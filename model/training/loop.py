@@ -454,6 +454,7 @@ def run_training(cfg: TrainerConfig, data_root: str, run: str, models: str, late
 
 
 def load_train_config(path: str | None, overrides: dict | None = None, stage: str = "stage1") -> TrainerConfig:
+    """The ``stage`` config from a YAML file (its ``stage1:``/``stage2:`` section in a combined preset)."""
     from humanverse.config import load_yaml
 
-    return load_yaml(CONFIGS[stage], path, overrides)
+    return load_yaml(CONFIGS[stage], path, overrides, section=stage)
