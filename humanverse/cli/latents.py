@@ -38,13 +38,11 @@ def run(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
     from humanverse.config import from_dict
-    from model.training.latents import EncoderResources, LatentCacheConfig, build_latent_cache, connect_ray
+    from model.training.latents import EncoderResources, LatentCacheConfig, build_latent_cache
 
     cfg = from_dict(LatentCacheConfig, {**given(args, FIELDS), **({"flips": False} if args.no_flips else {})})
-    if not args.no_ray:
-        connect_ray(args.address)
     report = build_latent_cache(absolute(args.root), absolute(args.out), cfg, args.models, use_ray=not args.no_ray,
                                 resources=EncoderResources(encoders=args.encoders, num_gpus=args.num_gpus),
-                                overwrite=args.overwrite)
+                                overwrite=args.overwrite, address=args.address)
     sys.stdout.write(json.dumps(asdict(report)) + "\n")
     return 0

@@ -584,12 +584,11 @@ def _make_staging_sink(out_uri: str, staging: str):
 
 
 def _encode_chunk_ray(ds, files: list[str], cfg: LatentCacheConfig, models: str, out: hfs.Root, chunk: str,
-                      res: EncoderResources) -> list[tuple[str, int]]:
+                      res: EncoderResources, address: str | None = None) -> list[tuple[str, int]]:
     import ray
     import ray.data
 
-    if not ray.is_initialized():  # RAY_ADDRESS or a local cluster; needed to see its GPUs
-        ray.init()
+    connect_ray(address)  # only now: a run with nothing to encode never starts Ray
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True
     gpus = ray.cluster_resources().get("GPU", 0)
@@ -614,14 +613,15 @@ def _encode_chunk_ray(ds, files: list[str], cfg: LatentCacheConfig, models: str,
 
 def build_latent_cache(root, out, cfg: LatentCacheConfig = LatentCacheConfig(), models: str = "paper", *,
                        use_ray: bool = True, resources: EncoderResources = EncoderResources(),
-                       overwrite: bool = False) -> LatentCacheReport:
+                       overwrite: bool = False, address: str | None = None) -> LatentCacheReport:
     """Encode every selected row of dataset ``root`` into the latent cache ``out`` (see the module
     docstring for what is stored and how resume works).
 
     ``use_ray``: a Ray Data job per chunk (``read_parquet`` -> decode tasks ->
     ``map_batches(VaeEncoder, compute=ActorPoolStrategy(...), num_gpus=...)`` -> staged Parquet);
-    Ray is initialised (``ray.init()``: RAY_ADDRESS or a local cluster) unless the caller did. Without: a plain loop in this
-    process (tests, small datasets). Both write the same rows.
+    Ray is connected (``address``, else RAY_ADDRESS, else a local cluster) unless the caller did, and
+    only when there is a chunk to encode. Without: a plain loop in this process (tests, small
+    datasets). Both write the same rows.
     """
     t0 = time.perf_counter()
     ds = humanverse.open(root)
@@ -652,7 +652,7 @@ def build_latent_cache(root, out, cfg: LatentCacheConfig = LatentCacheConfig(), 
         chunk = _chunk_id([rel[f] for f in chunk_files])
         tc = time.perf_counter()
         if use_ray:
-            staged = _encode_chunk_ray(ds, chunk_files, cfg, models, o, chunk, resources)
+            staged = _encode_chunk_ray(ds, chunk_files, cfg, models, o, chunk, resources, address)
         else:
             if encoder is None:
                 encoder = VaeEncoder(cfg.vae, models, resolution=cfg.resolution, dtype=cfg.dtype,
