@@ -71,7 +71,7 @@ def _latent(row: dict, col: str, shape) -> torch.Tensor:
     ({"vae": "yolos-tiny"}, "vae must name a zoo VAE or diffusion pipeline"),
     ({"dtype": "int8"}, "dtype must be one of"),
     ({"resolution": 100}, "resolution must be a positive multiple of 8"),
-    ({"where": "bogus ="}, "not a valid SQL predicate"),
+    ({"where": "bogus ="}, "is not one SQL condition"),
     ({"batch_size": 0}, "batch_size must be a positive integer"),
 ])
 def test_config_errors(kw, match):
