@@ -61,7 +61,7 @@ def _ids(batches) -> list[str]:
     ({"flip_prob": 1.5}, "flip_prob must be a probability"),
     ({"shuffle_buffer": -1}, "shuffle_buffer"),
     ({"seed": -3}, "seed"),
-    ({"where": "num_persons = "}, "not a valid SQL predicate on table hv"),
+    ({"where": "num_persons = "}, "is not one SQL condition on the columns of hv"),
     ({"where": "no_such_column = 1"}, "not a valid SQL predicate on table hv"),
     ({"where": "aesthetic > (SELECT avg(aesthetic) FROM hv)"}, "subquery or window"),
     ({"where": "  "}, "non-empty SQL predicate"),
