@@ -63,8 +63,8 @@ def _ids(batches) -> list[str]:
     ({"seed": -3}, "seed"),
     ({"where": "num_persons = "}, "is not one SQL condition on the columns of hv"),
     ({"where": "no_such_column = 1"}, "not a valid SQL predicate on table hv"),
-    ({"where": "aesthetic > (SELECT avg(aesthetic) FROM hv)"}, "subquery or window"),
-    ({"where": "  "}, "non-empty SQL predicate"),
+    ({"where": "aesthetic > (SELECT avg(aesthetic) FROM hv)"}, "uses a subquery"),
+    ({"where": "  "}, "non-empty SQL condition"),
 ])
 def test_config_errors_are_one_sentence(kw, match):
     with pytest.raises(ValueError, match=match) as e:
