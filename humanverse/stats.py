@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 #: stages not named here come after, ordered by the first of their reasons in
 #: :data:`humanverse.schema.REJECT_REASONS`, then by name.
 PIPELINE_STAGES: tuple[str, ...] = (
-    "download", "decode", "resolution", "dedup", "detect", "person_filter", "aesthetic",
+    "download", "decode", "dedup", "resolution", "detect", "person_filter", "aesthetic",
     "outpaint", "pose", "depth", "normal", "caption", "encode", "write",
 )
 

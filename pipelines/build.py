@@ -3,17 +3,19 @@
 HyperHuman §4's funnel, cheapest stage first so expensive models only see survivors, then the
 annotators on the survivors::
 
-    read shards -> decode (CPU tasks) -> resolution -> detect (actors) -> person filter
+    read shards -> decode (CPU tasks) -> dedup -> resolution -> detect (actors) -> person filter
       -> aesthetic -> outpaint -> pose -> depth -> normal -> caption -> write (exactly-once commits)
 
 :mod:`pipelines.plan` decides the work before Ray starts (shards, resume, manifest);
 :mod:`pipelines.steps` turns the config into the list of stage steps; :func:`build` runs them as one
 Ray Data graph (data flow: ``docs/architecture.md``).
 
-Resume: the unit of work is the source shard. Shards whose committed rows add up to their size are
-skipped, and for partly done shards the committed ``source_index`` values are skipped by the reader.
-Re-run the same command after any crash: every source row ends exactly once in ``data/`` or
-``rejects/``.
+Resume: the unit of work is the source shard, and a source row is identified by its shard and its
+key in the shard. Shards recorded unchanged whose committed rows add up to their size are skipped;
+the others are read, skipping the keys already committed, so a partly done or changed shard gets
+exactly its missing rows (:mod:`pipelines.plan`). A shard that cannot be read is reported and left
+to do; the other shards are built. Re-run the same command after any crash: every source row ends
+exactly once in ``data/`` or ``rejects/``.
 
 This is the ``ray job submit`` entrypoint: ``ray job submit --working-dir . -- python -m
 pipelines.build INPUT OUTPUT --config FILE.yaml``.
@@ -25,14 +27,15 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import pyarrow as pa
 
 from humanverse.config import ConfigError
+from humanverse.shards import ShardSink
 from pipelines.config import PRESETS, BuildConfig, InputConfig, load_config
-from pipelines.plan import open_build, read_item
+from pipelines.plan import BuildPlan, finish_manifest, open_build, read_item
 from pipelines.steps import Step, plan_steps
 
 log = logging.getLogger("pipelines.build")
@@ -57,6 +60,9 @@ class BuildReport:
     #: source shards that could not be read (name -> why), at discovery or while being read: not
     #: done, so a rerun retries them; the other shards were built
     failed_shards: dict[str, str] = field(default_factory=dict)
+    #: source shard -> how many of its committed rows it no longer holds (found when a changed shard
+    #: was read this run); those rows stay in the dataset
+    vanished_rows: dict[str, int] = field(default_factory=dict)
 
 
 def _read_shards(batch: pa.Table, input_cfg: InputConfig, clip_dim: int | None, ledger):
@@ -74,8 +80,9 @@ def _read_shards(batch: pa.Table, input_cfg: InputConfig, clip_dim: int | None, 
 
     for item in batch.to_pylist():
         shard, skip = read_item(item)
+        keys = readers.ShardKeys(skip)
         try:
-            for rows in readers.read_shard(shard, skip=skip, batch_rows=input_cfg.batch_rows,
+            for rows in readers.read_shard(shard, skip=keys, batch_rows=input_cfg.batch_rows,
                                            image_column=input_cfg.image_column):
                 if rows:
                     yield from_source_rows(rows, clip_dim)
@@ -84,7 +91,7 @@ def _read_shards(batch: pa.Table, input_cfg: InputConfig, clip_dim: int | None, 
                         shard.name, e)
             ray.get(ledger.failed.remote(shard.name, str(e)))
             continue
-        ray.get(ledger.finished.remote(shard.name, []))
+        ray.get(ledger.finished.remote(shard.name, keys.vanished))
 
 
 def _init_ray(cfg: BuildConfig, address: str | None) -> bool:
@@ -147,32 +154,87 @@ def cpu_shortfall(cfg: BuildConfig, steps: Sequence[Step], cluster_cpus: float) 
 
 
 def build(input: str, output: str, cfg: BuildConfig, *, models: str = "paper", address: str | None = None,  # noqa: A002
-          force_new_config: bool = False) -> BuildReport:
-    """Run the builder from ``input`` (folder, webdataset tars, Parquet) into dataset ``output``."""
-    import ray
+          force_new_config: bool = False, add_input: bool = False) -> BuildReport:
+    """Run the builder from ``input`` (folder, webdataset tars, Parquet) into dataset ``output``.
 
+    ``force_new_config``: continue a dataset built with another config. ``add_input``: build an input
+    that shares no source shard with the dataset's recorded input(s) into it (refused otherwise).
+    """
     import humanverse
-    from pipelines.sink import make_datasink
-
-    from pipelines.ledger import ReadLedger
+    from humanverse.shards import write_manifest
 
     t0 = time.perf_counter()
-    sink, plan = open_build(input, output, cfg, models=models, force_new_config=force_new_config)
+    sink, plan = open_build(input, output, cfg, models=models, force_new_config=force_new_config,
+                            add_input=add_input)
     work = plan.work
-    summary_rows, ray_stats = (0, 0), ""
-    failed = dict(work.failed)
-    if work.todo:
-        steps = plan_steps(cfg, models, plan.clip_dim)
-        started_local = _init_ray(cfg, address)
-        _check_gpus(cfg, steps)
-        shortfall = cpu_shortfall(cfg, steps, ray.cluster_resources().get("CPU", 0))
-        if shortfall and started_local and not cfg.ray.autoscaling:
-            raise ConfigError(shortfall)
-        if shortfall:  # an existing cluster may still add nodes (autoscaling)
-            log.warning("%s (unless the cluster adds nodes)", shortfall)
-        res = cfg.resources
-        items = work.items()
-        ledger = ray.remote(num_cpus=0)(ReadLedger).remote()
+    run = _GraphRun()
+    try:
+        if work.todo:
+            run = _run_graph(cfg, plan, sink, models, address)
+            for name, keys in sorted(run.vanished.items()):
+                log.warning("source shard %s no longer holds %d of its committed rows (e.g. %s); they stay in the "
+                            "dataset", name, len(keys), ", ".join(keys[:3]))
+            # every write committed: the shards read to their end are recorded as they are now
+            write_manifest(sink.root, finish_manifest(plan.manifest, list(work.todo), run.finished, run.vanished,
+                                                      input))
+    finally:
+        sink.close()
+    failed = {**work.failed, **run.failed}
+    ds_read = humanverse.open(output)
+    stats = ds_read.stats()
+    report = BuildReport(output=output, shards_total=len(work.shards) + len(work.failed),
+                         shards_skipped=len(work.done), rows_written=run.data_rows,
+                         rejects_written=run.reject_rows, seconds=time.perf_counter() - t0,
+                         funnel=stats.get("funnel", {}), ray_stats=run.ray_stats, failed_shards=failed,
+                         vanished_rows={k: len(v) for k, v in run.vanished.items()})
+    log.info("build finished in %.1f s: this run wrote %d rows and %d rejects; dataset now %d rows, %d rejects%s",
+             report.seconds, run.data_rows, run.reject_rows, ds_read.num_rows("data"), ds_read.num_rows("rejects"),
+             _failed_note(failed))
+    return report
+
+
+@dataclass
+class _GraphRun:
+    """What one run of the Ray Data graph did."""
+
+    data_rows: int = 0
+    reject_rows: int = 0
+    ray_stats: str = ""
+    failed: dict[str, str] = field(default_factory=dict)
+    finished: set[str] = field(default_factory=set)
+    vanished: dict[str, list[str]] = field(default_factory=dict)
+
+
+def _run_graph(cfg: BuildConfig, plan: BuildPlan, sink: ShardSink, models: str, address: str | None) -> _GraphRun:
+    """Start (or join) Ray, check the resources, and run read -> steps -> write over the shards to do."""
+    import ray
+    from ray.data import DataContext
+
+    from pipelines.ledger import ReadLedger
+    from pipelines.sink import make_datasink
+    from pipelines.stages.dedup import start_id_sets
+
+    steps = plan_steps(cfg, models, plan.clip_dim)
+    started_local = _init_ray(cfg, address)
+    _check_gpus(cfg, steps)
+    shortfall = cpu_shortfall(cfg, steps, ray.cluster_resources().get("CPU", 0))
+    if shortfall and started_local and not cfg.ray.autoscaling:
+        raise ConfigError(shortfall)
+    if shortfall:  # an existing cluster may still add nodes (autoscaling)
+        log.warning("%s (unless the cluster adds nodes)", shortfall)
+    res = cfg.resources
+    items = plan.work.items()
+    ledger = ray.remote(num_cpus=0)(ReadLedger).remote()
+    actors = [ledger]
+    ctx = DataContext.get_current()
+    preserve_order = ctx.execution_options.preserve_order
+    try:
+        if any(step.name == "dedup" for step in steps):
+            # the first copy of an image wins: rows must reach the dedup actor in (shard, index) order
+            ctx.execution_options.preserve_order = True
+            owners = start_id_sets(cfg.dedup, _committed_tables(sink))
+            actors += owners
+            steps = [step.with_kwargs(owners=owners) if step.name == "dedup" else step for step in steps]
         ds = ray.data.from_items(items, override_num_blocks=len(items))
         ds = ds.map_batches(_read_shards, fn_kwargs={"input_cfg": cfg.input, "clip_dim": plan.clip_dim,
                                                      "ledger": ledger},
@@ -188,24 +250,16 @@ def build(input: str, output: str, cfg: BuildConfig, *, models: str = "paper", a
         datasink = make_datasink(sink.writer(), plan.clip_dim, cfg.write.rows_per_file)
         ds.write_datasink(datasink, ray_remote_args={"num_cpus": res.write.num_cpus},
                           concurrency=res.write.concurrency)
-        summary_rows = (datasink.summary.data_rows, datasink.summary.reject_rows)
-        written = getattr(ds, "_write_ds", None)  # what write_datasink executed (holds the stats)
-        ray_stats = written.stats() if written is not None else ""
-        log.debug("Ray Data stats:\n%s", ray_stats)
         read = ray.get(ledger.report.remote())
-        ray.kill(ledger)
-        failed.update(read.failed)
-    sink.close()
-    ds_read = humanverse.open(output)
-    stats = ds_read.stats()
-    report = BuildReport(output=output, shards_total=len(work.shards) + len(work.failed),
-                         shards_skipped=len(work.done), rows_written=summary_rows[0],
-                         rejects_written=summary_rows[1], seconds=time.perf_counter() - t0,
-                         funnel=stats.get("funnel", {}), ray_stats=ray_stats, failed_shards=failed)
-    log.info("build finished in %.1f s: this run wrote %d rows and %d rejects; dataset now %d rows, %d rejects%s",
-             report.seconds, summary_rows[0], summary_rows[1], ds_read.num_rows("data"), ds_read.num_rows("rejects"),
-             _failed_note(failed))
-    return report
+    finally:
+        ctx.execution_options.preserve_order = preserve_order
+        for actor in actors:
+            ray.kill(actor)
+    written = getattr(ds, "_write_ds", None)  # what write_datasink executed (holds the stats)
+    ray_stats = written.stats() if written is not None else ""
+    log.debug("Ray Data stats:\n%s", ray_stats)
+    return _GraphRun(datasink.summary.data_rows, datasink.summary.reject_rows, ray_stats, read.failed,
+                     read.finished, read.vanished)
 
 
 def _failed_note(failed: dict[str, str]) -> str:
@@ -215,6 +269,16 @@ def _failed_note(failed: dict[str, str]) -> str:
     names = sorted(failed)
     shown = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
     return f"; {len(names)} source shard(s) could not be read and stay to do (rerun to retry them): {shown}"
+
+
+def _committed_tables(sink: ShardSink) -> Iterator[pa.Table]:
+    """The committed files of ``sink``'s dataset, one table at a time, with the columns the dedup
+    stage loads (``id``, ``source_shard``, ``source_key``, and ``stage`` for rejects)."""
+    import pyarrow.parquet as pq
+
+    for rec in sink.state.records:
+        cols = ["id", "source_shard", "source_key"] + (["stage"] if rec.kind == "rejects" else [])
+        yield pq.read_table(sink.root.join(rec.file), columns=cols, filesystem=sink.root.fs)
 
 
 # -- the ``ray job submit`` entrypoint --------------------------------------------------------------

@@ -15,6 +15,7 @@ from pipelines.geometry import MapsConfig
 from pipelines.stages.aesthetic import AestheticConfig
 from pipelines.stages.caption import CaptionConfig
 from pipelines.stages.decode import DecodeConfig
+from pipelines.stages.dedup import DedupConfig
 from pipelines.stages.depth import DepthConfig
 from pipelines.stages.detect import DetectConfig
 from pipelines.stages.normal import NormalConfig
@@ -25,8 +26,8 @@ from pipelines.stages.resolution import ResolutionConfig
 
 #: The stages ``stages:`` may list, in the order they run (HyperHuman §4's funnel, cheapest first);
 #: :func:`pipelines.steps.plan_steps` says how each one runs.
-STAGES = ("decode", "resolution", "detect", "person_filter", "aesthetic", "outpaint", "pose", "depth", "normal",
-          "caption")
+STAGES = ("decode", "dedup", "resolution", "detect", "person_filter", "aesthetic", "outpaint", "pose", "depth",
+          "normal", "caption")
 PRESETS = Path(__file__).parent / "presets"
 
 
@@ -55,6 +56,9 @@ class ResourcesConfig:
 
     read: Resources = Resources(batch_size=1, concurrency=8, num_cpus=0.5)
     decode: Resources = Resources(batch_size=64, concurrency=8, num_cpus=1.0)
+    #: the dedup stage's one actor (concurrency must stay 1: rows reach it in order). It only routes
+    #: ids to the id sets, so it holds no CPU a task could use; batch_size is rows per call.
+    dedup: Resources = Resources(batch_size=256, concurrency=1, num_cpus=0.0)
     detect: Resources = Resources(batch_size=16, concurrency=2, num_cpus=1.0, num_gpus=0.25)
     aesthetic: Resources = Resources(batch_size=64, concurrency=2, num_cpus=1.0, num_gpus=0.25)
     outpaint: Resources = Resources(batch_size=4, concurrency=4, num_cpus=1.0, num_gpus=1.0)
@@ -113,6 +117,7 @@ class BuildConfig:
     stages: tuple[str, ...] = STAGES
     input: InputConfig = InputConfig()
     decode: DecodeConfig = DecodeConfig()
+    dedup: DedupConfig = DedupConfig()
     resolution: ResolutionConfig = ResolutionConfig()
     detect: DetectConfig = DetectConfig()
     person_filter: PersonFilterConfig = PersonFilterConfig()
@@ -135,6 +140,10 @@ class BuildConfig:
               "stages: 'person_filter' needs 'detect'.")
         check("pose" not in self.stages or "detect" in self.stages, "stages: 'pose' needs 'detect' (top-down pose).")
         check(len(set(self.stages)) == len(self.stages), f"stages: {list(self.stages)} lists a stage twice.")
+        check(self.resources.dedup.concurrency == 1,
+              f"resources.dedup.concurrency must be 1, got {self.resources.dedup.concurrency}: the dedup stage keeps "
+              "the first copy of an image, which needs one actor seeing the rows in order (dedup.id_sets spreads "
+              "its memory).")
 
 
 def load_config(path: str | Path | None, overrides: dict | None = None) -> BuildConfig:

@@ -1,8 +1,8 @@
 """The builder's stages as a plain list of steps (HyperHuman §4's funnel, cheapest stage first so the
 expensive models only see survivors)::
 
-    decode -> resolution -> detect -> person filter -> aesthetic -> outpaint -> pose -> depth
-      -> normal -> caption
+    decode -> dedup -> resolution -> detect -> person filter -> aesthetic -> outpaint -> pose
+      -> depth -> normal -> caption
 
 :func:`plan_steps` turns a config into that list, leaving out the stages the config does not run.
 Each step says how Ray Data runs it and with what resources (``resources.<stage>``):
@@ -10,7 +10,8 @@ Each step says how Ray Data runs it and with what resources (``resources.<stage>
 * :class:`TaskStep`: a CPU stage (decode, resolution, person filter) as Ray tasks, one call per
   block; all three take ``resources.decode``;
 * :class:`ActorStep`: a model stage as a pool of ``resources.<stage>.concurrency`` actors, each
-  loading its model once.
+  loading its model once; also the dedup stage, one actor that rows reach in order, whose id sets
+  (Ray actors) the build starts and hands it (:meth:`Step.with_kwargs`).
 
 Either way the stage object is called on whole blocks and works through them ``batch_size`` rows at
 a time (:meth:`pipelines.stages.base.Stage.__call__`). Adding a stage: ``docs/extending.md``.
@@ -18,6 +19,7 @@ a time (:meth:`pipelines.stages.base.Stage.__call__`). Adding a stage: ``docs/ex
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +31,7 @@ from pipelines.stages.aesthetic import AestheticScorer
 from pipelines.stages.base import ModelStage, RowFilter, Stage
 from pipelines.stages.caption import Captioner
 from pipelines.stages.decode import DecodeStage
+from pipelines.stages.dedup import DedupStage
 from pipelines.stages.depth import DepthEstimator
 from pipelines.stages.detect import PersonDetector
 from pipelines.stages.normal import NormalEstimator
@@ -50,6 +53,10 @@ class Step:
     def apply(self, ds, block_rows: int):
         """``ds`` (a Ray dataset of in-flight blocks of ``block_rows`` rows) followed by this step."""
         raise NotImplementedError
+
+    def with_kwargs(self, **kwargs: Any) -> Step:
+        """This step with more constructor keyword arguments (e.g. actor handles made once Ray is up)."""
+        return dataclasses.replace(self, kwargs={**self.kwargs, **kwargs})
 
     @property
     def held_cpus(self) -> float:
@@ -125,6 +132,7 @@ def plan_steps(cfg: BuildConfig, models: str, clip_dim: int | None) -> list[Step
 
     steps = [
         row_filter("decode", DecodeStage),
+        ActorStep("dedup", DedupStage, {"config": cfg.dedup, "clip_dim": clip_dim, "owners": ()}, res.dedup),
         row_filter("resolution", ResolutionStage),
         model("detect", PersonDetector),
         row_filter("person_filter", PersonFilter),

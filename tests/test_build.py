@@ -11,6 +11,7 @@ from pathlib import Path
 
 import duckdb
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
@@ -51,11 +52,12 @@ def _counts(root) -> tuple[int, int]:
     return ds.num_rows("data"), ds.num_rows("rejects")
 
 
-def _all_keys(root) -> list[tuple[str, int]]:
+def _all_keys(root, column: str = "source_index") -> list[tuple[str, int | str]]:
+    """(source_shard, ``column``) of every committed row, data and rejects."""
     ds = humanverse.open(root)
     keys = []
     for kind in ("data", "rejects"):
-        t = ds.to_arrow(kind, columns=["source_shard", "source_index"])
+        t = ds.to_arrow(kind, columns=["source_shard", column])
         keys += list(zip(t.column(0).to_pylist(), t.column(1).to_pylist()))
     return keys
 
@@ -164,6 +166,184 @@ def test_webdataset_and_parquet_inputs(ray_cluster, cfg, tmp_path):
     build(str(pqdir), str(out2), cfg, models="tiny")
     assert sum(_counts(out2)) == 6
     assert humanverse.open(out2).query("SELECT count(*) AS n FROM rejects WHERE reason='download_failed'").column("n")[0].as_py() == 1
+
+
+def test_unreadable_shards_do_not_stop_the_build(ray_cluster, tmp_path, caplog):
+    """A truncated tar and a Parquet file with a damaged footer beside good shards: the good shards are
+    built, the command exits 0, the bad shards are named once in the log and in the report, and stay
+    to do, so a rerun (after the files are fixed) builds them."""
+    decode_only = load_config(PRESETS / "demo.yaml", {"stages": ["decode"]})
+    wds = tmp_path / "wds"
+    for shard in range(3):
+        write_tar(wds / f"{shard:05d}.tar", [(f"{shard}{i:04d}.jpg", image_bytes(10 * shard + i)) for i in range(4)])
+    good_tar = (wds / "00001.tar").read_bytes()
+    (wds / "00001.tar").write_bytes(good_tar[:2500])
+    out = tmp_path / "out-wds"
+    assert cli_main(["build", str(wds), str(out), "--models", "tiny", "--config", str(PRESETS / "demo.yaml"),
+                     "--set", "stages=[decode]"]) == 0
+    assert sum(_counts(out)) == 8
+    assert caplog.text.count("source shard 00001.tar is left out of this run") == 1
+    assert "1 source shard(s) could not be read and stay to do (rerun to retry them): 00001.tar" in caplog.text
+    (wds / "00001.tar").write_bytes(good_tar)  # fixed: the rerun builds it, and only it
+    again = build(str(wds), str(out), decode_only, models="tiny")
+    assert again.failed_shards == {} and again.shards_skipped == 2 and again.rows_written == 4
+    assert sorted(_all_keys(out)) == sorted((f"{s:05d}.tar", i) for s in range(3) for i in range(4))
+
+    pq_dir = tmp_path / "pq"
+    for part in range(2):
+        write_parquet(pq_dir / f"part-{part}.parquet", {"jpg": [image_bytes(50 + 5 * part + i) for i in range(3)]})
+    bad = pq_dir / "part-1.parquet"
+    bad.write_bytes(bad.read_bytes()[:-8])  # no footer
+    rep = build(str(pq_dir), str(tmp_path / "out-pq"), decode_only, models="tiny")
+    assert list(rep.failed_shards) == ["part-1.parquet"] and "cannot open the parquet shard" in rep.failed_shards[
+        "part-1.parquet"]
+    assert rep.rows_written == 3 and rep.shards_total == 2
+    # damaged where even the keys of a row group cannot be read: found while reading, the rows before it
+    # are built and the shard stays to do
+    path = write_parquet(pq_dir / "part-1.parquet", {"key": [f"k{i}" for i in range(6)],
+                                                     "jpg": [image_bytes(60 + i) for i in range(6)]}, row_group_size=3)
+    data = bytearray(path.read_bytes())
+    for col in pq.ParquetFile(path).metadata.row_group(1).to_dict()["columns"]:
+        data[col["data_page_offset"]:col["data_page_offset"] + 16] = b"\xff" * 16
+    path.write_bytes(bytes(data))
+    rep = build(str(pq_dir), str(tmp_path / "out-pq"), decode_only, models="tiny")
+    assert list(rep.failed_shards) == ["part-1.parquet"] and rep.rows_written == 3
+    assert "cannot read row group 1 of the parquet shard part-1.parquet, not even its keys" in rep.failed_shards[
+        "part-1.parquet"]
+    assert sorted(_all_keys(tmp_path / "out-pq")) == [(f"part-{p}.parquet", i) for p in range(2) for i in range(3)]
+
+
+def _source_keys(root) -> list[tuple[str, str]]:
+    """(source_shard, source_key) of every committed row, data and rejects: a source row's identity."""
+    return _all_keys(root, "source_key")
+
+
+def test_inputs_that_grow_end_exactly_once(ray_cluster, tmp_path, caplog):
+    """A folder and a set of tars that grow between runs (five files that sort first, one inside a
+    shard's range, a new directory; a tar rewritten with more samples, a new tar, a sample removed):
+    each run builds exactly the new rows, every source row ends exactly once in data/ or rejects/,
+    and a removed row is reported and stays."""
+    cfg = load_config(PRESETS / "demo.yaml", {"stages": ["decode"], "input.folder_shard_size": 3})
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    files = [f"{i}.jpg" for i in range(10, 16)]
+    for n, f in enumerate(files):
+        (src / f).write_bytes(image_bytes(n))
+    assert build(str(src), str(out), cfg, models="tiny").rows_written == 6
+    added = [f"0{i}.jpg" for i in range(5)] + ["105.jpg", "sub/y.jpg"]
+    (src / "sub").mkdir()
+    for n, f in enumerate(added):
+        (src / f).write_bytes(image_bytes(20 + n))
+    rep = build(str(src), str(out), cfg, models="tiny")
+    assert (rep.rows_written, rep.shards_skipped, rep.vanished_rows) == (7, 1, {})
+    keys = _source_keys(out)
+    assert len(keys) == len(set(keys)) and sorted(k for _, k in keys) == sorted(files + added)
+    again = build(str(src), str(out), cfg, models="tiny")
+    assert again.rows_written + again.rejects_written == 0 and again.shards_skipped == again.shards_total == 5
+
+    wds, out2 = tmp_path / "wds", tmp_path / "out-wds"
+
+    def tar(name: str, keys: list[str]) -> None:
+        write_tar(wds / name, [(f"{k}.jpg", image_bytes(int(k[-3:]))) for k in keys])
+
+    tar("00000.tar", ["k000", "k001", "k002"])
+    tar("00001.tar", ["k100", "k101", "k102"])
+    assert build(str(wds), str(out2), cfg, models="tiny").rows_written == 6
+    tar("00001.tar", ["k099", "k100", "k101", "k102", "k103"])  # rewritten with a sample before and after
+    tar("00002.tar", ["k200", "k201", "k202"])
+    rep = build(str(wds), str(out2), cfg, models="tiny")
+    assert (rep.rows_written, rep.shards_skipped) == (5, 1)
+    tar("00000.tar", ["k000", "k002"])  # a sample removed: reported, and its row stays
+    rep = build(str(wds), str(out2), cfg, models="tiny")
+    assert rep.rows_written == 0 and rep.vanished_rows == {"00000.tar": 1}
+    assert "source shard 00000.tar no longer holds 1 of its committed rows (e.g. k001)" in caplog.text
+    keys = _source_keys(out2)
+    assert len(keys) == len(set(keys)) == 11
+    assert build(str(wds), str(out2), cfg, models="tiny").shards_skipped == 3  # reconciled: done
+
+
+def test_a_different_input_is_refused_unless_added(ray_cluster, tmp_path, caplog):
+    src, other, out = tmp_path / "in", tmp_path / "other", tmp_path / "out"
+    for d, seed in ((src, 0), (other, 1)):
+        d.mkdir()
+        (d / f"{d.name}.jpg").write_bytes(image_bytes(seed))
+    args = ["--models", "tiny", "--config", str(PRESETS / "demo.yaml"), "--set", "stages=[decode]"]
+    assert cli_main(["build", str(src), str(out), *args]) == 0
+    assert cli_main(["build", str(other), str(out), *args]) == 2
+    assert (f"{out} was built from {src} and {other} shares no source shard with it; pass --add-input to build "
+            f"{other} into it as well, or give another output.") in caplog.text
+    assert sum(_counts(out)) == 1  # nothing read, nothing written
+    assert cli_main(["build", str(other), str(out), *args, "--add-input"]) == 0
+    assert sorted(k for _, k in _source_keys(out)) == ["in.jpg", "other.jpg"]
+    assert cli_main(["build", str(src), str(out), *args]) == 0  # both are recorded inputs now
+
+
+def _duplicates(root) -> dict[str, str]:
+    """source_key -> detail of every ``duplicate`` reject."""
+    rows = humanverse.open(root).query("SELECT source_key, detail FROM rejects WHERE reason = 'duplicate'").to_pylist()
+    return {r["source_key"]: r["detail"] for r in rows}
+
+
+def test_duplicates_are_rejected_right_after_decode(ray_cluster, tmp_path):
+    """The same image within a shard, across shards, through a symlink, and in a later run (a copy of
+    a committed row, and of a committed row a later stage rejected): the first copy is kept, by
+    (source_shard, source_index) and committed rows first, and each copy is a ``duplicate`` reject
+    naming it. Broken bytes twice are two ``undecodable`` rows, not duplicates."""
+    cfg = load_config(PRESETS / "demo.yaml", {"stages": ["decode", "dedup", "resolution"],
+                                              "input.folder_shard_size": 4, "dedup.id_sets": 3})
+    x, y, z, w = (image_bytes(seed) for seed in (1, 2, 3, 4))
+    small = image_bytes(5, 120, 150)  # below resolution.min_side: rejected after dedup kept it
+    src = tmp_path / "in"
+    files = {"a/0.jpg": x, "a/1.jpg": y, "a/2.jpg": x, "a/3.jpg": z, "a/4.jpg": b"broken", "a/5.jpg": b"broken",
+             "b/0.jpg": y, "b/1.jpg": w, "e/small.jpg": small}
+    for rel, data in files.items():
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_bytes(data)
+    (src / "c").mkdir()
+    (src / "c" / "link.jpg").symlink_to(src / "a" / "3.jpg")
+    first = {}
+    for attempt in range(2):  # the same verdicts on a second, fresh build
+        out = tmp_path / f"out{attempt}"
+        build(str(src), str(out), cfg, models="tiny")
+        dups = _duplicates(out)
+        assert dups == {
+            "a/2.jpg": "same image as the kept row source_shard='a#0.jpg' source_key='a/0.jpg'",
+            "b/0.jpg": "same image as the kept row source_shard='a#0.jpg' source_key='a/1.jpg'",
+            "c/link.jpg": "same image as the kept row source_shard='a#0.jpg' source_key='a/3.jpg'"}
+        first = first or dups
+        assert dups == first
+        reasons = humanverse.open(out).query("SELECT reason, count(*) AS n FROM rejects GROUP BY 1").to_pylist()
+        assert {r["reason"]: r["n"] for r in reasons} == {"duplicate": 3, "undecodable": 2, "too_small": 1}
+        assert _counts(out) == (4, 6)
+    # a later run: a new folder holds copies of a committed row and of a committed too_small row
+    (src / "f").mkdir()
+    (src / "f" / "again.jpg").write_bytes(x)
+    (src / "f" / "small-again.jpg").write_bytes(small)
+    (src / "f" / "new.jpg").write_bytes(image_bytes(6))
+    rep = build(str(src), str(out), cfg, models="tiny")
+    assert rep.rows_written == 1 and rep.rejects_written == 2
+    dups = _duplicates(out)
+    assert dups["f/again.jpg"] == "same image as the kept row source_shard='a#0.jpg' source_key='a/0.jpg'"
+    assert dups["f/small-again.jpg"] == "same image as the kept row source_shard='e#small.jpg' source_key='e/small.jpg'"
+    ids = humanverse.open(out).to_arrow("data", columns=["id"]).column(0).to_pylist()
+    assert len(ids) == len(set(ids)) == 5
+
+
+def test_the_first_copy_wins_even_when_a_later_shard_is_read_first(ray_cluster, tmp_path):
+    """Shard ``a`` holds 60 images and a copy of ``b``'s only image at its end: ``b`` is read long
+    before ``a`` is, yet ``a``'s copy is kept (rows reach the dedup stage in shard order; without
+    that, ``b``'s copy won about half the time when this test was written)."""
+    src = tmp_path / "in"
+    (src / "a").mkdir(parents=True)
+    (src / "b").mkdir()
+    for i in range(60):
+        (src / "a" / f"{i:03d}.jpg").write_bytes(image_bytes(100 + i))
+    (src / "a" / "zzz.jpg").write_bytes(image_bytes(999))
+    (src / "b" / "000.jpg").write_bytes(image_bytes(999))
+    cfg = load_config(PRESETS / "demo.yaml", {"stages": ["decode", "dedup"], "input.batch_rows": 8})
+    build(str(src), str(tmp_path / "out"), cfg, models="tiny")
+    assert _duplicates(tmp_path / "out") == {
+        "b/000.jpg": "same image as the kept row source_shard='a#000.jpg' source_key='a/zzz.jpg'"}
 
 
 def test_rerun_resumes_and_changed_config_is_refused(ray_cluster, cfg, tmp_path):

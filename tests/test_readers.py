@@ -9,9 +9,10 @@ from dataclasses import asdict
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
-from pipelines.readers import SourceShard, SourceShardError, discover_shards, read_shard
+from pipelines.readers import ShardKeys, SourceShard, SourceShardError, discover, discover_shards, read_shard
 from pipelines.rows import SOURCE_SCHEMA
 from fixtures_sources import image_bytes, img2dataset_json, write_parquet, write_tar
 
@@ -55,12 +56,13 @@ def image_folder(tmp_path: Path) -> tuple[Path, dict[str, bytes]]:
 def test_folder_discovery(image_folder):
     root, _ = image_folder
     shards = discover_shards(str(root), folder_shard_size=2)
-    assert [(s.name, s.kind, s.size, s.members) for s in shards] == [
-        ("#00000", "folder", 2, ("B.JPG", "a.jpg")),
-        ("sub#00000", "folder", 2, ("c.png", "d.jpg")),
-        ("sub#00001", "folder", 1, ("e.webp",)),
-        ("sub/deeper#00000", "folder", 1, ("f.jpeg",)),
+    assert [(s.name, s.kind, s.size, s.members, s.span) for s in shards] == [
+        ("#B.JPG", "folder", 2, ("B.JPG", "a.jpg"), ("B.JPG", "a.jpg")),
+        ("sub#c.png", "folder", 2, ("c.png", "d.jpg"), ("c.png", "d.jpg")),
+        ("sub#e.webp", "folder", 1, ("e.webp",), ("e.webp", "e.webp")),
+        ("sub/deeper#f.jpeg", "folder", 1, ("f.jpeg",), ("f.jpeg", "f.jpeg")),
     ]
+    assert len({s.fingerprint for s in shards}) == 4 and all(s.fingerprint.startswith("names:") for s in shards)
     assert shards[0].uri == str(root) and shards[1].uri == f"{root}/sub"
     assert discover_shards(str(root), folder_shard_size=2) == shards  # deterministic
     assert pickle.loads(pickle.dumps(shards)) == shards  # shipped to Ray workers
@@ -68,22 +70,65 @@ def test_folder_discovery(image_folder):
     assert [s.size for s in discover_shards(str(root))] == [2, 3, 1]
 
 
+def test_folder_shards_keep_their_files_when_files_are_added(tmp_path):
+    """Recorded shards own fixed ranges of file names: new files sorting before, between or after them
+    become new shards, new files inside a range join that shard, and a recorded shard whose files
+    are all gone is still listed (empty), so its committed rows can be reported."""
+    root = tmp_path / "in"
+    root.mkdir()
+    for i in range(10, 20):
+        (root / f"{i:03d}.jpg").write_bytes(b"x")
+    first = discover(str(root), folder_shard_size=4).shards
+    assert [(s.name, s.members) for s in first] == [
+        ("#010.jpg", ("010.jpg", "011.jpg", "012.jpg", "013.jpg")),
+        ("#014.jpg", ("014.jpg", "015.jpg", "016.jpg", "017.jpg")),
+        ("#018.jpg", ("018.jpg", "019.jpg"))]
+    spans = {s.name: s.span for s in first}
+    for i in [1, 2, 3, 4, 5, 6, 7, 8, 9, 30, 31]:  # nine that sort first, two after the last
+        (root / f"{i:03d}.jpg").write_bytes(b"x")
+    (root / "0125.jpg").write_bytes(b"x")  # inside the range of #010.jpg
+    again = by_name(discover(str(root), folder_shard_size=4, known_spans=spans).shards)
+    for s in first:
+        kept = again[s.name]
+        assert kept.span == s.span and set(s.members) <= set(kept.members)
+    assert again["#010.jpg"].members == ("010.jpg", "011.jpg", "012.jpg", "0125.jpg", "013.jpg")
+    assert again["#010.jpg"].fingerprint != by_name(first)["#010.jpg"].fingerprint
+    assert again["#014.jpg"].fingerprint == by_name(first)["#014.jpg"].fingerprint
+    assert [(n, again[n].members) for n in sorted(set(again) - set(spans))] == [
+        ("#001.jpg", ("001.jpg", "002.jpg", "003.jpg", "004.jpg")),
+        ("#005.jpg", ("005.jpg", "006.jpg", "007.jpg", "008.jpg")),
+        ("#009.jpg", ("009.jpg",)), ("#030.jpg", ("030.jpg", "031.jpg"))]
+    for i in (14, 15, 16, 17):
+        (root / f"{i:03d}.jpg").unlink()
+    gone = by_name(discover(str(root), folder_shard_size=4, known_spans=spans).shards)["#014.jpg"]
+    assert (gone.size, gone.members) == (0, ()) and rows_of(gone) == []
+
+
+def test_keys_are_unique_within_a_shard_and_fingerprints_follow_the_file(tmp_path):
+    path = write_parquet(tmp_path / "p.parquet", {"key": ["a", None, "a", "b"], "jpg": [b"1", b"2", b"3", b"4"]})
+    (shard,) = discover_shards(str(path))
+    assert [r["source_key"] for r in rows_of(shard)] == ["a", "#1", "a#2", "b"]
+    assert shard.fingerprint.startswith("file:")
+    write_parquet(path, {"key": ["a", None, "a", "b"], "jpg": [b"1", b"2", b"3", b"44"]})
+    assert discover_shards(str(path))[0].fingerprint != shard.fingerprint
+
+
 def test_folder_rows(image_folder):
     root, files = image_folder
     shards = by_name(discover_shards(str(root), folder_shard_size=2))
-    rows = rows_of(shards["#00000"])
+    rows = rows_of(shards["#B.JPG"])
     assert [list(r) for r in rows] == [SOURCE_SCHEMA.names] * 2
     assert [(r["source_shard"], r["source_index"], r["source_key"]) for r in rows] == [
-        ("#00000", 0, "B.JPG"), ("#00000", 1, "a.jpg")]
+        ("#B.JPG", 0, "B.JPG"), ("#B.JPG", 1, "a.jpg")]
     b, a = rows
     assert b["source_bytes"] == files["B.JPG"] and b["alt_text"] is None and b["source_url"] is None
     assert a["source_bytes"] == files["a.jpg"] and a["alt_text"] == "a person walking"
     assert a["source_url"] == "http://example.com/a.jpg" and a["source_error"] is None
-    sub = rows_of(shards["sub#00000"]) + rows_of(shards["sub#00001"])
+    sub = rows_of(shards["sub#c.png"]) + rows_of(shards["sub#e.webp"])
     assert [(r["source_key"], r["source_index"], r["alt_text"]) for r in sub] == [
         ("sub/c.png", 0, None), ("sub/d.jpg", 1, "alt of d"), ("sub/e.webp", 0, None)]
     assert [r["source_bytes"] for r in sub] == [files["sub/c.png"], files["sub/d.jpg"], files["sub/e.webp"]]
-    (deep,) = rows_of(shards["sub/deeper#00000"])
+    (deep,) = rows_of(shards["sub/deeper#f.jpeg"])
     assert deep["source_key"] == "sub/deeper/f.jpeg" and deep["source_bytes"] == files["sub/deeper/f.jpeg"]
     # rows convert to the source schema as they are
     assert pa.Table.from_pylist(sub, schema=SOURCE_SCHEMA).num_rows == 3
@@ -91,7 +136,7 @@ def test_folder_rows(image_folder):
 
 def test_folder_unreadable_file_is_a_row_not_an_exception(image_folder):
     root, files = image_folder
-    (shard,) = [s for s in discover_shards(str(root)) if s.name == "sub#00000"]
+    (shard,) = [s for s in discover_shards(str(root)) if s.name == "sub#c.png"]
     (root / "sub" / "d.jpg").unlink()  # vanished after discovery
     rows = rows_of(shard)
     assert [r["source_index"] for r in rows] == [0, 1, 2]
@@ -103,12 +148,14 @@ def test_folder_unreadable_file_is_a_row_not_an_exception(image_folder):
 
 def test_folder_skip_and_batches(image_folder):
     root, _ = image_folder
-    (shard,) = [s for s in discover_shards(str(root)) if s.name == "sub#00000"]
+    (shard,) = [s for s in discover_shards(str(root)) if s.name == "sub#c.png"]
     batches = list(read_shard(shard, batch_rows=2))
     assert [len(b) for b in batches] == [2, 1]
-    rows = rows_of(shard, skip=frozenset({0, 2}))
+    keys = ShardKeys({"sub/c.png", "sub/e.webp", "sub/gone.jpg"})
+    rows = rows_of(shard, skip=keys)
     assert [(r["source_index"], r["source_key"]) for r in rows] == [(1, "sub/d.jpg")]
-    assert list(read_shard(shard, skip=frozenset({0, 1, 2}))) == []
+    assert keys.vanished == ["sub/gone.jpg"]  # committed, but no longer in the shard
+    assert list(read_shard(shard, skip=frozenset({"sub/c.png", "sub/d.jpg", "sub/e.webp"}))) == []
 
 
 def test_empty_and_missing_inputs(tmp_path):
@@ -164,7 +211,7 @@ def test_webdataset_rows(tmp_path):
     assert r3["source_bytes"] is None and r3["source_error"] == "no image in sample"
     assert r3["alt_text"] == "text but no image"
     assert r4["source_bytes"] == img["sub/4"] and r4["source_error"] is None
-    assert [r["source_index"] for r in rows_of(shard, skip=frozenset({0, 3}))] == [1, 2, 4]
+    assert [r["source_index"] for r in rows_of(shard, skip=frozenset({"000000000", "000000003"}))] == [1, 2, 4]
     assert [len(b) for b in read_shard(shard, batch_rows=2)] == [2, 2, 1]
 
 
@@ -183,6 +230,68 @@ def test_corrupt_tar_is_a_shard_error(tmp_path):
     (tmp_path / "bad" / "00000.tar").write_bytes(b"this is not a tar file " * 100)
     with pytest.raises(SourceShardError, match=r"^cannot read the tar shard 00000\.tar"):
         discover_shards(str(tmp_path / "bad"))
+
+
+def test_unreadable_shards_are_left_out_of_discovery(tmp_path):
+    """A truncated tar and a Parquet file whose footer is damaged cannot be counted: ``discover``
+    lists them as failed, with one sentence each, and returns the good shards."""
+    plain_tar(tmp_path / "wds" / "00000.tar")
+    plain_tar(tmp_path / "wds" / "00001.tar")
+    bad = tmp_path / "wds" / "00001.tar"
+    bad.write_bytes(bad.read_bytes()[:3000])  # cut off inside the first image
+    found = discover(str(tmp_path / "wds"))
+    assert [s.name for s in found.shards] == ["00000.tar"]
+    assert found.failed == {"00001.tar": f"cannot read the tar shard 00001.tar ({bad}): unexpected end of data"}
+    with pytest.raises(SourceShardError, match="unexpected end of data"):
+        discover_shards(str(tmp_path / "wds"))  # the strict form
+    img2dataset_parquet(tmp_path / "pq" / "00000.parquet")
+    img2dataset_parquet(tmp_path / "pq" / "00001.parquet")
+    bad = tmp_path / "pq" / "00001.parquet"
+    bad.write_bytes(bad.read_bytes()[:-12] + b"\0" * 12)  # footer length and magic gone
+    found = discover(str(tmp_path / "pq"))
+    assert [s.name for s in found.shards] == ["00000.parquet"] and list(found.failed) == ["00001.parquet"]
+    assert found.failed["00001.parquet"].startswith("cannot open the parquet shard 00001.parquet")
+    single = discover(str(bad))
+    assert single.shards == [] and list(single.failed) == ["00001.parquet"]
+
+
+def test_truncated_tar_with_its_sidecar_gives_undecodable_rows(tmp_path):
+    """img2dataset's sidecar names every row of its tar, so a truncated tar can still be counted: the
+    rows whose image it no longer holds become ``undecodable`` rows naming the damage."""
+    out = tmp_path / "dl"
+    img = img2dataset_webdataset(out, "00000")
+    tar = out / "00000.tar"
+    data = tar.read_bytes()
+    tar.write_bytes(data[:data.index(img["000000002"]) + 100])  # inside the second image
+    (shard,) = discover_shards(str(out))
+    rows = rows_of(shard)
+    assert [r["source_key"] for r in rows] == ["000000000", "000000001", "000000002"]
+    assert [r["source_reason"] for r in rows] == [None, "download_failed", "undecodable"]
+    assert rows[0]["source_bytes"] == img["000000000"]
+    assert rows[1]["source_error"] == "failed_to_download: HTTP Error 404: Not Found"
+    assert rows[2]["source_error"].startswith("cannot read sample 000000002: member 000000002.jpg is truncated (100 of")
+    tar.write_bytes(data[:data.index(img["000000002"]) - 600])  # before the second image's header
+    rows = rows_of(shard)
+    assert [r["source_reason"] for r in rows] == [None, "download_failed", "undecodable"]
+    assert rows[2]["source_error"] == f"cannot read the tar shard 00000.tar ({tar}): unexpected end of data"
+
+
+def test_parquet_row_group_that_cannot_be_read_gives_undecodable_rows(tmp_path):
+    """A damaged page in one row group: that group's rows (named by the key column, which still reads)
+    become ``undecodable`` rows; the other row groups are read as usual."""
+    path = write_parquet(tmp_path / "00000.parquet", {"key": [f"k{i}" for i in range(6)],
+                                                      "jpg": [image_bytes(i) for i in range(6)]}, row_group_size=3)
+    (shard,) = discover_shards(str(path))
+    jpg = pq.ParquetFile(path).metadata.row_group(0).column(1)
+    data = bytearray(path.read_bytes())
+    data[jpg.data_page_offset:jpg.data_page_offset + 16] = b"\xff" * 16  # the data page header of row group 0
+    path.write_bytes(bytes(data))
+    rows = rows_of(shard)
+    assert [(r["source_index"], r["source_key"], r["source_reason"]) for r in rows] == [
+        (0, "k0", "undecodable"), (1, "k1", "undecodable"), (2, "k2", "undecodable"),
+        (3, "k3", None), (4, "k4", None), (5, "k5", None)]
+    assert rows[0]["source_error"].startswith("cannot read row group 0 of the parquet shard 00000.parquet")
+    assert rows[3]["source_bytes"] == image_bytes(3)
 
 
 def img2dataset_webdataset(out: Path, shard: str, *, finished: bool = True) -> dict[str, bytes]:
@@ -223,7 +332,7 @@ def test_img2dataset_webdataset_accounts_for_failed_downloads(tmp_path, caplog):
     assert rows[1]["source_error"] == "failed_to_download: HTTP Error 404: Not Found"
     assert rows[1]["alt_text"] == "caption 000000001"
     assert rows[2]["source_bytes"] == img["000000002"]
-    assert [r["source_index"] for r in rows_of(shards[0], skip=frozenset({0}))] == [1, 2]
+    assert [r["source_index"] for r in rows_of(shards[0], skip=frozenset({"000000000"}))] == [1, 2]
 
 
 def test_img2dataset_first_shard_cut_off(tmp_path):
@@ -266,11 +375,11 @@ def test_parquet_img2dataset_rows(tmp_path):
 def test_parquet_skip_keeps_indices_and_batches(tmp_path):
     img = img2dataset_parquet(tmp_path / "00000.parquet")
     (shard,) = discover_shards(str(tmp_path / "00000.parquet"))
-    rows = rows_of(shard, skip=frozenset({0, 1, 3}))  # row group 0 entirely committed
+    rows = rows_of(shard, skip=frozenset({"000000000", "000000001", "000000003"}))  # row group 0 committed
     assert [(r["source_index"], r["source_bytes"]) for r in rows] == [(2, None), (4, img[4])]
     assert [len(b) for b in read_shard(shard, batch_rows=3)] == [3, 2]
-    assert [[r["source_index"] for r in b] for b in read_shard(shard, batch_rows=2, skip=frozenset({1}))] == [
-        [0, 2], [3, 4]]
+    assert [[r["source_index"] for r in b]
+            for b in read_shard(shard, batch_rows=2, skip=frozenset({"000000001"}))] == [[0, 2], [3, 4]]
     with pytest.raises(ValueError, match="batch_rows must be at least 1"):
         list(read_shard(shard, batch_rows=0))
 
@@ -346,7 +455,7 @@ def test_source_shard_validation():
     with pytest.raises(ValueError, match="kind 'zip' is not one of"):
         SourceShard("x", "/x", "zip", 1)
     with pytest.raises(ValueError, match="lists 1 members but has size 2"):
-        SourceShard("x#00000", "/x", "folder", 2, ("a.jpg",))
+        SourceShard("x#a.jpg", "/x", "folder", 2, ("a.jpg",))
 
 
 def test_non_local_filesystem():
@@ -363,7 +472,7 @@ def test_non_local_filesystem():
         f.write(b)
     try:
         shards = discover_shards("memory://hv-readers/in")
-        assert [(s.name, s.size) for s in shards] == [("#00000", 1), ("x#00000", 1)]
+        assert [(s.name, s.size) for s in shards] == [("#b.png", 1), ("x#a.jpg", 1)]
         rows = [r for s in shards for r in rows_of(s)]
         assert [(r["source_key"], r["source_bytes"], r["alt_text"]) for r in rows] == [
             ("b.png", b, None), ("x/a.jpg", a, "alt a")]

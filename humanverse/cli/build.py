@@ -25,6 +25,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_set(p, "--set detect.score_threshold=0.7")
     p.add_argument("--force-new-config", action="store_true",
                    help="continue an existing dataset with a config that differs from humanverse.json")
+    p.add_argument("--add-input", action="store_true",
+                   help="build INPUT into an existing dataset built from other inputs (refused without it when "
+                        "INPUT shares no source shard with them)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -42,6 +45,6 @@ def run(args: argparse.Namespace) -> int:
     if args.models not in ("tiny", "paper") and not Path(args.models).is_dir():
         raise ConfigError(f"--models must be 'tiny', 'paper' or an existing directory, got {args.models!r}.")
     build(args.input, args.output, cfg, models=args.models, address=args.address,
-          force_new_config=args.force_new_config)
+          force_new_config=args.force_new_config, add_input=args.add_input)
     sys.stdout.write(format_stats(humanverse.open(args.output).stats()) + "\n")
     return 0

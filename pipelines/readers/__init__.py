@@ -1,18 +1,23 @@
 """Source readers: image folders, webdataset tars and Parquet files as *source shards* (HyperHuman §4's
 web images, read as img2dataset writes them; the shard contract is in ``docs/format.md``).
 
-A :class:`SourceShard` is the unit of work and of resume: the builder reads one shard at a time, and a
-shard is done once the rows it committed add up to :attr:`SourceShard.size`. So discovery is
-deterministic (everything sorted) and a row's ``source_index`` (its position in the shard) never
-changes between runs.
+A :class:`SourceShard` is the unit of work and of resume: the builder reads one shard at a time.
+A source row is identified by its shard and its *key* within the shard (the file name relative to
+the input root, the tar sample key, the Parquet ``key`` column or else the row number), never by its
+position in a listing that can change, so a shard that grows or changes is reconciled row by row
+against the keys already committed (:class:`ShardKeys`). Each shard carries a ``fingerprint`` that
+tells the planner whether it may have changed since it was recorded.
 
-Three input kinds, detected by :func:`discover_shards`, one module each:
+Three input kinds, detected by :func:`discover`, one module each:
 
 * **parquet** (:mod:`.parquet`): ``*.parquet`` files with an image-bytes column; one shard per file.
 * **webdataset** (:mod:`.webdataset`): ``*.tar`` files in img2dataset's layout, with its metadata
   Parquet beside each tar when there; one shard per file.
-* **folder** (:mod:`.folder`): any other directory, read recursively for image files, chunked into
-  shards of ``folder_shard_size`` per directory.
+* **folder** (:mod:`.folder`): any other directory, read recursively for image files, in shards that
+  own fixed ranges of a directory's file names (``folder_shard_size`` names when first chunked).
+
+A shard that cannot be counted (a truncated tar, a Parquet file with a damaged footer) is listed by
+:func:`discover` as failed, with one sentence, instead of stopping discovery.
 
 In img2dataset output folders (recognised by ``NNNNN_stats.json`` files), a shard without its
 ``_stats.json`` is still being written, or was cut off by a killed download: it is skipped with a
@@ -28,7 +33,7 @@ from __future__ import annotations
 import logging
 import posixpath
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -44,8 +49,10 @@ from pipelines.readers.base import (
     KINDS,
     PARQUET,
     WEBDATASET,
+    ShardKeys,
     SourceShard,
     SourceShardError,
+    file_fingerprint,
     join_uri,
     split_ext,
 )
@@ -74,14 +81,17 @@ class Discovery:
 
 
 def discover(
-    input: str, *, image_column: str | None = None, folder_shard_size: int = 1000  # noqa: A002 - the CLI's name
+    input: str, *, image_column: str | None = None, folder_shard_size: int = 1000,  # noqa: A002 - the CLI's name
+    known_spans: Mapping[str, tuple[str, str]] | None = None,
 ) -> Discovery:
     """List the source shards of ``input`` (a folder, a ``.tar``/``.parquet`` file, local or a URL).
 
     A shard that cannot be read (its size cannot be counted) is listed in :attr:`Discovery.failed`
-    and the others are returned, so one bad file never stops a build. Raises ``ValueError`` for a
-    missing input, an empty one, a folder mixing ``.tar`` and ``.parquet`` shards, or Parquet files
-    without a usable image column.
+    and the others are returned, so one bad file never stops a build. ``known_spans``: the file name
+    ranges of folder shards recorded earlier (shard name -> (first, last)), which keep their names
+    and ranges (:mod:`pipelines.readers.folder`). Raises ``ValueError`` for a missing input, an
+    empty one, a folder mixing ``.tar`` and ``.parquet`` shards, or Parquet files without a usable
+    image column.
     """
     if folder_shard_size < 1:
         raise ValueError(f"folder_shard_size must be at least 1, got {folder_shard_size}.")
@@ -93,10 +103,9 @@ def discover(
         return _single_file_shard(root, image_column)
 
     listing = root.fs.get_file_info(pafs.FileSelector(root.path, recursive=True))
-    rel_names = sorted(
-        rel for rel in (_relpath(root, f.path) for f in listing if f.type == pafs.FileType.File)
-        if not any(part.startswith((".", "_")) for part in rel.split("/"))
-    )
+    infos = {rel: f for rel, f in ((_relpath(root, f.path), f) for f in listing if f.type == pafs.FileType.File)
+             if not any(part.startswith((".", "_")) for part in rel.split("/"))}
+    rel_names = sorted(infos)
     names = set(rel_names)
     dirs = {a for rel in rel_names for a in _ancestors(rel)}
 
@@ -129,14 +138,19 @@ def discover(
         roots = [Root(root.fs, root.join(rel), uri) for rel, uri in zip(shard_files, uris)]  # one client for all
         sizes = _parallel(lambda i: _attempt(sizer, roots[i], shard_files[i]), range(len(shard_files)))
         kind = WEBDATASET if tars else PARQUET
+
+        def fingerprint(rel: str) -> str:
+            sidecar = infos.get(rel[: -len(".tar")] + ".parquet") if kind == WEBDATASET else None
+            return file_fingerprint(infos[rel], *([sidecar] if sidecar else []))
+
         return Discovery(
-            [SourceShard(rel, uri, kind, size) for rel, uri, size in zip(shard_files, uris, sizes)
-             if not isinstance(size, SourceShardError)],
+            [SourceShard(rel, uri, kind, size, fingerprint=fingerprint(rel))
+             for rel, uri, size in zip(shard_files, uris, sizes) if not isinstance(size, SourceShardError)],
             {rel: str(size) for rel, size in zip(shard_files, sizes) if isinstance(size, SourceShardError)})
 
     if not images:
         raise ValueError(f"no images, .tar or .parquet files found under {input}.")
-    return Discovery(folder_shards(root, images, folder_shard_size))
+    return Discovery(folder_shards(root, images, folder_shard_size, known_spans))
 
 
 def discover_shards(
@@ -169,7 +183,9 @@ def _single_file_shard(root: Root, image_column: str | None) -> Discovery:
     size = _attempt(sizer, root, name)
     if isinstance(size, SourceShardError):
         return Discovery([], {name: str(size)})
-    return Discovery([SourceShard(name, root.uri, kind, size)])
+    paths = [root.path] + ([root.path[: -len(".tar")] + ".parquet"] if kind == WEBDATASET else [])
+    infos = [i for i in root.fs.get_file_info(paths) if i.type == pafs.FileType.File]
+    return Discovery([SourceShard(name, root.uri, kind, size, fingerprint=file_fingerprint(*infos))])
 
 
 def _complete_img2dataset_shards(shard_files: list[str], rel_names: set[str]) -> list[str]:
@@ -222,34 +238,42 @@ def _parallel(fn: Callable[[int], _T], items: range) -> list[_T]:
 def read_shard(
     shard: SourceShard,
     *,
-    skip: frozenset[int] = frozenset(),
+    skip: ShardKeys | frozenset[str] = frozenset(),
     batch_rows: int = 64,
     image_column: str | None = None,
 ) -> Iterator[list[dict]]:
     """Yield the rows of ``shard`` in lists of at most ``batch_rows`` dicts with the ``SOURCE_SCHEMA`` keys.
 
-    Rows whose ``source_index`` is in ``skip`` (committed by an earlier run) are left out, without
-    reading their image bytes where the format allows (folders, tars, whole Parquet row groups); the
-    other rows keep their indices. A row that cannot be read becomes a row with ``source_bytes=None``
-    and ``source_error`` set; a shard that cannot be opened at all raises :class:`SourceShardError`.
+    Rows whose key (``source_key``) is in ``skip`` (committed by an earlier run) are left out,
+    without reading their image bytes (folders, tars, whole Parquet row groups). Pass a
+    :class:`ShardKeys` to learn afterwards which of those keys the shard no longer holds
+    (:attr:`ShardKeys.vanished`). A row that cannot be read becomes a row with ``source_bytes=None``
+    and ``source_error`` set; a shard that cannot be read on raises :class:`SourceShardError` after
+    the rows read before the failure have been yielded.
     """
     if batch_rows < 1:
         raise ValueError(f"batch_rows must be at least 1, got {batch_rows}.")
+    keys = skip if isinstance(skip, ShardKeys) else ShardKeys(skip)
     if shard.kind == FOLDER:
-        rows = folder_rows(shard, skip)
+        rows = folder_rows(shard, keys)
     elif shard.kind == WEBDATASET:
-        rows = webdataset_rows(shard, skip)
+        rows = webdataset_rows(shard, keys)
     else:
-        rows = parquet_rows(shard, skip, image_column, batch_rows)
+        rows = parquet_rows(shard, keys, image_column, batch_rows)
     batch: list[dict] = []
-    for row in rows:
-        batch.append(row)
-        if len(batch) == batch_rows:
+    try:
+        for row in rows:
+            batch.append(row)
+            if len(batch) == batch_rows:
+                yield batch
+                batch = []
+    except SourceShardError:
+        if batch:  # the rows read before the failure still go on
             yield batch
-            batch = []
+        raise
     if batch:
         yield batch
 
 
-__all__ = ["ALT_TEXT_COLUMNS", "IMAGE_COLUMNS", "IMAGE_EXTENSIONS", "KINDS", "Discovery", "SourceShard",
+__all__ = ["ALT_TEXT_COLUMNS", "IMAGE_COLUMNS", "IMAGE_EXTENSIONS", "KINDS", "Discovery", "ShardKeys", "SourceShard",
            "SourceShardError", "discover", "discover_shards", "read_shard"]

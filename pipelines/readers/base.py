@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from humanverse.fs import Root
@@ -55,10 +56,18 @@ class SourceShard:
     """One unit of work and of resume.
 
     ``name`` is stable and unique within an input: the shard file's path relative to the input root
-    (``00000.tar``, ``sub/part-3.parquet``) or, for folders, ``<dir>#<chunk>`` (``images/dirA#00000``).
-    ``uri`` is the shard file (or, for folder shards, the folder) as a path or URL that
-    :func:`humanverse.fs.resolve_root` understands. ``size`` is the exact number of rows the shard
-    yields. ``members`` (folder shards only) are the image file names, relative to ``uri``, sorted.
+    (``00000.tar``, ``sub/part-3.parquet``) or, for folders, ``<dir>#<first file>`` (``images/dirA#0001.jpg``:
+    see :mod:`pipelines.readers.folder`). ``uri`` is the shard file (or, for folder shards, the folder)
+    as a path or URL that :func:`humanverse.fs.resolve_root` understands. ``size`` is the exact number
+    of rows the shard yields. ``members`` (folder shards only) are the image file names, relative to
+    ``uri``, sorted; ``span`` (folder shards only) is the (first, last) file name range the shard owns,
+    which never changes once recorded. ``fingerprint`` changes when the shard's content may have:
+    the file's size and modification time (tars with their sidecar, Parquet files), a hash of the
+    member names (folder shards).
+
+    A row of a shard is identified by its *key* (``source_key``), unique within the shard: the file
+    name relative to the input root (folders), the sample key (tars), the ``key`` column or else the
+    row number (Parquet). ``source_index`` is only the row's position in the shard as read.
     """
 
     name: str
@@ -66,16 +75,52 @@ class SourceShard:
     kind: str
     size: int
     members: tuple[str, ...] = ()
+    fingerprint: str = ""
+    span: tuple[str, str] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.members, tuple):  # e.g. a list after a JSON round trip
             object.__setattr__(self, "members", tuple(self.members))
+        if self.span is not None and not isinstance(self.span, tuple):
+            object.__setattr__(self, "span", tuple(self.span))
         if self.kind not in KINDS:
             raise ValueError(f"source shard kind {self.kind!r} is not one of {list(KINDS)}.")
         if self.size < 0:
             raise ValueError(f"source shard {self.name!r} has a negative size {self.size}.")
         if self.kind == FOLDER and len(self.members) != self.size:
             raise ValueError(f"folder shard {self.name!r} lists {len(self.members)} members but has size {self.size}.")
+
+
+class ShardKeys:
+    """The keys of one shard's rows as a reader meets them: made unique, checked against the keys
+    already committed, and remembered, so that :attr:`vanished` says which committed keys the shard
+    no longer holds (a changed shard: reported, never deleted).
+
+    A key that repeats in its shard (a Parquet ``key`` column with duplicates) becomes ``<key>#<index>``,
+    a missing one ``#<index>``: the row number stands in, which is stable while the shard is unchanged.
+    """
+
+    def __init__(self, committed: frozenset[str] | set[str] = frozenset()):
+        self.committed = frozenset(committed)
+        self.seen: set[str] = set()
+
+    def unique(self, key: str | None, index: int) -> str:
+        """The row's key: ``key`` itself unless it is missing or taken by an earlier row of the shard."""
+        if key is None or key in self.seen:
+            key = f"{key or ''}#{index}"
+            while key in self.seen:  # pathological keys that already look like this: stay unique
+                key += "'"
+        self.seen.add(key)
+        return key
+
+    def skips(self, key: str) -> bool:
+        """True when the row with this (unique) key is committed already."""
+        return key in self.committed
+
+    @property
+    def vanished(self) -> list[str]:
+        """Committed keys the shard did not yield (valid once it has been read to its end)."""
+        return sorted(self.committed - self.seen)
 
 
 def source_row(shard: SourceShard, index: int, *, key: str | None, url: str | None = None,
@@ -89,12 +134,22 @@ def source_row(shard: SourceShard, index: int, *, key: str | None, url: str | No
 
 
 def check_size(shard: SourceShard, seen: int) -> None:
-    """Refuse a shard whose row count changed since discovery (resume counts on it)."""
+    """Refuse a shard whose row count changed since discovery (during this run): it stays to do, and
+    the next run, which discovers it anew, reconciles it by key."""
     if seen != shard.size:
         raise SourceShardError(
-            f"source shard {shard.name} has {seen} rows but was discovered with {shard.size}; "
-            "it changed since discovery, so re-run discovery (resume depends on stable shards)."
+            f"source shard {shard.name} has {seen} rows but was discovered with {shard.size}: it changed "
+            "during this run, so it stays to do and the next run reconciles it."
         )
+
+
+def file_fingerprint(*infos: pafs.FileInfo) -> str:
+    """The fingerprint of a shard file (and its sidecar): size and modification time of each."""
+    parts = []
+    for info in infos:
+        mtime = info.mtime_ns
+        parts.append(f"{info.size}@{mtime}" if mtime is not None else f"{info.size}")
+    return "file:" + ";".join(parts)
 
 
 # -- Parquet files (shards of their own, and img2dataset's metadata beside tars) --------------------

@@ -21,6 +21,7 @@ from pipelines.readers.base import (
     SUCCESS,
     UNREADABLE,
     URL_COLUMNS,
+    ShardKeys,
     SourceShard,
     SourceShardError,
     check_size,
@@ -97,11 +98,8 @@ class ParquetColumns:
         optional = [c for c in (self.url, self.key, self.status, self.error) if c]
         return list(dict.fromkeys([self.image, *self.alt_texts, *optional]))
 
-    def row(self, shard: SourceShard, index: int, values: dict[str, list], k: int) -> dict:
+    def row(self, shard: SourceShard, index: int, key: str, values: dict[str, list], k: int) -> dict:
         """The reader row of the ``k``-th entry of ``values`` (column -> Python values), at ``index``."""
-        key = str_or_none(values[self.key][k]) if self.key else None
-        if key is None:
-            key = str(index)
         url = str_or_none(values[self.url][k]) if self.url else None
         alt_text = next((str(v) for v in (values[c][k] for c in self.alt_texts) if v is not None), None)
 
@@ -123,12 +121,13 @@ class ParquetColumns:
         return source_row(shard, index, key=key, url=url, alt_text=alt_text, data=bytes(value))
 
 
-def parquet_rows(shard: SourceShard, skip: frozenset[int], image_col: str | None, batch_rows: int) -> Iterator[dict]:
-    """The rows of a Parquet shard; row groups whose rows are all skipped are not read at all.
+def parquet_rows(shard: SourceShard, keys: ShardKeys, image_col: str | None, batch_rows: int) -> Iterator[dict]:
+    """The rows of a Parquet shard; row groups whose rows are all committed are not read (only their keys).
 
+    A row's key is its ``key`` column value, or its row number when the file has no ``key`` column.
     A row group whose data cannot be read (a damaged page) becomes rows with ``source_error``
-    (reason ``undecodable``) as long as its rows can still be named (their keys read, or no key
-    column); otherwise, like a footer that cannot be read, it raises :class:`SourceShardError`.
+    (reason ``undecodable``) as long as its keys can still be read; otherwise, like a footer that
+    cannot be read, it raises :class:`SourceShardError`.
     """
     root = resolve_root(shard.uri)
 
@@ -141,44 +140,44 @@ def parquet_rows(shard: SourceShard, skip: frozenset[int], image_col: str | None
             n = md.row_group(rg).num_rows
             first = start
             start += n
-            if n == 0 or all(i in skip for i in range(first, first + n)):
-                continue  # a committed row group: not even read
-            index = first
+            if n == 0:
+                continue
+            rg_keys = [keys.unique(k, first + j) for j, k in enumerate(_row_group_keys(pf, cols, shard, rg, first, n))]
+            todo = [j for j in range(n) if not keys.skips(rg_keys[j])]
+            if not todo:
+                continue  # a committed row group: its data is not even read
+            wanted, offset = set(todo), 0
             try:
                 for b in pf.iter_batches(batch_size=batch_rows, row_groups=[rg], columns=names):
-                    data = {c: b.column(c) for c in names}
-                    keep = [j for j in range(b.num_rows) if index + j not in skip]
+                    keep = [j for j in range(b.num_rows) if offset + j in wanted]
                     if keep:
+                        data = {c: b.column(c) for c in names}
                         if len(keep) < b.num_rows:
                             data = {c: a.take(pa.array(keep, pa.int64())) for c, a in data.items()}
                         values = {c: a.to_pylist() for c, a in data.items()}
                         for k, j in enumerate(keep):
-                            yield cols.row(shard, index + j, values, k)
-                    index += b.num_rows
+                            yield cols.row(shard, first + offset + j, rg_keys[offset + j], values, k)
+                            wanted.discard(offset + j)
+                    offset += b.num_rows
             except (OSError, pa.ArrowException) as e:
-                yield from _unreadable_rows(pf, cols, shard, rg, range(index, first + n), skip, e)
+                detail = f"cannot read row group {rg} of the parquet shard {shard.name}: {e}"
+                for j in sorted(wanted):
+                    yield source_row(shard, first + j, key=rg_keys[j], error=detail, reason=UNREADABLE)
         check_size(shard, start)
 
     yield from iter_parquet(root, shard.name, rows)
 
 
-def _unreadable_rows(pf: pq.ParquetFile, cols: ParquetColumns, shard: SourceShard, rg: int, indices: range,
-                     skip: frozenset[int], error: Exception) -> Iterator[dict]:
-    """Rows ``indices`` of row group ``rg``, whose data could not be read, as ``undecodable`` rows (keys
-    from the key column when it can still be read; without a key column a row's key is its index)."""
-    keys = [str(i) for i in indices]
-    if cols.key is not None:
-        try:
-            col = pf.read_row_group(rg, columns=[cols.key]).column(0).to_pylist()
-        except (OSError, pa.ArrowException) as e:
-            raise SourceShardError(f"cannot read row group {rg} of the parquet shard {shard.name}, not even its "
-                                   f"keys: {error}; {e}") from e
-        base = sum(pf.metadata.row_group(g).num_rows for g in range(rg))
-        keys = [str_or_none(col[i - base]) or str(i) for i in indices]
-    detail = f"cannot read row group {rg} of the parquet shard {shard.name}: {error}"
-    for i, key in zip(indices, keys):
-        if i not in skip:
-            yield source_row(shard, i, key=key, error=detail, reason=UNREADABLE)
+def _row_group_keys(pf: pq.ParquetFile, cols: ParquetColumns, shard: SourceShard, rg: int, first: int,
+                    n: int) -> list[str | None]:
+    """The raw keys of row group ``rg``: its ``key`` column, or the row numbers when there is none."""
+    if cols.key is None:
+        return [str(first + j) for j in range(n)]
+    try:
+        return [str_or_none(v) for v in pf.read_row_group(rg, columns=[cols.key]).column(0).to_pylist()]
+    except (OSError, pa.ArrowException) as e:
+        raise SourceShardError(f"cannot read row group {rg} of the parquet shard {shard.name}, not even its "
+                               f"keys: {e}") from e
 
 
 def _is_binary(t: pa.DataType) -> bool:

@@ -26,6 +26,7 @@ from pipelines.readers.base import (
     SUCCESS,
     UNREADABLE,
     URL_COLUMNS,
+    ShardKeys,
     SourceShard,
     SourceShardError,
     check_size,
@@ -120,8 +121,8 @@ def tar_size(root: Root, name: str) -> int:
     return len(_scan_tar(root, name))
 
 
-def webdataset_rows(shard: SourceShard, skip: frozenset[int]) -> Iterator[dict]:
-    """The rows of a tar shard, without reading the members of skipped rows.
+def webdataset_rows(shard: SourceShard, keys: ShardKeys) -> Iterator[dict]:
+    """The rows of a tar shard, without reading the members of committed rows.
 
     With img2dataset's sidecar the rows are known without the tar, so a damaged tar gives rows with
     ``source_error`` (reason ``undecodable``) for the samples it no longer holds; without one a tar
@@ -149,8 +150,9 @@ def webdataset_rows(shard: SourceShard, skip: frozenset[int]) -> Iterator[dict]:
 
         if sidecar is None:
             for index, s in enumerate(samples):
-                if index not in skip:
-                    yield _tar_row(shard, index, s, member, None)
+                key = keys.unique(s.key, index)
+                if not keys.skips(key):
+                    yield _tar_row(shard, index, key, s, member, None)
             check_size(shard, len(samples))
         else:
             by_key: dict[str, _TarSample] = {}
@@ -159,10 +161,10 @@ def webdataset_rows(shard: SourceShard, skip: frozenset[int]) -> Iterator[dict]:
             seen = 0
             for index, meta in _sidecar_rows(sidecar, shard.name):
                 seen += 1
-                if index in skip:
+                s = by_key.get(meta["key"]) if meta["key"] is not None else None
+                key = keys.unique(meta["key"], index)
+                if keys.skips(key):
                     continue
-                key = meta["key"]
-                s = by_key.get(key)
                 if meta["status"] not in (None, SUCCESS):
                     yield source_row(shard, index, key=key, url=meta["url"], alt_text=meta["caption"],
                                      error=f"{meta['status']}: {meta['error_message']}")
@@ -173,13 +175,12 @@ def webdataset_rows(shard: SourceShard, skip: frozenset[int]) -> Iterator[dict]:
                     yield source_row(shard, index, key=key, url=meta["url"], alt_text=meta["caption"],
                                      error=f"the image of key {key} is missing from {shard.name}")
                 else:
-                    yield _tar_row(shard, index, s, member, meta)
+                    yield _tar_row(shard, index, key, s, member, meta)
             check_size(shard, seen)
 
 
-def _tar_row(shard: SourceShard, index: int, s: _TarSample, member: Callable[[tarfile.TarInfo | None], bytes | None],
-             sidecar: dict | None) -> dict:
-    key = posixpath.basename(s.key) if sidecar is not None else s.key
+def _tar_row(shard: SourceShard, index: int, key: str, s: _TarSample,
+             member: Callable[[tarfile.TarInfo | None], bytes | None], sidecar: dict | None) -> dict:
     try:
         text = member(s.text)
         meta_bytes = member(s.meta)
