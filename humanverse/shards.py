@@ -478,17 +478,20 @@ class ShardSink:
             self._state = CommitState(self._state.records + (rec,))
         return rec
 
-    def committed_keys(self, shards: Iterable[str]) -> set[tuple[str, int]]:
-        """(source_shard, source_index) pairs already committed for the given shards."""
+    def committed_keys(self, shards: Iterable[str]) -> dict[str, set[str]]:
+        """Shard name -> the ``source_key`` values of its rows committed so far (data and rejects):
+        a source row's identity within its shard."""
         want = set(shards)
-        files = [r.file for r in self._state.records if want & r.shard_rows.keys()]
-        keys: set[tuple[str, int]] = set()
-        for f in files:
-            t = pq.read_table(self.root.join(f), columns=["source_shard", "source_index"], filesystem=self.root.fs)
-            for s, i in zip(t.column(0).to_pylist(), t.column(1).to_pylist()):
-                if s in want:
-                    keys.add((s, i))
-        return keys
+        out: dict[str, set[str]] = {name: set() for name in want}
+        for rec in self._state.records:
+            if not want & rec.shard_rows.keys():
+                continue
+            t = pq.read_table(self.root.join(rec.file), columns=["source_shard", "source_key"],
+                              filesystem=self.root.fs)
+            for shard, key in zip(t.column(0).to_pylist(), t.column(1).to_pylist()):
+                if shard in want and key is not None:
+                    out[shard].add(key)
+        return out
 
     def committed_ids(self, kind: str = "data") -> set[str]:
         ids: set[str] = set()

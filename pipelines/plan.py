@@ -31,7 +31,6 @@ import os
 import re
 from dataclasses import dataclass
 
-import pyarrow.parquet as pq
 
 from humanverse.config import ConfigError, to_dict
 from humanverse.shards import ShardSink, read_manifest, write_manifest
@@ -234,20 +233,6 @@ def finish_manifest(manifest: dict, shards: list[SourceShard], finished: set[str
     return {**manifest, "source_shards": entries}
 
 
-def committed_keys(sink: ShardSink, shards: list[str]) -> dict[str, set[str]]:
-    """Shard name -> the keys (``source_key``) of its rows committed in ``sink``'s dataset."""
-    want = set(shards)
-    out: dict[str, set[str]] = {name: set() for name in want}
-    for rec in sink.state.records:
-        if not want & rec.shard_rows.keys():
-            continue
-        t = pq.read_table(sink.root.join(rec.file), columns=["source_shard", "source_key"], filesystem=sink.root.fs)
-        for shard, key in zip(t.column(0).to_pylist(), t.column(1).to_pylist()):
-            if shard in want and key is not None:
-                out[shard].add(key)
-    return out
-
-
 @dataclass(frozen=True)
 class WorkPlan:
     """The source shards of a run: which are done, which to do, and what to skip in each."""
@@ -287,7 +272,7 @@ class WorkPlan:
             if n and not trusted:
                 changed.add(s.name)
         with_rows = [s.name for s in todo if committed.get(s.name)]
-        keys = committed_keys(sink, with_rows) if with_rows else {}
+        keys = sink.committed_keys(with_rows) if with_rows else {}
         return cls(tuple(shards), frozenset(done), tuple(todo), {k: tuple(sorted(v)) for k, v in keys.items()},
                    dict(failed or {}), frozenset(changed))
 
@@ -370,7 +355,7 @@ def _log_gone(existing: dict | None, input: str, found: Discovery, committed: di
                     "the dataset", len(gone), input, gone[0], rows)
 
 
-__all__ = ["RESUMABLE_SECTIONS", "BuildPlan", "WorkPlan", "check_inputs", "check_resumable", "committed_keys",
+__all__ = ["RESUMABLE_SECTIONS", "BuildPlan", "WorkPlan", "check_inputs", "check_resumable",
            "config_diff", "config_fingerprint", "finish_manifest", "make_manifest", "model_tags", "open_build",
            "read_item", "recorded_inputs", "recorded_spans", "same_input", "shard_entry", "stored_clip_dim",
            "zoo_models"]

@@ -37,7 +37,7 @@ def main(root: str, num_shards: int, rows_per_shard: int, rows_per_file: int) ->
     sink = humanverse.ShardSink.open(root, manifest={"config": {"test": "kill-resume"}})
     done = sink.state.complete_shards(sizes)
     for shard in sorted(set(sizes) - done):
-        have = {i for _, i in sink.committed_keys([shard])}
+        have = {int(k) for k in sink.committed_keys([shard])[shard]}
         todo = [i for i in range(sizes[shard]) if i not in have]
         for k in range(0, len(todo), rows_per_file):
             chunk = todo[k:k + rows_per_file]

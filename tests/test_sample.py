@@ -132,8 +132,10 @@ def test_pose_from_row_and_testset_mode(tiny_zoo, tmp_path):
     sink.close()
     pose, caption = pose_from_row(str(root))
     assert pose.keypoints.shape[1:] == (133, 3) and caption
-    with pytest.raises(ValueError, match="no row with id nope"):
+    with pytest.raises(ValueError, match="'nope' is not a row id"):
         pose_from_row(f"{root}#nope")
+    with pytest.raises(ValueError, match="no row with id 0000aaaa"):
+        pose_from_row(f"{root}#0000aaaa")
     out = tmp_path / "from-row"
     assert cli_main(["sample", "--models", "tiny", "--pose-from", str(root), "--no-refine", "--out", str(out),
                      *FAST]) == 0
