@@ -19,6 +19,7 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
 from humanverse import fs as hfs
+from humanverse.errors import first_line
 from humanverse.schema import REJECT_SCHEMA, data_schema
 from humanverse.shards import (KINDS, SEALED, STAGING_DIR, CommitRecord, CommitState, DatasetError, read_log,
                                read_manifest)
@@ -107,8 +108,7 @@ class HumanVerseDataset:
             bad = next((f for k in KINDS for f in self._published[k] if f in text), None)
             if bad is None:
                 raise
-            first = text.strip().splitlines()[0]
-            raise DatasetError(f"the committed file {bad} cannot be read ({first}); restore it from a backup "
+            raise DatasetError(f"the committed file {bad} cannot be read ({first_line(e)}); restore it from a backup "
                                "or rebuild its source shard.") from None
 
     # -- other front ends ---------------------------------------------------------------------

@@ -48,7 +48,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 
 import pyarrow as pa
@@ -433,7 +433,8 @@ class ShardSink:
         run = _checked_name(run, "run") if run else time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
         info = root.fs.get_file_info(root.path)
         if info.type == pafs.FileType.File:
-            raise DatasetError(f"the output {root.path} is a file, not a folder; give a new or existing dataset folder.")
+            raise DatasetError(f"the output {root.path} is a file, not a folder; give a new or existing dataset "
+                               "folder.")
         for d in (root.path, root.join("data"), root.join("rejects"), root.join(LOG_DIR), root.join(STAGING_DIR)):
             root.fs.create_dir(d, recursive=True)
         lease = _acquire_lease(root, run, lease_seconds)
@@ -478,26 +479,28 @@ class ShardSink:
             self._state = CommitState(self._state.records + (rec,))
         return rec
 
+    def committed_tables(self, columns: Mapping[str, list[str]],
+                         shards: Iterable[str] | None = None) -> "Iterator[tuple[CommitRecord, pa.Table]]":
+        """Each committed file of a kind in ``columns`` (kind -> the columns to read), one at a time,
+        with its record; only files holding rows of ``shards`` when given. Paths come from records,
+        which :meth:`CommitRecord.from_dict` has checked to lie inside the root."""
+        want = None if shards is None else set(shards)
+        for rec in self._state.records:
+            if rec.kind in columns and (want is None or want & rec.shard_rows.keys()):
+                yield rec, pq.read_table(self.root.join(rec.file), columns=list(columns[rec.kind]),
+                                         filesystem=self.root.fs)
+
     def committed_keys(self, shards: Iterable[str]) -> dict[str, set[str]]:
         """Shard name -> the ``source_key`` values of its rows committed so far (data and rejects):
         a source row's identity within its shard."""
         want = set(shards)
         out: dict[str, set[str]] = {name: set() for name in want}
-        for rec in self._state.records:
-            if not want & rec.shard_rows.keys():
-                continue
-            t = pq.read_table(self.root.join(rec.file), columns=["source_shard", "source_key"],
-                              filesystem=self.root.fs)
+        cols = ["source_shard", "source_key"]
+        for _, t in self.committed_tables({kind: cols for kind in KINDS}, want):
             for shard, key in zip(t.column(0).to_pylist(), t.column(1).to_pylist()):
                 if shard in want and key is not None:
                     out[shard].add(key)
         return out
-
-    def committed_ids(self, kind: str = "data") -> set[str]:
-        ids: set[str] = set()
-        for f in self._state.files(kind):
-            ids.update(pq.read_table(self.root.join(f), columns=["id"], filesystem=self.root.fs).column(0).to_pylist())
-        return ids
 
     def close(self) -> None:
         """Seal this run's log, remove its (now empty) staging folder and give the lease back."""

@@ -31,6 +31,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from humanverse.codecs import decode_depth
+from humanverse.errors import first_line
 from humanverse.schema import NUM_KEYPOINTS
 from humanverse.skeleton import SkeletonStyle, render_skeleton
 from humanverse.sql import where_expression
@@ -275,7 +276,7 @@ def _select(ds, where: str | None, limit: int, rejects_limit: int) -> _Selection
             keys = con.sql(f"SELECT source_shard, source_index FROM hv WHERE {cond} "
                                f"ORDER BY source_shard, source_index LIMIT {int(limit)}").fetchall()
         except duckdb.Error as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            first = first_line(e)
             raise ValueError(f"where clause {where!r} is not valid SQL on the hv view: {first}") from None
         rows: list[dict] = []
         if keys:

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 
+from humanverse.errors import first_line
+
 #: AST node classes a row filter may not contain (json_serialize_sql's ``class`` field)
 _REFUSED = {"SUBQUERY": "a subquery", "WINDOW": "a window function"}
 
@@ -28,11 +30,12 @@ def where_expression(where: str, what: str = "where") -> str:
     try:
         expr = str(duckdb.SQLExpression(where))
     except duckdb.Error as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise ValueError(f"{what} {where!r} is not one SQL condition on the columns of hv ({first}).") from None
     con = duckdb.connect()
     try:
-        ast = json.loads(con.execute("SELECT json_serialize_sql(?)", [f"SELECT 1 FROM hv WHERE ({expr})"]).fetchone()[0])
+        query = f"SELECT 1 FROM hv WHERE ({expr})"
+        ast = json.loads(con.execute("SELECT json_serialize_sql(?)", [query]).fetchone()[0])
     finally:
         con.close()
     if ast.get("error") or len(ast.get("statements", ())) != 1:

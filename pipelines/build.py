@@ -27,7 +27,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -232,7 +232,9 @@ def _run_graph(cfg: BuildConfig, plan: BuildPlan, sink: ShardSink, models: str, 
         if any(step.name == "dedup" for step in steps):
             # the first copy of an image wins: rows must reach the dedup actor in (shard, index) order
             ctx.execution_options.preserve_order = True
-            owners = start_id_sets(cfg.dedup, _committed_tables(sink))
+            cols = ["id", "source_shard", "source_key"]  # and for rejects their stage (kept ones count)
+            committed = sink.committed_tables({"data": cols, "rejects": cols + ["stage"]})
+            owners = start_id_sets(cfg.dedup, (table for _, table in committed))
             actors += owners
             steps = [step.with_kwargs(owners=owners) if step.name == "dedup" else step for step in steps]
         ds = ray.data.from_items(items, override_num_blocks=len(items))
@@ -269,16 +271,6 @@ def _failed_note(failed: dict[str, str]) -> str:
     names = sorted(failed)
     shown = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
     return f"; {len(names)} source shard(s) could not be read and stay to do (rerun to retry them): {shown}"
-
-
-def _committed_tables(sink: ShardSink) -> Iterator[pa.Table]:
-    """The committed files of ``sink``'s dataset, one table at a time, with the columns the dedup
-    stage loads (``id``, ``source_shard``, ``source_key``, and ``stage`` for rejects)."""
-    import pyarrow.parquet as pq
-
-    for rec in sink.state.records:
-        cols = ["id", "source_shard", "source_key"] + (["stage"] if rec.kind == "rejects" else [])
-        yield pq.read_table(sink.root.join(rec.file), columns=cols, filesystem=sink.root.fs)
 
 
 # -- the ``ray job submit`` entrypoint --------------------------------------------------------------

@@ -31,7 +31,6 @@ import os
 import re
 from dataclasses import dataclass
 
-
 from humanverse.config import ConfigError, to_dict
 from humanverse.shards import ShardSink, read_manifest, write_manifest
 from pipelines.config import BuildConfig

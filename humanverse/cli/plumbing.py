@@ -130,8 +130,9 @@ def one_sentence(e: BaseException) -> str:
     """``e``'s message on one line (an ``OSError`` with its path)."""
     if isinstance(e, OSError) and e.strerror:
         return f"{e.strerror}: {e.filename}" if e.filename else e.strerror
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
+    from humanverse.errors import first_line
+
+    return first_line(e)
 
 
 def run_command(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:

@@ -28,7 +28,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         table = open_dataset(args).query(args.sql)
     except duckdb.Error as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        from humanverse.errors import first_line
+
+        first = first_line(e)
         raise ValueError(f"the SQL query failed: {first}") from e
     fmt = args.format
     if fmt == "table":

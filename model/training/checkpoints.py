@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from humanverse.errors import first_line
+
 log = logging.getLogger(__name__)
 
 MARKER = "COMPLETE"
@@ -84,7 +86,7 @@ def checkpoint_problem(ck: Path) -> str | None:
             elif f.suffix in (".pt", ".pth", ".bin"):
                 torch.load(f, map_location="cpu", weights_only=True, mmap=True)
         except Exception as e:  # noqa: BLE001 - any failure to read is the answer
-            return f"{f.relative_to(ck)}: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+            return f"{f.relative_to(ck)}: {type(e).__name__}: {first_line(e)}"
     return None
 
 

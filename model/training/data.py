@@ -99,6 +99,7 @@ from PIL import Image
 
 import humanverse
 from humanverse.codecs import decode_keypoints
+from humanverse.errors import first_line
 from humanverse.schema import data_schema
 from humanverse.skeleton import flip_keypoints, render_skeleton
 from humanverse.sql import where_expression
@@ -227,7 +228,7 @@ def check_where(where: str) -> str:
         con.register("hv", _cheap_schema().empty_table())
         con.execute(f"SELECT count(*) FROM hv WHERE ({expr})").fetchall()
     except duckdb.Error as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise ValueError(f"where {where!r} is not a valid SQL predicate on table hv: {first}") from None
     finally:
         con.close()
