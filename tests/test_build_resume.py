@@ -1,5 +1,6 @@
 """Kill the builder's driver (SIGKILL, whole process group: driver, raylet, workers) at random points of
-a build over 220 images in 12 source shards, at least 10 times, resuming each time; in the end every
+a build over 224 images in 12 source shards, at least 10 times, resuming each time; after the fifth
+kill the input grows (files that sort first, files that sort last, a new folder); in the end every
 source row is in ``data/`` or ``rejects/`` exactly once."""
 
 from __future__ import annotations
@@ -33,6 +34,16 @@ def _write_inputs(src: Path) -> None:
             s.image.save(sub / f"{i:03d}.jpg", quality=80)
         (sub / "broken.jpg").write_bytes(b"not a jpeg")  # one undecodable row per folder
     # 4 x 56 = 224 rows once the broken files are counted
+
+
+def _grow(src: Path) -> int:
+    """Add files that sort before, after and beside the existing ones; returns how many."""
+    new = [src / "dir0" / f"-new-{i}.jpg" for i in range(3)] + [src / "dir1" / f"zz-{i}.jpg" for i in range(2)]
+    (src / "dir9").mkdir()
+    new += [src / "dir9" / f"{i:03d}.jpg" for i in range(5)]
+    for k, path in enumerate(new):
+        make_sample(200, 240, num_persons=1, seed=90_000 + k).image.save(path, quality=80)
+    return len(new)
 
 
 def _committed_rows(out: Path) -> int:
@@ -69,7 +80,7 @@ def test_sigkill_the_driver_and_resume(tiny_zoo, tmp_path):
     env = {**os.environ, "HUMANVERSE_TINY_ZOO": str(tiny_zoo), "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0",
            "PYTHONUNBUFFERED": "1"}
     rng = random.Random(7)
-    kills, runs = 0, 0
+    kills, runs, grown = 0, 0, False
     events: list[str] = []
     log_path = tmp_path / "driver.log"
     while True:
@@ -99,6 +110,9 @@ def test_sigkill_the_driver_and_resume(tiny_zoo, tmp_path):
                 _kill_group(proc)
                 kills += 1
                 events.append(f"run {runs}: {mode} kill, rows {before} -> {max(_committed_rows(out), 0)}")
+                if kills == 5 and not grown:  # the input grows between two kills
+                    total += _grow(src)
+                    grown = True
                 continue
         rc = proc.wait(timeout=600)
         _kill_group(proc)  # leftover Ray processes of a finished run
@@ -118,10 +132,11 @@ def test_sigkill_the_driver_and_resume(tiny_zoo, tmp_path):
     ds = humanverse.open(out)
     keys = []
     for kind in ("data", "rejects"):
-        t = ds.to_arrow(kind, columns=["source_shard", "source_index"])
+        t = ds.to_arrow(kind, columns=["source_shard", "source_key"])
         keys += list(zip(t.column(0).to_pylist(), t.column(1).to_pylist()))
     assert len(keys) == total, (len(keys), total, events)
     assert len(set(keys)) == total
+    assert grown and {"dir0/-new-0.jpg", "dir1/zz-1.jpg", "dir9/004.jpg"} <= {k for _, k in keys}
     ids = ds.to_arrow("data", columns=["id"]).column(0).to_pylist()
     assert len(ids) == len(set(ids))
     assert ds.num_rows("rejects") >= NUM_DIRS  # the broken files at least
