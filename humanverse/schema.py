@@ -1,4 +1,4 @@
-"""The HumanVerse dataset format (v1): Arrow schemas, reject vocabulary and validation.
+"""The HumanVerse dataset format (v2): Arrow schemas, reject vocabulary and validation.
 
 One row per accepted image in ``data/``; one row per rejected source row in ``rejects/``. Every
 source row ends in exactly one of the two (docs/format.md). Geometry is in pixels of the stored
@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 FORMAT_NAME = "humanverse"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 NUM_KEYPOINTS = 133
 KEYPOINT_VALUES = NUM_KEYPOINTS * 3
 
@@ -92,6 +92,11 @@ def data_schema(clip_dim: int | None = None) -> pa.Schema:
         pa.field("depth", pa.binary()),  # 16-bit PNG, min-max normalised, relative inverse depth
         pa.field("depth_min", pa.float32()),
         pa.field("depth_max", pa.float32()),
+        # A second depth map (Omnidata DPT, HyperHuman Sec. 3.2 / App. A.1 annotate both); same
+        # encoding as ``depth``; null when the builder ran one depth model only (format v2).
+        pa.field("depth_omnidata", pa.binary()),
+        pa.field("depth_omnidata_min", pa.float32()),
+        pa.field("depth_omnidata_max", pa.float32()),
         pa.field("normal", pa.binary()),  # 8-bit RGB PNG, n = rgb / 127.5 - 1, camera frame
         # Which model produced what: (stage, "hub id@revision" | "tiny:<name>" | local path).
         # A list of structs rather than a map so every reader (datasets included) can load it.
@@ -184,7 +189,7 @@ def _row_of_element(list_col: pa.ChunkedArray, element: int) -> int:
 
 
 def validate_data(table: pa.Table) -> None:
-    """Check a ``data/`` table against format v1: schema, then values. Raises :class:`FormatError`.
+    """Check a ``data/`` table against the format: schema, then values. Raises :class:`FormatError`.
 
     Vectorised (Arrow compute + numpy): it runs on the writer's hot path for every file.
     """

@@ -71,7 +71,7 @@ def test_compute_stats_exact(built):
     s = compute_stats(ds)
     json.dumps(s)  # serialisable
     assert s["totals"] == {"accepted": 10, "rejected": 8, "source_rows": 18, "acceptance_rate": pytest.approx(10 / 18)}
-    assert s["dataset"]["format_version"] == 1
+    assert s["dataset"]["format_version"] == humanverse.FORMAT_VERSION
     assert s["dataset"]["manifest"]["config.min_side"] == 200
 
     # funnel: pipeline order, unknown stage last, survivors cumulative from the 18 source rows
