@@ -44,8 +44,12 @@ __all__ = [
     "ResolvedModel",
     "ZOO",
     "format_table",
+    "how_to_fetch",
     "list_entries",
+    "load_error",
     "make_tiny",
+    "models_root",
+    "pin_status",
     "resolve",
     "tiny_root",
 ]
@@ -81,8 +85,14 @@ class ModelEntry:
         tiny: what the tiny stand-in is, including any deviation from the real preprocessing.
         notes: loading pitfalls.
         direct_from_hub: whether ``model_class`` loads ``hub_id@revision`` as is; False where the
-            weights must first be downloaded by hand or converted.
+            weights must first be downloaded by hand or converted (``humanverse zoo prepare``).
         build_tiny: the tiny builder, or None where it lives beside a class outside ``humanverse``.
+        pin_source: where the pinned commit was seen in public history, so anyone can check it.
+        pin_confirmed: True where the commit was checked against the repository's own commit
+            history; False where it is the commit that independent public code pins or downloads
+            (hub cache snapshot paths, ``revision=`` arguments) but was not read from the hub here.
+        sha256: known SHA-256 digests of some of ``files`` (as published by independent pins);
+            ``zoo prepare`` checks them.
     """
 
     name: str
@@ -96,6 +106,24 @@ class ModelEntry:
     notes: str = ""
     direct_from_hub: bool = True
     build_tiny: TinyBuilder | None = field(default=None, compare=False, repr=False)
+    pin_source: str = ""
+    pin_confirmed: bool = False
+    sha256: Mapping[str, str] = field(default_factory=dict, compare=False)
+
+    @property
+    def paper(self) -> bool:
+        """Whether the paper's configuration (``--models paper``) loads this entry."""
+        return bool(self.hub_id)
+
+    @property
+    def on_hub(self) -> bool:
+        """Whether ``hub_id`` is a Hugging Face repository (not a download URL)."""
+        return bool(self.hub_id) and not self.hub_id.startswith(("http://", "https://"))
+
+    @property
+    def pin(self) -> str:
+        """``hub_id@revision`` (or the record URL for non-hub sources)."""
+        return f"{self.hub_id}@{self.revision}" if self.revision else self.hub_id
 
 
 @dataclass(frozen=True)
@@ -139,6 +167,31 @@ class ResolvedModel:
         return {}
 
 
+_SD2_FILES = (
+    "model_index.json",
+    "scheduler/scheduler_config.json",
+    "text_encoder/config.json",
+    "text_encoder/model.safetensors",
+    "tokenizer/merges.txt",
+    "tokenizer/special_tokens_map.json",
+    "tokenizer/tokenizer_config.json",
+    "tokenizer/vocab.json",
+    "unet/config.json",
+    "unet/diffusion_pytorch_model.safetensors",
+    "vae/config.json",
+    "vae/diffusion_pytorch_model.safetensors",
+)
+_SDXL_FILES = (
+    *_SD2_FILES,
+    "text_encoder_2/config.json",
+    "text_encoder_2/model.safetensors",
+    "tokenizer_2/merges.txt",
+    "tokenizer_2/special_tokens_map.json",
+    "tokenizer_2/tokenizer_config.json",
+    "tokenizer_2/vocab.json",
+)
+
+
 def _entries(*entries: ModelEntry) -> dict[str, ModelEntry]:
     return {e.name: e for e in entries}
 
@@ -151,6 +204,9 @@ ZOO: dict[str, ModelEntry] = _entries(
         revision="95a90f3c189fbfca3bcfc6d7315b9e84d95dc2de",
         licence="apache-2.0",
         model_class="transformers.YolosForObjectDetection",
+        files=("config.json", "preprocessor_config.json", "model.safetensors"),
+        pin_source="huggingface.co/hustvl/yolos-tiny commit list (Apr 2024 preprocessor update)",
+        pin_confirmed=True,
         tiny="YOLOS hidden 32 x 2 layers, 100 detection tokens, COCO-91 labels, heads biased so a few "
         "tokens score 'person' near 0.5 (otherwise a random detector finds nobody); real processor "
         "(shortest edge 512, longest 1333, bilinear, ImageNet mean/std, pad).",
@@ -163,18 +219,23 @@ ZOO: dict[str, ModelEntry] = _entries(
         name="vitpose-wholebody",
         task="whole-body pose (133 COCO-WholeBody keypoints)",
         hub_id="JunkyByte/easy_ViTPose",
-        revision=None,
+        revision="e83805274e89428969355ec4afffcbc413e79188",
         licence="apache-2.0",
         model_class="transformers.VitPoseForPoseEstimation",
         files=("torch/wholebody/vitpose-h-wholebody.pth",),
-        tiny="VitPoseForPoseEstimation(num_labels=133, classic decoder), ViT 32 x 2 layers; real "
-        "processor (256x192 UDP affine crops, ImageNet mean/std); heatmaps 64x48.",
+        pin_source="pinned as VITPOSE_REVISION of JunkyByte/easy_ViTPose in public download code "
+        "(not read from the hub here)",
+        tiny="VitPoseForPoseEstimation(num_labels=133, classic decoder) shrunk from the real config "
+        "(ViT 32 x 2 layers, layer_norm_eps 1e-6 kept); processor 256x192, ImageNet mean/std; "
+        "heatmaps 64x48; decoded as the real one (non-UDP crop, flip test, heatmap shift).",
         notes="No Hugging Face checkpoint outputs 133 keypoints (usyd-community ones give COCO-17). "
         "The paper's model is ViTPose++-H's whole-body split: `wholebody.pth` from "
         "ViTAE-Transformer/ViTPose tools/model_split.py (ViT 1280 x 32, two 256 deconvs, 133 "
-        "outputs); the listed file is an unverified mirror of it. It must be converted to "
-        "VitPoseForPoseEstimation(num_labels=133, num_experts=1) (key map untested) and passed "
-        "as a local directory; load any .pth with weights_only=True. The processor needs scipy.",
+        "outputs); the listed file is a mirror of it (2.55 GB, loads with weights_only=True). "
+        "`humanverse zoo convert-vitpose SRC.pth OUT_DIR` (run by `zoo prepare`) writes "
+        "VitPoseForPoseEstimation(num_labels=133) safetensors + processor config. Decoding: the "
+        "non-UDP affine crop with flip test and heatmap shift, as its test config "
+        "(ViTPose_huge_wholebody_256x192.py). The processor needs scipy.",
         direct_from_hub=False,
         build_tiny=tb.build_vitpose_wholebody,
     ),
@@ -182,12 +243,16 @@ ZOO: dict[str, ModelEntry] = _entries(
         name="midas-dpt-hybrid",
         task="relative depth (MiDaS)",
         hub_id="Intel/dpt-hybrid-midas",
-        revision="65776c96786d3dd82c1cdb4847ea0c2cb46a943c",
+        revision="11eaf7a1cf4bd70740697dbc216f98980c0aeb03",
         licence="apache-2.0",
         model_class="transformers.DPTForDepthEstimation",
+        files=("config.json", "preprocessor_config.json", "pytorch_model.bin"),
+        pin_source="pinned with huggingface-cli download --revision and hashed in several public "
+        "repositories (not read from the hub here); 65776c9 was not found in the repo",
+        sha256={"pytorch_model.bin": "b6c4d44f9d96ca3fa76dd3bbb153989a60b4ad5526559f3c598562a368d687ec"},
         tiny="Hybrid DPT, ViT 32 x 4 layers over a BiT (widths 8/16/32, num_groups=2); real "
         "processor (384x384 squash, bilinear, mean=std=0.5).",
-        notes="Revision is second-hand (recorded in sd2-depth's depth_estimator config). Output is "
+        notes="The repo's main holds only pytorch_model.bin (read with weights_only loading). Output is "
         "relative inverse depth (larger = nearer). The class default resample is bicubic: always "
         "load the hub processor config. Original MiDaS keeps aspect (multiple of 32) instead.",
         build_tiny=tb.build_midas_dpt_hybrid,
@@ -200,10 +265,12 @@ ZOO: dict[str, ModelEntry] = _entries(
         licence="Omnidata non-commercial EULA (weights may not be redistributed)",
         model_class="pipelines.annotators.omnidata.OmnidataDPT",
         files=("omnidata_dpt_depth_v2.ckpt",),
+        pin_source="Zenodo record 10447888 (a published record's files cannot change; no git commit exists)",
         tiny="Built by pipelines.annotators.omnidata (passed to make_tiny via builders=).",
         notes="Never vendor these weights. Lightning ckpt: strip the 'model.' prefix. Input: "
         "resize 384 + centre crop, normalised to [-1,1]. DPT(vitb_rn50_384); timm calls the "
-        "backbone vit_base_r50_s16_384. Download the file by hand and pass its directory.",
+        "backbone vit_base_r50_s16_384. `humanverse zoo prepare DIR --accept-omnidata-licence` "
+        "downloads it, or pass the file or its directory.",
         direct_from_hub=False,
     ),
     ModelEntry(
@@ -214,25 +281,29 @@ ZOO: dict[str, ModelEntry] = _entries(
         licence="Omnidata non-commercial EULA (weights may not be redistributed)",
         model_class="pipelines.annotators.omnidata.OmnidataDPT",
         files=("omnidata_dpt_normal_v2.ckpt",),
+        pin_source="Zenodo record 10447888 (a published record's files cannot change; no git commit exists)",
         tiny="Built by pipelines.annotators.omnidata (passed to make_tiny via builders=).",
         notes="Never vendor these weights. Input is ToTensor only ([0,1], no normalisation); "
-        "output RGB in [0,1], n = 2x-1, camera frame. 3-channel head, so not a "
-        "DPTForDepthEstimation. Download the file by hand and pass its directory.",
+        "output RGB in [0,1], n = 2x-1 with +Z away from the viewer; stored with z negated (+Z "
+        "towards the viewer). 3-channel head, so not a DPTForDepthEstimation. `humanverse zoo "
+        "prepare DIR --accept-omnidata-licence` downloads it, or pass the file or its directory.",
         direct_from_hub=False,
     ),
     ModelEntry(
         name="clip-vit-l14",
         task="CLIP image embedding for the aesthetic score",
         hub_id="timm/vit_large_patch14_clip_224.openai",
-        revision=None,
+        revision="18d0535469bb561bf468d76c1d73aa35156c922b",
         licence="mit",
         model_class="open_clip.CLIP",
         files=("open_clip_config.json", "open_clip_model.safetensors"),
+        pin_source="hub cache snapshot of open_clip_model.safetensors pinned as OPENCLIP_REVISION in "
+        "several public repositories (not read from the hub here)",
         tiny="open_clip CLIP with QuickGELU: embed 32, vision 64 x 2 layers (patch 14, 224 px), "
         "text 16 x 2 layers (vocab 49408, context 77); OpenAI mean/std, bicubic, shortest-side "
         "resize + centre crop, as the real one.",
         notes="Open with open_clip.create_model_and_transforms('local-dir:<dir>') on a downloaded "
-        "snapshot (the hf-hub: schema takes no revision; no revision pinned yet). "
+        "snapshot (the hf-hub: schema takes no revision: `zoo prepare` fetches the pin). "
         "Built-in name route: 'ViT-L-14-quickgelu' with pretrained='openai'; plain 'ViT-L-14' + "
         "'openai' builds GELU and only warns.",
         build_tiny=tb.build_clip_vit_l14,
@@ -245,6 +316,8 @@ ZOO: dict[str, ModelEntry] = _entries(
         licence="apache-2.0 (the original's; mirror's unverified)",
         model_class="torch.nn.Sequential",
         files=("model.safetensors",),
+        pin_source="NeMo Curator nemo_curator/models/aesthetics.py",
+        pin_confirmed=True,
         tiny="Same 5-Linear structure (keys layers.{0,2,4,6,7}, widths 1024/128/64/16/1) with "
         "input width 32 (the tiny CLIP's embed dim) instead of 768.",
         notes="Original: christophschuhmann/improved-aesthetic-predictor@6934dd81 "
@@ -258,14 +331,35 @@ ZOO: dict[str, ModelEntry] = _entries(
         name="blip2-opt-2.7b",
         task="captioning",
         hub_id="Salesforce/blip2-opt-2.7b",
-        revision=None,
+        revision="59a1ef6c1e5117b3f65523d1c6066825bcf315e3",
         licence="mit",
         model_class="transformers.Blip2ForConditionalGeneration",
+        files=(
+            "config.json",
+            "generation_config.json",
+            "preprocessor_config.json",
+            "processor_config.json",
+            "special_tokens_map.json",
+            "tokenizer_config.json",
+            "tokenizer.json",
+            "vocab.json",
+            "merges.txt",
+            "added_tokens.json",
+            "model.safetensors.index.json",
+            "model-00001-of-00002.safetensors",
+            "model-00002-of-00002.safetensors",
+        ),
+        pin_source="the repo sha in a public model listing and pinned with shard digests in several "
+        "public repositories (not read from the hub here)",
+        sha256={
+            "model-00001-of-00002.safetensors": "b81228c9ac1b3dee1731ee71d51fe3b2c34f915019c44c25a793b51300ae24fc",
+            "model-00002-of-00002.safetensors": "536bd73b8f1de7d94f503b23fea2eaa4f7f3ea5f74f8f874fcb21d6df1555a19",
+        },
         tiny="ViT, Q-Former and OPT 32 wide x 2 layers; 32 query tokens; GPT2Tokenizer with OPT "
         "ids and <image>; real processor (224x224 squash, bicubic, OpenAI CLIP mean/std).",
-        notes="Pin a revision with the <image>-token layout (image_token_index=50265, "
-        "processor_config.json; e.g. commit c7d6c9f..., full hash not recorded yet); "
-        "51572668da0e... predates it and takes the legacy path. Processor: Blip2Processor. "
+        notes="The pin is a later commit than the <image>-token update (c7d6c9f...: "
+        "image_token_index=50265, processor_config.json); 51572668da0e... predates it and takes "
+        "the legacy path; `zoo prepare` checks image_token_index. Processor: Blip2Processor. "
         "LAVIS captioning: num_beams=5, max_new_tokens=30, prompt ''. Decode with "
         "skip_special_tokens=True.",
         build_tiny=tb.build_blip2_opt,
@@ -274,12 +368,16 @@ ZOO: dict[str, ModelEntry] = _entries(
         name="sd2-inpainting",
         task="outpainting",
         hub_id="stabilityai/stable-diffusion-2-inpainting",
-        revision="76b00d76134aca7fc5e7137a469498627ad6b4bf",
+        revision="6ba40839c3c171123b2b863d16caf023e297abb9",
         licence="openrail++",
         model_class="diffusers.StableDiffusionInpaintPipeline",
+        files=_SD2_FILES,
+        pin_source="huggingface.co/stabilityai/stable-diffusion-2-inpainting commit tree (a commit "
+        "that holds the safetensors; 76b00d7 does not exist there)",
+        pin_confirmed=True,
         tiny="UNet widths 32/64 (in_channels 9, linear projection, heads 2/4, sample 8 = 64 px), "
         "CLIPTextModel 32 x 2 layers, tiny CLIP BPE tokenizer (pad '!'), PNDM, x8 VAE 0.18215.",
-        notes="Revision seen in third-party configs (unverified). Mask: white = repaint. UNet "
+        notes="Mask: white = repaint. UNet "
         "input cat(noisy 4, mask 1, masked-image latents 4). Paste unmasked pixels back with "
         "pipe.image_processor.apply_overlay.",
         build_tiny=tb.build_sd2_inpainting,
@@ -288,12 +386,16 @@ ZOO: dict[str, ModelEntry] = _entries(
         name="sd2-base",
         task="stage-1 initialisation (UNet, text encoder, tokenizer, scheduler, VAE)",
         hub_id="stabilityai/stable-diffusion-2-base",
-        revision="f7bef89ce4f8e1ab4f3e1b4fdea0872e9d09d185",
+        revision="d6f5d3ef32568709d194e94c41ea4696d0566644",
         licence="openrail++",
         model_class="diffusers.StableDiffusionPipeline",
+        files=_SD2_FILES,
+        pin_source="huggingface.co/stabilityai/stable-diffusion-2-base commit tree (a commit that "
+        "holds the safetensors; f7bef89 does not exist there)",
+        pin_confirmed=True,
         tiny="UNet widths 32/64 (linear projection, heads 2/4, sample 8 = 64 px), CLIPTextModel "
         "32 x 2 layers (real 1024 x 23), tiny CLIP BPE tokenizer (pad '!'), PNDM epsilon, x8 VAE.",
-        notes="Revision seen as a snapshot (unverified). epsilon-prediction (the 768 px SD-2 is "
+        notes="epsilon-prediction (the 768 px SD-2 is "
         "v-prediction). Text encoder is OpenCLIP ViT-H's text tower truncated to 23 layers. "
         "attention_head_dim means number of heads here.",
         build_tiny=tb.build_sd2_base,
@@ -302,11 +404,13 @@ ZOO: dict[str, ModelEntry] = _entries(
         name="sd-vae-ft-mse",
         task="stage-1 VAE",
         hub_id="stabilityai/sd-vae-ft-mse",
-        revision=None,
+        revision="31f26fdeee1355a5c34592e401dd41e45d25a493",
         licence="mit",
         model_class="diffusers.AutoencoderKL",
+        files=("config.json", "diffusion_pytorch_model.safetensors"),
+        pin_source="hub cache snapshot path pinned in many public repositories (not read from the hub here)",
         tiny="AutoencoderKL widths 8/16/32/32 (x8 downsampling), 4 latent channels, scaling 0.18215.",
-        notes="No revision pinned yet. The hub config may lack scaling_factor; the class "
+        notes="The hub config may lack scaling_factor; the class "
         "default 0.18215 applies: encode as latents * 0.18215.",
         build_tiny=tb.build_sd_vae_ft_mse,
     ),
@@ -317,6 +421,9 @@ ZOO: dict[str, ModelEntry] = _entries(
         revision="462165984030d82259a11f4367a4eed129e94a7b",
         licence="openrail++",
         model_class="diffusers.StableDiffusionXLPipeline",
+        files=_SDXL_FILES,
+        pin_source="huggingface.co/stabilityai/stable-diffusion-xl-base-1.0 commit tree",
+        pin_confirmed=True,
         tiny="UNet widths 32/64 (text_time, time embed 8, transformer layers 1/2), CLIPTextModel 32 "
         "+ CLIPTextModelWithProjection 48 (cross-attention 80), two tiny CLIP BPE tokenizers, "
         "EulerDiscrete, x8 VAE 0.13025, sample 8 = 64 px.",
@@ -329,12 +436,15 @@ ZOO: dict[str, ModelEntry] = _entries(
         name="sdxl-vae-fp16-fix",
         task="stage-2 VAE (fp16-safe)",
         hub_id="madebyollin/sdxl-vae-fp16-fix",
-        revision=None,
+        revision="207b116dae70ace3637169f1ddd2434b91b3a8cd",
         licence="mit",
         model_class="diffusers.AutoencoderKL",
+        files=("config.json", "diffusion_pytorch_model.safetensors"),
+        pin_source="huggingface.co/madebyollin/sdxl-vae-fp16-fix commit tree",
+        pin_confirmed=True,
         tiny="AutoencoderKL widths 8/16/32/32 (x8), 4 latent channels, scaling 0.13025, "
         "force_upcast False.",
-        notes="No full revision recorded yet (force_upcast=false since commit 9292e14). Load with "
+        notes="force_upcast=false since commit 9292e14. Load with "
         "torch_dtype=torch.float16 and pass as vae= to the SDXL pipeline.",
         build_tiny=tb.build_sdxl_vae_fp16_fix,
     ),
@@ -357,15 +467,63 @@ def list_entries() -> list[ModelEntry]:
     return list(ZOO.values())
 
 
+def pin_status(entry: ModelEntry) -> str:
+    """How far ``entry``'s pin is verified, in words for ``zoo list``.
+
+    ``confirmed``: checked against the repository's commit history; ``public pin, unconfirmed``:
+    the commit independent public code pins or downloads, not read from the hub here;
+    ``immutable record``: a download record (Zenodo) whose files cannot change; ``not published``:
+    weights this project trains.
+    """
+    if not entry.paper:
+        return "not published"
+    if not entry.on_hub:
+        return "immutable record"
+    if not entry.revision:
+        return "UNPINNED"
+    return "confirmed" if entry.pin_confirmed else "public pin, unconfirmed"
+
+
 def format_table(entries: Iterable[ModelEntry] | None = None) -> str:
-    """A plain-text table (name, task, hub id, revision[:10], licence) for ``humanverse zoo list``."""
-    rows = [("name", "task", "hub id", "revision", "licence")]
+    """A plain-text table (name, task, hub id, full revision, pin status, licence) for
+    ``humanverse zoo list``."""
+    rows = [("name", "task", "hub id", "revision", "pin", "licence")]
     for e in list_entries() if entries is None else entries:
-        rows.append((e.name, e.task, e.hub_id or "-", (e.revision or "-")[:10], e.licence))
+        rows.append((e.name, e.task, e.hub_id or "-", e.revision or "-", pin_status(e), e.licence))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def models_root() -> Path:
+    """Where ``humanverse zoo prepare`` puts the paper's models by default, and where
+    ``--models paper`` finds the entries that need a conversion: ``$HUMANVERSE_MODELS`` or
+    ``~/.cache/humanverse/models``."""
+    env = os.environ.get("HUMANVERSE_MODELS")
+    if env:
+        return Path(env).expanduser()
+    return Path.home() / ".cache" / "humanverse" / "models"
+
+
+def how_to_fetch(name: str) -> str:
+    """One sentence naming zoo entry ``name``, its source and pin, and how to fetch it."""
+    entry = _entry(name)
+    if not entry.paper:
+        return f"zoo entry {name!r} has no published weights; pass its local checkpoint directory."
+    return (
+        f"zoo entry {name!r} ({entry.pin}) is not available here; fetch it with "
+        f"`humanverse zoo prepare DIR` and pass `--models DIR` (or set HUMANVERSE_MODELS=DIR)."
+    )
+
+
+def load_error(name: str, resolved: ResolvedModel | None, error: BaseException) -> ValueError:
+    """The one-sentence ``ValueError`` for a model that failed to load: the entry, where it was
+    looked for, the cause's first line, and how to fetch it (``humanverse zoo prepare``)."""
+    cause = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    cause = cause.split(". ")[0].rstrip(".")[:160]
+    where = resolved.tag if resolved is not None else name
+    return ValueError(f"Cannot load {where} ({cause}): {how_to_fetch(name)}")
 
 
 def tiny_root() -> Path:
@@ -424,11 +582,15 @@ def resolve(
                 f"its local checkpoint directory as its spec instead of 'paper'."
             )
         if not entry.direct_from_hub:
+            prepared = models_root() / name
+            if prepared.is_dir() and (prepared / COMPLETE_MARKER).is_file():
+                return ResolvedModel(name=name, path=str(prepared.resolve()), revision=None, kind="local")
             source = ", ".join(f"{entry.hub_id}/{f}" for f in entry.files) or entry.hub_id
             raise ValueError(
                 f"Model {name!r} cannot be loaded from the hub as is (its weights come from "
-                f"{source} and need a manual download or conversion); pass the prepared local "
-                f"directory as its spec instead of 'paper'."
+                f"{source} at {entry.revision or 'its record'} and need a download and "
+                f"conversion): run `humanverse zoo prepare DIR` and pass `--models DIR` (or set "
+                f"HUMANVERSE_MODELS=DIR; looked in {models_root()})."
             )
         return ResolvedModel(name=name, path=entry.hub_id, revision=entry.revision, kind="hub")
 

@@ -90,17 +90,24 @@ def load_pretrained(entry: str, config: ModelSettings, models: str, model_class,
     ``load_in_dtype``: the weights are loaded in the dtype (``from_pretrained(dtype=...)``, which
     keeps the modules a model marks as float32 in float32) and only moved; otherwise they are loaded
     as stored and cast as a whole. ``kwargs`` go to the model's ``from_pretrained``.
+
+    Raises:
+        ValueError: one sentence naming the zoo entry, its hub id and pin, and how to fetch it
+            (``humanverse zoo prepare``) when the files are not there (offline, not downloaded).
     """
-    from humanverse.zoo import resolve
+    from humanverse.zoo import load_error, resolve
 
     r = resolve(entry, config.model or models)
     dev = pick_device(config.device)
     dt = pick_dtype(config.dtype, dev)
     pinned = r.pretrained_kwargs()
-    processor = processor_class.from_pretrained(r.path, **pinned) if processor_class is not None else None
     if load_in_dtype:
         kwargs["dtype"] = dt
-    model = model_class.from_pretrained(r.path, **pinned, **kwargs)
+    try:
+        processor = processor_class.from_pretrained(r.path, **pinned) if processor_class is not None else None
+        model = model_class.from_pretrained(r.path, **pinned, **kwargs)
+    except OSError as error:  # the hub's "cannot find the requested files", a missing local file
+        raise load_error(entry, r, error) from error
     return Pretrained(place(model, dev, None if load_in_dtype else dt), processor, r.tag, dev, dt)
 
 
