@@ -38,16 +38,21 @@ def _cfg(**kw) -> Stage1TrainConfig:
 
 
 def test_dropout_rates_over_many_steps(tiny_zoo):
+    """Independent text/pose drops plus the explicit all-dropped case: the marginal rates are
+    a + (1 - a) p_text, a + (1 - a) p_pose and a + (1 - a) p_text p_pose over many draws."""
     obj = Stage1Objective.__new__(Stage1Objective)  # only the dropout draw is exercised here
-    obj.cfg = Stage1LossConfig(text_dropout=0.15, pose_dropout=0.3)
-    texts, poses, both = [], [], []
-    for step in range(2000):
-        t, p = obj.draw_dropout(8, torch.Generator().manual_seed(step))
-        texts.append(t.float().mean()), poses.append(p.float().mean()), both.append((t & p).float().mean())
-    n = 2000 * 8
-    for got, want in ((texts, 0.15), (poses, 0.3), (both, 0.045)):
-        rate = float(torch.stack(got).mean())
-        assert abs(rate - want) < 4 * (want * (1 - want) / n) ** 0.5, (rate, want)  # independent draws
+    for a in (0.0, 0.1):
+        obj.cfg = Stage1LossConfig(text_dropout=0.15, pose_dropout=0.3, all_dropout=a)
+        texts, poses, both = [], [], []
+        for step in range(2000):
+            t, p = obj.draw_dropout(8, torch.Generator().manual_seed(step))
+            texts.append(t.float().mean()), poses.append(p.float().mean()), both.append((t & p).float().mean())
+        n = 2000 * 8
+        for got, want in ((texts, a + (1 - a) * 0.15), (poses, a + (1 - a) * 0.3), (both, a + (1 - a) * 0.045)):
+            rate = float(torch.stack(got).mean())
+            assert abs(rate - want) < 4 * (want * (1 - want) / n) ** 0.5, (a, rate, want)
+    with pytest.raises(ValueError, match="all_dropout"):
+        Stage1LossConfig(all_dropout=1.5)
 
 
 def test_overfits_a_small_set(tiny_zoo, data_root, tmp_path):

@@ -51,6 +51,7 @@ class SampleConfig:
     stage1_resolution: int = 512
     stage1_steps: int = 50
     stage1_guidance: float = 7.5
+    stage1_guidance_rescale: float = 0.7  # Lin et al. 2024 (zero terminal SNR); 0 turns it off
     stage2_resolution: int = 1024
     stage2_steps: int = 50
     stage2_guidance: float = 7.5
@@ -71,6 +72,8 @@ class SampleConfig:
                 raise ValueError(f"{k} must be a positive integer, got {getattr(self, k)!r}.")
         if self.seed < 0:
             raise ValueError(f"seed must be >= 0, got {self.seed}.")
+        if not 0.0 <= self.stage1_guidance_rescale <= 1.0:
+            raise ValueError(f"stage1_guidance_rescale must be in [0, 1], got {self.stage1_guidance_rescale}.")
 
 
 # -- pose input ----------------------------------------------------------------------------------
@@ -195,6 +198,7 @@ def _checkpoint_dir(path: str | Path, weights: str) -> Path:
 
 
 def _load_trained(cls, path: str | Path, weights: str, use_ema: bool):
+    """(model, checkpoint folder, which weights: "EMA after N updates" or "raw (...)")."""
     d = _checkpoint_dir(path, weights)
     wdir = d / weights if (d / weights).is_dir() else d
     model = cls.from_pretrained(wdir)
@@ -208,8 +212,11 @@ def _load_trained(cls, path: str | Path, weights: str, use_ema: bool):
         e = EMA(params, 0.5)
         e.load_state_dict(load_file(ema))
         e.copy_to(params)
-        log.info("loaded %s with its EMA weights from %s", weights, d)
-    return model, d
+        used = f"EMA after {e.updates} updates" if e.updates < 10 ** 9 else "EMA"
+    else:
+        used = "raw (no EMA in the checkpoint)" if use_ema else "raw (EMA not asked for)"
+    log.info("sampling %s with its %s weights from %s", weights, used, d)
+    return model, d, used
 
 
 @dataclass
@@ -259,7 +266,7 @@ class HyperHumanPipeline:
         sources = {"models": models}
         frozen1 = load_frozen_parts(models, dev)
         if stage1:
-            lsdm, d = _load_trained(LatentStructuralUNet, stage1, "lsdm", use_ema)
+            lsdm, d, sources["stage1_weights"] = _load_trained(LatentStructuralUNet, stage1, "lsdm", use_ema)
             stats_file = d / "latent_stats.json"
             sources["stage1"] = str(d)
         else:
@@ -280,7 +287,8 @@ class HyperHumanPipeline:
 
             frozen2 = load_sdxl_parts(models, dev)
             if stage2:
-                refiner, d = _load_trained(StructureGuidedControlNet, stage2, "refiner", use_ema)
+                refiner, d, sources["stage2_weights"] = _load_trained(StructureGuidedControlNet, stage2, "refiner",
+                                                                      use_ema)
                 sources["stage2"] = str(d)
             else:
                 log.warning("no --stage2 weights: the refiner starts fresh from SDXL, i.e. plain SDXL without "
@@ -315,8 +323,8 @@ class HyperHumanPipeline:
             added = torch.tensor([[r1, r1, 0, 0]] * len(ps), dtype=torch.float32)
             t0 = time.perf_counter()
             with amp:
-                out1 = s1(list(ps), pose_t, steps=cfg.stage1_steps, guidance_scale=cfg.stage1_guidance, seed=seed,
-                          added_cond=added)
+                out1 = s1(list(ps), pose_t, steps=cfg.stage1_steps, guidance_scale=cfg.stage1_guidance,
+                          guidance_rescale=cfg.stage1_guidance_rescale, seed=seed, added_cond=added)
             t1 = time.perf_counter()
             finals: list[Image.Image | None] = [None] * len(ps)
             if cfg.refine:

@@ -4,8 +4,12 @@
 The three modality latents start from independent noise and are denoised jointly: at every step the
 LSDM predicts v for all three from the same timestep; guidance mixes the conditional prediction
 (text + pose) with the unconditional one (empty text, zero pose latent), per modality:
-v = v_u + s (v_c − v_u). Depth and normal latents are mapped back from the RGB latent statistics
-before the VAE decodes them.
+v = v_u + s (v_c − v_u), then rescaled towards the conditional prediction's standard deviation
+(``guidance_rescale`` φ, Lin et al. 2024, "Common Diffusion Noise Schedules and Sample Steps are
+Flawed", §3.4, Eq. 15-16, diffusers' ``rescale_noise_cfg``): v ← φ·v·σ(v_c)/σ(v) + (1 − φ)·v, σ over
+each sample's (C, H, W). Zero terminal SNR with trailing steps over-exposes without it; the paper
+recommends φ = 0.7 (:data:`DEFAULT_GUIDANCE_RESCALE`). Depth and normal latents are mapped back from
+the RGB latent statistics before the VAE decodes them.
 """
 
 from __future__ import annotations
@@ -19,6 +23,20 @@ from PIL import Image, ImageDraw
 
 from model.schedules import diffusion
 from model.models.sd2 import MODALITIES, FrozenParts, LatentStats
+
+
+#: Lin et al. 2024's recommended guidance rescale for zero-terminal-SNR v-prediction models.
+DEFAULT_GUIDANCE_RESCALE = 0.7
+
+
+def rescale_guidance(v_cfg: torch.Tensor, v_cond: torch.Tensor, rescale: float) -> torch.Tensor:
+    """Lin et al. 2024, Eq. 15-16: rescale the guided prediction ``v_cfg`` (B, C, H, W) to the
+    per-sample standard deviation of the conditional one ``v_cond``, blended by ``rescale``."""
+    if rescale == 0.0:
+        return v_cfg
+    dims = tuple(range(1, v_cfg.ndim))
+    ratio = v_cond.std(dim=dims, keepdim=True) / v_cfg.std(dim=dims, keepdim=True)  # (B, 1, 1, 1)
+    return rescale * (v_cfg * ratio) + (1.0 - rescale) * v_cfg
 
 
 @dataclass
@@ -43,8 +61,11 @@ class Stage1Sampler:
 
     @torch.no_grad()
     def __call__(self, prompts: list[str], poses: torch.Tensor, *, steps: int = 50, guidance_scale: float = 7.5,
-                 seed: int = 0, added_cond: torch.Tensor | None = None) -> Stage1Output:
+                 guidance_rescale: float = DEFAULT_GUIDANCE_RESCALE, seed: int = 0,
+                 added_cond: torch.Tensor | None = None) -> Stage1Output:
         """``poses``: (B, 3, H, W) rendered skeletons in [-1, 1] (see ``humanverse.render_skeleton``)."""
+        if not 0.0 <= guidance_rescale <= 1.0:
+            raise ValueError(f"guidance_rescale must be in [0, 1], got {guidance_rescale}.")
         device = next(self.unet.parameters()).device
         b, _, h, w = poses.shape
         if len(prompts) != b:
@@ -67,7 +88,10 @@ class Stage1Sampler:
                                 torch.cat([pose, torch.zeros_like(pose)]), torch.cat([tt, tt]),
                                 torch.cat([ctx, unc]),
                                 added_cond=None if cond is None else torch.cat([cond, cond]))
-                v = {m: (lambda c, u: u + guidance_scale * (c - u))(*getattr(out, m).chunk(2)) for m in MODALITIES}
+                v = {}
+                for m in MODALITIES:
+                    c, u = getattr(out, m).chunk(2)
+                    v[m] = rescale_guidance(u + guidance_scale * (c - u), c, guidance_rescale)
             else:
                 out = self.unet(z["rgb"], z["depth"], z["normal"], pose, tt, ctx, added_cond=cond)
                 v = {m: getattr(out, m) for m in MODALITIES}

@@ -116,21 +116,41 @@ def usable_checkpoint(run: Path) -> Path | None:
 
 
 class EMA:
-    """Exponential moving average of the trainable parameters (fp32 shadow copies)."""
+    """Exponential moving average of the trainable parameters (fp32 shadow copies).
 
-    def __init__(self, params: list[torch.nn.Parameter], decay: float):
-        self.decay = decay
+    With ``warmup`` (the default) the decay of the n-th update (n = 1, 2, ...) is diffusers'
+    ``EMAModel`` schedule without ``use_ema_warmup``: ``min(decay, (1 + k) / (10 + k))`` with
+    k = n − 1 (so the first update copies the weights, the tenth averages with 10/19, and ``decay``
+    is reached after about 1/(1 − decay) updates). A short run then samples weights it has trained,
+    not the initialisation's SD-2 (ε-prediction) weights that a fixed 0.9999 keeps for ~10k steps.
+    Without ``warmup`` every update uses ``decay``. The update count is saved with the shadow copies.
+    """
+
+    def __init__(self, params: list[torch.nn.Parameter], decay: float, warmup: bool = True):
+        self.decay, self.warmup = decay, warmup
+        self.updates = 0
         self.shadow = [p.detach().float().clone() for p in params]
+
+    def current_decay(self) -> float:
+        """The decay the next :meth:`update` applies."""
+        if not self.warmup:
+            return self.decay
+        k = self.updates  # diffusers: step = optimization_step - 1, after its increment
+        return 0.0 if k <= 0 else min(self.decay, (1 + k) / (10 + k))
 
     @torch.no_grad()
     def update(self, params: list[torch.nn.Parameter]) -> None:
-        torch._foreach_lerp_(self.shadow, [p.detach().float() for p in params], 1.0 - self.decay)
+        decay = self.current_decay()
+        torch._foreach_lerp_(self.shadow, [p.detach().float() for p in params], 1.0 - decay)
+        self.updates += 1
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {f"{i}": t for i, t in enumerate(self.shadow)}
+        return {**{f"{i}": t for i, t in enumerate(self.shadow)}, "updates": torch.tensor([self.updates])}
 
     def load_state_dict(self, sd: dict[str, torch.Tensor]) -> None:
         self.shadow = [sd[f"{i}"].clone() for i in range(len(self.shadow))]
+        # an average saved before update counts were kept is taken as fully warmed up
+        self.updates = int(sd["updates"].item()) if "updates" in sd else 10 ** 9
 
     @torch.no_grad()
     def copy_to(self, params: list[torch.nn.Parameter]) -> None:

@@ -36,7 +36,7 @@ def frozen_dtype(cfg, device: torch.device) -> torch.dtype:
 class Stage1Task:
     name = "stage1"
     weights_dir = "lsdm"
-    scalars = ("loss", "rgb", "depth", "normal", "text_dropped", "pose_dropped")
+    scalars = ("loss", "rgb", "depth", "normal", "text_dropped", "pose_dropped", "all_dropped")
 
     def __init__(self, cfg, models: str, data_root: str, device: torch.device):
         self.cfg, self.models, self.data_root, self.device = cfg, models, data_root, device
