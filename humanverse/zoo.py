@@ -39,10 +39,10 @@ from humanverse.testing import tiny_models as tb
 __all__ = [
     "MODEL_DIR_MARKERS",
     "TINY_FORMAT_VERSION",
-    "TinyBuilder",
+    "ZOO",
     "ModelEntry",
     "ResolvedModel",
-    "ZOO",
+    "TinyBuilder",
     "format_table",
     "how_to_fetch",
     "list_entries",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -515,3 +516,45 @@ def test_load_omnidata_takes_a_checkpoint_file_or_a_saved_folder(tmp_path: Path)
         load_omnidata("omnidata-depth", str(tmp_path / "depth.pth"), "depth")
     with pytest.raises(ValueError, match="has neither a 'omnidata-depth/' subfolder nor a model file"):
         load_omnidata("omnidata-depth", str(tmp_path), "depth")
+
+
+def test_normals_are_stored_with_z_towards_the_viewer() -> None:
+    """Omnidata's output frame has +Z away from the viewer (a camera-facing surface is (0, 0, -1),
+    a floor (0, -1, 0)); the stored frame has +Z towards the viewer: z is negated, x and y kept."""
+    network = {"facing": (0.0, 0.0, -1.0), "floor": (0.0, -1.0, 0.0), "wall_facing_left": (-1.0, 0.0, 0.0)}
+    stored = {"facing": (0.0, 0.0, 1.0), "floor": (0.0, -1.0, 0.0), "wall_facing_left": (-1.0, 0.0, 0.0)}
+    processor = OmnidataProcessor(task="normal")
+    for name, n in network.items():
+        rgb = (torch.tensor(n) + 1) / 2  # the network's [0, 1] output for that normal
+        out = processor.postprocess(rgb.view(1, 3, 1, 1).expand(1, 3, 8, 8), [(8, 8)])[0]
+        assert np.allclose(out, stored[name], atol=1e-6), name
+
+
+def test_checkpoint_with_numpy_metadata_loads_without_unpickling_code(tmp_path: Path) -> None:
+    """Real Lightning checkpoints carry numpy scalars, dtypes and arrays next to the weights; they
+    load as themselves with ``weights_only`` kept on (allowlisted data constructors only)."""
+    model = tiny_model("normal", seed=2)
+    checkpoint = {
+        "state_dict": {"model." + key: value for key, value in model.state_dict().items()},
+        "epoch": np.int64(7),
+        "best_loss": np.float64(0.25),
+        "dtype": np.dtype("float32"),
+        "history": np.arange(3, dtype=np.float32),
+    }
+    torch.save(checkpoint, tmp_path / "numpy.ckpt")
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(tmp_path / "numpy.ckpt", weights_only=True)  # plain weights_only refuses numpy
+    loaded = OmnidataDPT.from_pretrained(tmp_path / "numpy.ckpt", config=OmnidataConfig.tiny("normal"))
+    image = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(loaded(image), model(image))
+
+    class Payload:  # a class in the file's metadata is never imported or called
+        def __reduce__(self):
+            return (print, ("this must not run",))
+
+    torch.save({**checkpoint, "payload": Payload()}, tmp_path / "hostile.ckpt")
+    from pipelines.annotators.omnidata.convert import load_omnidata_state_dict
+
+    state = load_omnidata_state_dict(tmp_path / "hostile.ckpt")
+    assert set(state) == set(model.state_dict())
