@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
-from humanverse.schema import NUM_KEYPOINTS
+from humanverse.schema import KEYPOINT_PARTS, NUM_KEYPOINTS
 
 BODY_NAMES = [
     "nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder",
@@ -36,11 +36,8 @@ RIGHT_HAND_NAMES = [f"right_hand_{n}" for n in _HAND]
 KEYPOINT_NAMES = BODY_NAMES + FEET_NAMES + FACE_NAMES + LEFT_HAND_NAMES + RIGHT_HAND_NAMES
 assert len(KEYPOINT_NAMES) == NUM_KEYPOINTS
 
-BODY = range(0, 17)
-FEET = range(17, 23)
-FACE = range(23, 91)
-LEFT_HAND = range(91, 112)
-RIGHT_HAND = range(112, 133)
+# Index ranges of the parts, from the format (which derives per-part person fields from them).
+BODY, FEET, FACE, LEFT_HAND, RIGHT_HAND = KEYPOINT_PARTS.values()
 
 #: Left/right pairs swapped by a horizontal flip (61 pairs).
 FLIP_PAIRS: tuple[tuple[int, int], ...] = (

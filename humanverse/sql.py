@@ -57,3 +57,51 @@ def _classes(node) -> set[str]:
     if isinstance(node, list):
         return set().union(*map(_classes, node)) if node else set()
     return set()
+
+
+# ---------------------------------------------------------------------------------------------
+# Named keypoints in SQL (the ``humanverse query`` console)
+
+#: What :func:`register_keypoint_macros` defines, for docs and ``--help``.
+KEYPOINT_MACROS = {
+    "kp_index(name)": "the COCO-WholeBody index (0-132) of a keypoint name, e.g. kp_index('left_wrist') = 9",
+    "kp(person, name)": "one keypoint of a person as {x, y, score}, e.g. kp(persons[1], 'left_wrist').score",
+    "kp_visible(person, part[, threshold])": "how many of a part's keypoints (body, feet, face, left_hand, "
+                                             "right_hand) score at least threshold (default: the format's "
+                                             "VISIBLE_SCORE, what <part>_visible counts)",
+}
+
+
+def _sql_list(values) -> str:
+    return "[" + ", ".join(str(v) if not isinstance(v, str) else "'" + v.replace("'", "''") + "'"
+                           for v in values) + "]"
+
+
+def register_keypoint_macros(con) -> None:
+    """Define the SQL macros of :data:`KEYPOINT_MACROS` on the DuckDB connection ``con``.
+
+    A person is an element of ``persons`` (``persons[1]``: DuckDB lists are 1-based). Keypoints are
+    stored flat, ``keypoints[3k : 3k+3] = (x, y, score)`` (0-based ``k``), so point ``k`` is at
+    1-based positions ``3k+1``, ``3k+2``, ``3k+3``. Names are :data:`humanverse.skeleton.KEYPOINT_NAMES`;
+    an unknown name or part is an error naming it. A person without keypoints gives nulls.
+    """
+    from humanverse.schema import KEYPOINT_PARTS, VISIBLE_SCORE
+    from humanverse.skeleton import KEYPOINT_NAMES
+
+    parts = list(KEYPOINT_PARTS)
+    starts = [r.start for r in KEYPOINT_PARTS.values()]
+    stops = [r.stop for r in KEYPOINT_PARTS.values()]
+    con.execute(f"CREATE OR REPLACE MACRO kp_index(name) AS CASE WHEN list_position({_sql_list(KEYPOINT_NAMES)}, "
+                "name) IS NULL THEN error('unknown keypoint name ' || coalesce('''' || name || '''', 'NULL') || "
+                "'; names are COCO-WholeBody''s, e.g. ''left_wrist'', ''right_big_toe'', ''face-0'', "
+                f"''left_hand_root''') ELSE list_position({_sql_list(KEYPOINT_NAMES)}, name) - 1 END")
+    con.execute("CREATE OR REPLACE MACRO kp(person, name) AS struct_pack("
+                "x := person.keypoints[3 * kp_index(name) + 1], y := person.keypoints[3 * kp_index(name) + 2], "
+                "score := person.keypoints[3 * kp_index(name) + 3])")
+    con.execute(f"CREATE OR REPLACE MACRO kp_part(part) AS CASE WHEN list_position({_sql_list(parts)}, part) IS NULL "
+                "THEN error('unknown keypoint part ' || coalesce('''' || part || '''', 'NULL') || '; parts are "
+                f"{', '.join(parts)}') ELSE list_position({_sql_list(parts)}, part) END")
+    con.execute(f"CREATE OR REPLACE MACRO kp_visible(person, part, threshold := {VISIBLE_SCORE}::DOUBLE) AS "
+                "CASE WHEN person.keypoints IS NULL THEN NULL ELSE len(list_filter(list_slice(person.keypoints, "
+                f"3 * {_sql_list(starts)}[kp_part(part)] + 3, 3 * {_sql_list(stops)}[kp_part(part)], 3), "
+                "lambda s: s >= threshold)) END")

@@ -31,6 +31,7 @@ import os
 import re
 from dataclasses import dataclass
 
+from humanverse.card import write_card
 from humanverse.config import ConfigError, to_dict
 from humanverse.shards import ShardSink, read_manifest, write_manifest
 from pipelines.config import BuildConfig
@@ -333,6 +334,7 @@ def open_build(input: str, output: str, cfg: BuildConfig, *, models: str,  # noq
         work = WorkPlan.of(shards, sink, existing, found.failed)
         manifest = make_manifest(cfg, models, input, shards, clip_dim, existing, committed, tags)
         write_manifest(sink.root, manifest)
+        write_card(sink.root, manifest)  # README.md: the dataset card (humanverse.card)
     except BaseException:
         sink.close()
         raise

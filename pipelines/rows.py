@@ -23,7 +23,8 @@ from collections.abc import Iterable
 
 import pyarrow as pa
 
-from humanverse.schema import MODELS_TYPE, OUTPAINT_TYPE, PERSON_TYPE, REJECT_REASONS, REJECT_SCHEMA, data_schema
+from humanverse.schema import (MODELS_TYPE, OUTPAINT_TYPE, PERSON_TYPE, REJECT_REASONS, REJECT_SCHEMA, data_schema,
+                               with_person_parts)
 
 SOURCE_FIELDS = [
     pa.field("source_shard", pa.string(), nullable=False),
@@ -123,7 +124,10 @@ def split_for_writing(table: pa.Table, clip_dim: int | None = None) -> tuple[pa.
                 "orig_width": r["orig_width"], "orig_height": r["orig_height"],
                 "stage": r["reject_stage"], "reason": r["reject_reason"], "detail": r["reject_detail"],
             })
-    return pa.Table.from_pylist(data, schema=dschema), pa.Table.from_pylist(rejects, schema=REJECT_SCHEMA)
+    # The derived person fields (visible keypoints and mean confidence per part) are computed here,
+    # from the final keypoints, for every row the builder writes.
+    data_table = with_person_parts(pa.Table.from_pylist(data, schema=dschema))
+    return data_table, pa.Table.from_pylist(rejects, schema=REJECT_SCHEMA)
 
 
 __all__ = ["HEAVY_COLUMNS", "MODELS_TYPE", "OUTPAINT_TYPE", "PERSON_TYPE", "SOURCE_SCHEMA", "add_model",

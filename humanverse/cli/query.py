@@ -1,5 +1,17 @@
 """``humanverse query ROOT SQL``: SQL over a dataset's committed rows (tables ``hv`` and ``rejects``,
-DuckDB), printed as a table or written as CSV, JSON lines or Parquet."""
+DuckDB), printed as a table or written as CSV, JSON lines or Parquet.
+
+Per person (``persons[1]`` is the first: DuckDB lists are 1-based), the columns ``body_visible``,
+``feet_visible``, ``face_visible``, ``left_hand_visible``, ``right_hand_visible`` count the visible
+keypoints of each part (score >= 0.3) and ``<part>_confidence`` is the part's mean score. Macros:
+
+    kp(person, name)                       one keypoint as {x, y, score}: kp(persons[1], 'left_wrist').score
+    kp_index(name)                         its COCO-WholeBody index: kp_index('left_wrist') = 9
+    kp_visible(person, part[, threshold])  a part's keypoints scoring >= threshold (default 0.3)
+
+    humanverse query ROOT "SELECT id, caption FROM hv WHERE num_persons = 1
+        AND persons[1].left_hand_visible >= 11 AND persons[1].right_hand_visible >= 11 AND aesthetic >= 5"
+"""
 
 from __future__ import annotations
 
@@ -25,13 +37,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import duckdb
 
+    from humanverse.sql import register_keypoint_macros
+
+    ds = open_dataset(args)
+    con = ds.connect()
     try:
-        table = open_dataset(args).query(args.sql)
+        register_keypoint_macros(con)
+        with ds.loud_reads():
+            result = con.sql(args.sql)
+            if result is None:
+                raise ValueError("the SQL returned no rows; give a query (SELECT …) over hv and rejects.")
+            table = result.to_arrow_table()
     except duckdb.Error as e:
         from humanverse.errors import first_line
 
         first = first_line(e)
         raise ValueError(f"the SQL query failed: {first}") from e
+    finally:
+        con.close()
     fmt = args.format
     if fmt == "table":
         if args.out:

@@ -18,7 +18,7 @@ import pyarrow as pa
 from PIL import Image, ImageDraw, ImageFilter
 
 from humanverse import codecs
-from humanverse.schema import NUM_KEYPOINTS, data_schema
+from humanverse.schema import NUM_KEYPOINTS, data_schema, with_person_parts
 
 # A standing pose in a unit box (x right, y down), COCO-17 order.
 _BODY_TEMPLATE = np.array([
@@ -173,4 +173,4 @@ def synthetic_table(n: int, *, shard: str = "synthetic-00000", start: int = 0, s
         rng = np.random.default_rng((seed, i))
         s = make_sample(width, height, num_persons=int(rng.integers(1, 4)), seed=int(rng.integers(2**31)))
         rows.append(sample_row(s, shard=shard, index=i, clip_dim=clip_dim, seed=i))
-    return pa.Table.from_pylist(rows, schema=data_schema(clip_dim))
+    return with_person_parts(pa.Table.from_pylist(rows, schema=data_schema(clip_dim)))
