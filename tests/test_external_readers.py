@@ -1,14 +1,24 @@
-"""Our Parquet must be readable with no project code: DuckDB, pyarrow.dataset, pandas, polars, datasets."""
+"""Our Parquet must be readable with no project code: DuckDB, pyarrow.dataset, pandas, polars, datasets (through
+the dataset card at the root: ``load_dataset(ROOT, "data")`` gives decoded images)."""
 
 from __future__ import annotations
 
+import io
+import shutil
+
 import duckdb
 import numpy as np
+import pyarrow as pa
 import pyarrow.dataset as pads
+import pyarrow.parquet as pq
 import pytest
 
 import humanverse
+from humanverse import codecs
+from humanverse.card import write_card
 from humanverse.codecs import decode_keypoints
+from humanverse.schema import REJECT_SCHEMA
+from humanverse.shards import read_manifest
 from humanverse.testing.synthetic import synthetic_table
 
 N = 5
@@ -20,8 +30,20 @@ def root(tmp_path_factory):
     sink = humanverse.ShardSink.open(root, manifest={"clip_dim": 16})
     table = synthetic_table(N, clip_dim=16)
     sink.write(table, "data", "a")
+    sink.write(pa.Table.from_pylist([_reject(i) for i in range(3)], schema=REJECT_SCHEMA), "rejects", "a")
     sink.close()
+    write_card(root, read_manifest(root))
+    # Parquet files the card's configs must not read: a straggler's staged file and full rows held
+    # aside (neither is a published data or rejects file), next to the manifest and the log.
+    for folder in ("_staging/straggler", "held"):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        pq.write_table(synthetic_table(2, clip_dim=16, start=100), root / folder / "part-x-0.parquet")
     return root, table
+
+
+def _reject(i: int) -> dict:
+    return {"id": f"{i:064x}", "source_url": None, "source_key": f"r{i}", "source_shard": "a", "source_index": 50 + i,
+            "orig_width": 90, "orig_height": 90, "stage": "resolution", "reason": "too_small", "detail": "90 < 200"}
 
 
 def _first_keypoints(table):
@@ -66,3 +88,34 @@ def test_hf_datasets(root):
     assert len(d) == N
     kp = np.asarray(d[0]["persons"][0]["keypoints"], np.float32).reshape(133, 3)
     assert np.allclose(kp, _first_keypoints(root[1]))
+
+
+def test_hf_datasets_through_the_card(root, tmp_path):
+    """``load_dataset(ROOT, "data")``: the card's config reads the published data files only, and its
+    features make image, depth and normal decoded PIL images (the second depth map is null here)."""
+    import datasets
+    from PIL import Image
+
+    path, table = root
+    cache = str(tmp_path / "hf-cache")
+    d = datasets.load_dataset(str(path), "data", split="train", cache_dir=cache)
+    assert len(d) == N
+    for c in ("image", "depth", "depth_omnidata", "normal"):
+        assert isinstance(d.features[c], datasets.Image), c
+    by_index = {r["source_index"]: r for r in table.to_pylist()}
+    for row in d:
+        want = by_index[row["source_index"]]
+        assert isinstance(row["image"], Image.Image) and row["image"].size == (want["width"], want["height"])
+        assert isinstance(row["depth"], Image.Image) and isinstance(row["normal"], Image.Image)
+        assert row["depth"].size == row["normal"].size == (want["map_width"], want["map_height"])
+        assert row["depth_omnidata"] is None
+        depth = codecs.decode_depth(want["depth"], want["depth_min"], want["depth_max"])
+        restored = want["depth_min"] + np.asarray(row["depth"], np.float64) / 65535 * (
+            want["depth_max"] - want["depth_min"])
+        assert np.allclose(restored, depth, atol=1e-4)  # the decoded image is the stored 16-bit map
+        assert np.array_equal(np.asarray(row["normal"]), np.asarray(Image.open(io.BytesIO(want["normal"]))))
+        assert row["persons"][0]["left_hand_visible"] == want["persons"][0]["left_hand_visible"]
+    assert len(datasets.load_dataset(str(path), split="train", cache_dir=cache)) == N  # "data" is the default
+    rejects = datasets.load_dataset(str(path), "rejects", split="train", cache_dir=cache)
+    assert sorted(rejects["reason"]) == ["too_small"] * 3
+    shutil.rmtree(cache, ignore_errors=True)

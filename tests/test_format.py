@@ -1,14 +1,17 @@
-"""Format v1: schema validation messages, codecs' error bounds, keypoint layout, skeleton drawing."""
+"""The format: schema validation messages, column descriptions, derived person part fields, codecs' error bounds,
+keypoint layout, skeleton drawing."""
 
 from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 import humanverse
 from humanverse import codecs, skeleton
-from humanverse.schema import FormatError, validate_data, validate_rejects
+from humanverse.schema import (COLUMN_DESCRIPTIONS, KEYPOINT_PARTS, VISIBLE_SCORE, FormatError, data_schema,
+                               person_parts, validate_data, validate_rejects, with_person_parts)
 from humanverse.testing.synthetic import make_sample, synthetic_table
 
 
@@ -69,6 +72,81 @@ def test_rejects_reason_vocabulary():
     validate_rejects(pa.Table.from_pylist([row], schema=humanverse.REJECT_SCHEMA))
     with pytest.raises(FormatError, match="column 'reason' has value 'meh', expected one of"):
         validate_rejects(pa.Table.from_pylist([{**row, "reason": "meh"}], schema=humanverse.REJECT_SCHEMA))
+
+
+def _described_paths(fields, prefix=""):
+    """(dotted path, description) of every field, nested struct fields included."""
+    for f in fields:
+        yield prefix + f.name, (f.metadata or {}).get(b"description", b"").decode()
+        t = f.type.value_type if pa.types.is_list(f.type) else f.type
+        if pa.types.is_struct(t):
+            yield from _described_paths(list(t), prefix + f.name + ".")
+
+
+def test_every_column_carries_its_description_in_the_parquet_file(tmp_path):
+    pq.write_table(synthetic_table(2, clip_dim=4), tmp_path / "d.parquet")
+    pq.write_table(humanverse.REJECT_SCHEMA.empty_table(), tmp_path / "r.parquet")
+    seen = set()
+    for name in ("d", "r"):
+        schema = pq.read_schema(tmp_path / f"{name}.parquet")
+        for path, description in _described_paths(list(schema)):
+            assert description == COLUMN_DESCRIPTIONS[path], path
+            seen.add(path)
+    assert seen == set(COLUMN_DESCRIPTIONS)  # no description for a column that does not exist
+    meta = pq.read_schema(tmp_path / "d.parquet").metadata
+    assert meta[b"humanverse_format_version"] == b"2" and float(meta[b"humanverse_visible_score"]) == VISIBLE_SCORE
+
+
+def test_person_parts_counts_visible_points_and_mean_scores():
+    kp = np.zeros((2, 133, 3), np.float32)
+    kp[0, :, 2] = 0.9
+    kp[0, 91:103, 2] = VISIBLE_SCORE  # 12 left-hand points exactly at the threshold: visible
+    kp[0, 103:112, 2] = 0.29  # 9 just below
+    kp[0, 112:133, 2] = 0.0
+    kp[0, 23:91, 2] = np.nan  # a non-finite score counts as 0
+    kp[1, 0:5, 2] = 1.0  # only 5 body points
+    got = person_parts(kp)
+    assert set(got) == {f"{p}_{k}" for p in KEYPOINT_PARTS for k in ("visible", "confidence")}
+    assert got["body_visible"].tolist() == [17, 5] and got["feet_visible"].tolist() == [6, 0]
+    assert got["face_visible"].tolist() == [0, 0] and got["left_hand_visible"].tolist() == [12, 0]
+    assert got["right_hand_visible"].tolist() == [0, 0] and got["body_visible"].dtype == np.int8
+    assert got["left_hand_confidence"][0] == pytest.approx((12 * 0.3 + 9 * 0.29) / 21, abs=1e-6)
+    assert got["body_confidence"].tolist() == pytest.approx([0.9, 5 / 17])
+    assert got["face_confidence"][0] == 0.0
+    with pytest.raises(ValueError, match=r"shape \(P, 133, 3\), got \(133, 3\)"):
+        person_parts(kp[0])
+
+
+def test_with_person_parts_fills_from_keypoints_and_leaves_nulls(table):
+    rows = table.to_pylist()
+    for r in rows:  # as a writer before format v2 left them
+        for p in r["persons"]:
+            for f in list(p):
+                if f.endswith(("_visible", "_confidence")):
+                    p[f] = None
+    rows[1]["persons"][0]["keypoints"] = None  # the pose stage did not run for this person
+    bare = pa.Table.from_pylist(rows, schema=table.schema)
+    validate_data(bare)  # null derived fields are allowed
+    filled = with_person_parts(bare.slice(1, 4))  # a sliced table: offsets handled
+    assert filled.schema.equals(data_schema(16), check_metadata=True)
+    for r, want in zip(filled.to_pylist(), table.slice(1, 4).to_pylist()):
+        for p, q in zip(r["persons"], want["persons"]):
+            if p["keypoints"] is None:
+                assert all(p[f] is None for f in p if f.endswith(("_visible", "_confidence")))
+            else:
+                assert p == q
+    validate_data(filled)
+
+
+def test_derived_part_fields_must_match_the_keypoints(table):
+    rows = table.to_pylist()
+    rows[3]["persons"][0]["left_hand_visible"] = 3
+    with pytest.raises(FormatError, match=r"row 3: column 'persons.left_hand_visible' has value 3, expected 21 "):
+        validate_data(pa.Table.from_pylist(rows, schema=table.schema))
+    rows = table.to_pylist()
+    rows[5]["persons"][0]["keypoints"] = None
+    with pytest.raises(FormatError, match=r"row 5: column 'persons.body_visible' .* expected null"):
+        validate_data(pa.Table.from_pylist(rows, schema=table.schema))
 
 
 @pytest.mark.parametrize("lo,hi", [(0.0, 1.0), (-3.5, 1200.25), (5.0, 5.0)])
