@@ -425,8 +425,10 @@ def test_from_sd2_refuses_a_non_unet():
 
 
 def test_constructor_and_forward_validate(pair):
-    with pytest.raises(ValueError, match="num_branches must be 3"):
-        LatentStructuralUNet(num_branches=2)
+    with pytest.raises(ValueError, match="num_branches must be 1"):
+        LatentStructuralUNet(num_branches=4)
+    with pytest.raises(ValueError, match="expert_depth must be one of"):
+        LatentStructuralUNet(expert_depth="three")
     with pytest.raises(ValueError, match="not supported"):
         LatentStructuralUNet(down_block_types=("AttnDownBlock2D", "DownBlock2D", "DownBlock2D", "DownBlock2D"))
     _, lsdm = pair
@@ -439,3 +441,58 @@ def test_constructor_and_forward_validate(pair):
         lsdm(x["latent"], x["latent"], x["latent"], x["pose"], x["timestep"], x["text"], added_cond=torch.zeros(2, 2))
     with pytest.raises(ValueError, match="timestep"):
         lsdm(x["latent"], x["latent"], x["latent"], x["pose"], torch.tensor([1, 2, 3]), x["text"])
+
+
+# -- the Table-2 ablation knobs --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sd2_for_ablations():
+    """3 levels with 2 layers per block: every expert depth ("half" splits 2 layers, "two" needs 3 levels)."""
+    return tiny_sd2_unet("three_level", layers_per_block=2)
+
+
+@pytest.mark.parametrize("num_branches", [1, 2, 3])
+@pytest.mark.parametrize("expert_depth", ["half", "one", "two"])
+def test_every_ablation_config_keeps_the_sd2_identity(sd2_for_ablations, expert_depth, num_branches, tmp_path):
+    """HyperHuman Table 2: expert-branch depth (half a block, one, two down/up blocks) x modalities
+    (RGB, RGB + depth, RGB + depth + normal). Each builds from SD-2 and, fed one latent in every
+    branch, reproduces SD-2 (also at a size that forces forwarded upsample sizes); the config
+    round-trips through save/load."""
+    unet = sd2_for_ablations
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        lsdm = LatentStructuralUNet.from_sd2(unet, expert_depth=expert_depth, num_branches=num_branches).eval()
+    assert lsdm.modalities == ("rgb", "depth", "normal")[:num_branches]
+    owned_down = {"half": 0, "one": 1, "two": 2}[expert_depth]
+    for branch in lsdm.branches:
+        assert len(branch.more_down_blocks) == max(owned_down - 1, 0) == len(branch.more_up_blocks)
+    if expert_depth == "half":  # one of the two level-0 layers in the branch, the other in the trunk
+        assert len(lsdm.branches[0].down_block.resnets) == 1 and len(lsdm.shared_down_blocks[0].resnets) == 1
+        assert len(lsdm.branches[0].up_block.resnets) == 1 and len(lsdm.shared_up_blocks[-1].resnets) == 2
+    for size in ((8, 8), (6, 10)):
+        x = inputs(3, size=size)
+        latents = [x["latent"]] * num_branches + [None] * (3 - num_branches)
+        with torch.no_grad():
+            expected = unet(x["latent"], x["timestep"], x["text"]).sample
+            out = lsdm(*latents, x["pose"], x["timestep"], x["text"], added_cond=x["added_cond"])
+        for name in ("rgb", "depth", "normal"):
+            if name in lsdm.modalities:
+                torch.testing.assert_close(getattr(out, name), expected, atol=1e-5, rtol=1e-5)
+            else:
+                assert getattr(out, name) is None
+    lsdm.save_pretrained(tmp_path / "m")
+    back = LatentStructuralUNet.from_pretrained(tmp_path / "m")
+    assert back.config.expert_depth == expert_depth and back.config.num_branches == num_branches
+    assert_same_state(back, lsdm)
+
+
+def test_ablation_configs_refuse_what_they_cannot_build():
+    with pytest.raises(ValueError, match="at least 3 levels"):
+        LatentStructuralUNet.from_sd2(tiny_sd2_unet("two_level"), expert_depth="two")
+    with pytest.raises(ValueError, match="layers_per_block >= 2"):
+        LatentStructuralUNet.from_sd2(tiny_sd2_unet("three_level"), expert_depth="half")
+    lsdm = LatentStructuralUNet.from_sd2(tiny_sd2_unet("two_level"), num_branches=2)
+    x = inputs(0)
+    with pytest.raises(ValueError, match="denoises rgb, depth"):
+        lsdm(x["latent"], x["latent"], x["latent"], x["pose"], x["timestep"], x["text"])

@@ -56,6 +56,10 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 BRANCH_NAMES = ("rgb", "depth", "normal")
+#: How much of the UNet each expert branch owns at each end (HyperHuman Table 2 ablation): "half"
+#: the first half of the first down block's layers (and the mirrored up layers), "one" the first
+#: down block and last up block (the paper's choice), "two" the first two down and last two up blocks.
+EXPERT_DEPTHS = ("half", "one", "two")
 MICRO_CONDITIONS = ("orig_height", "orig_width", "crop_top", "crop_left")  # added_cond columns (SDXL-style micro-conditioning)
 FUSION_EPS = 1e-6
 
@@ -213,11 +217,15 @@ class StructuralExpertBranch(nn.Module):
         conv_norm_out: nn.GroupNorm | None,
         conv_act: nn.Module | None,
         conv_out: nn.Conv2d,
+        more_down_blocks: Sequence[nn.Module] = (),
+        more_up_blocks: Sequence[nn.Module] = (),
     ):
         super().__init__()
         self.conv_in = conv_in
-        self.down_block = down_block
-        self.up_block = up_block
+        self.down_block = down_block  # level 0 (all of it, or its first layers for expert_depth "half")
+        self.more_down_blocks = nn.ModuleList(more_down_blocks)  # levels 1.. (expert_depth "two")
+        self.more_up_blocks = nn.ModuleList(more_up_blocks)  # mirror of more_down_blocks, run first
+        self.up_block = up_block  # level 0's up block (or its last layers for "half")
         self.conv_norm_out = conv_norm_out
         self.conv_act = conv_act
         self.conv_out = conv_out
@@ -225,11 +233,16 @@ class StructuralExpertBranch(nn.Module):
     def encode(
         self, x: torch.Tensor, emb: torch.Tensor, block_kwargs: dict[str, Any]
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-        """``x`` (B, latent + pose, h, w) -> (trunk input (B, C0, h/2, w/2), own skips (L + 1))."""
+        """``x`` (B, latent + pose, h, w) -> (trunk input, own skips).
+
+        With ``expert_depth`` "one": trunk input (B, C0, h/2, w/2) and L + 1 skips."""
         h0 = self.conv_in(x)  # (B, C0, h, w)
-        h, res = _run_down_block(self.down_block, h0, emb, block_kwargs)  # h: (B, C0, h/2, w/2)
-        # res = (resnet_1 .. resnet_L, downsample); the downsample output is ``h`` itself, which
-        # the shared trunk replaces by the fused feature.
+        h, res = _run_down_block(self.down_block, h0, emb, block_kwargs)  # "one": h (B, C0, h/2, w/2)
+        for block in self.more_down_blocks:
+            h, more = _run_down_block(block, h, emb, block_kwargs)
+            res = (*res, *more)
+        # res ends with the last output (a downsample, or a resnet for "half"), which is ``h``
+        # itself: the shared trunk replaces it by the fused feature.
         return h, (h0, *res[:-1])
 
     def decode(
@@ -238,9 +251,15 @@ class StructuralExpertBranch(nn.Module):
         skips: tuple[torch.Tensor, ...],
         emb: torch.Tensor,
         block_kwargs: dict[str, Any],
+        forward_upsample_size: bool = False,
     ) -> torch.Tensor:
-        """Shared feature ``h`` (B, C1, h, w) and own skips -> prediction (B, out, h, w)."""
-        h = _run_up_block(self.up_block, h, skips, emb, block_kwargs, upsample_size=None)  # (B, C0, h, w)
+        """Shared feature ``h`` and own skips -> prediction (B, out, h, w)."""
+        for block in (*self.more_up_blocks, self.up_block):
+            n = len(block.resnets)
+            own, skips = skips[-n:], skips[:-n]
+            size = skips[-1].shape[2:] if forward_upsample_size and skips else None
+            h = _run_up_block(block, h, own, emb, block_kwargs, upsample_size=size)
+        # h: (B, C0, h, w)
         if self.conv_norm_out is not None:
             h = self.conv_act(self.conv_norm_out(h))
         return self.conv_out(h)  # (B, out, h, w)
@@ -318,15 +337,22 @@ class LatentStructuralUNet(ModelMixin, AttentionMixin, ConfigMixin):
         use_linear_projection: bool = True,
         upcast_attention: bool = False,
         addition_time_embed_dim: int = 256,
+        expert_depth: str = "one",
     ):
         super().__init__()
         levels = len(block_out_channels)
-        if num_branches != len(BRANCH_NAMES):
+        if not 1 <= num_branches <= len(BRANCH_NAMES):
             raise ValueError(
-                f"num_branches must be {len(BRANCH_NAMES)} ({', '.join(BRANCH_NAMES)}), got {num_branches}."
+                f"num_branches must be 1 (rgb), 2 (rgb, depth) or 3 (rgb, depth, normal), got {num_branches}."
             )
-        if levels < 2:
-            raise ValueError(f"block_out_channels needs at least 2 levels (branches end at the first), got {levels}.")
+        if expert_depth not in EXPERT_DEPTHS:
+            raise ValueError(f"expert_depth must be one of {', '.join(EXPERT_DEPTHS)}, got {expert_depth!r}.")
+        owned = 2 if expert_depth == "two" else 1  # levels whose blocks (or part of one) the branches own
+        if levels < owned + 1:
+            raise ValueError(
+                f"block_out_channels needs at least {owned + 1} levels for expert_depth {expert_depth!r} (the "
+                f"branches own {owned} at each end), got {levels}."
+            )
         if len(down_block_types) != levels or len(up_block_types) != levels:
             raise ValueError(
                 f"down_block_types ({len(down_block_types)}) and up_block_types ({len(up_block_types)}) need one "
@@ -342,6 +368,11 @@ class LatentStructuralUNet(ModelMixin, AttentionMixin, ConfigMixin):
                 f"{in_channels}, {out_channels}, {pose_channels}."
             )
         layers = _per_level(layers_per_block, levels, "layers_per_block")
+        if expert_depth == "half" and layers[0] < 2:
+            raise ValueError(
+                f"expert_depth 'half' splits the first down block's layers, which needs layers_per_block >= 2 at "
+                f"the first level, got {layers[0]}."
+            )
         transformer_layers = _per_level(transformer_layers_per_block, levels, "transformer_layers_per_block")
         heads = _per_level(attention_head_dim, levels, "attention_head_dim")
         cross_dims = _per_level(cross_attention_dim, levels, "cross_attention_dim")
@@ -358,15 +389,15 @@ class LatentStructuralUNet(ModelMixin, AttentionMixin, ConfigMixin):
         nn.init.zeros_(self.add_embedding.linear_2.weight)
         nn.init.zeros_(self.add_embedding.linear_2.bias)
 
-        def down_block(i: int) -> nn.Module:
+        def down_block(i: int, num_layers: int | None = None, add_downsample: bool | None = None) -> nn.Module:
             return get_down_block(
                 down_block_types[i],
-                num_layers=layers[i],
+                num_layers=layers[i] if num_layers is None else num_layers,
                 transformer_layers_per_block=transformer_layers[i],
                 in_channels=block_out_channels[max(i - 1, 0)],
                 out_channels=block_out_channels[i],
                 temb_channels=time_embed_dim,
-                add_downsample=i < levels - 1,
+                add_downsample=(i < levels - 1) if add_downsample is None else add_downsample,
                 resnet_eps=norm_eps,
                 resnet_act_fn=act_fn,
                 resnet_groups=norm_num_groups,
@@ -381,14 +412,16 @@ class LatentStructuralUNet(ModelMixin, AttentionMixin, ConfigMixin):
 
         rev = levels - 1  # up block i mirrors down level rev - i
 
-        def up_block(i: int) -> nn.Module:
+        def up_block(i: int, num_layers: int | None = None, prev_output_channel: int | None = None) -> nn.Module:
             return get_up_block(
                 up_block_types[i],
-                num_layers=layers[rev - i] + 1,
+                num_layers=layers[rev - i] + 1 if num_layers is None else num_layers,
                 transformer_layers_per_block=transformer_layers[rev - i],
                 in_channels=block_out_channels[max(rev - i - 1, 0)],
                 out_channels=block_out_channels[rev - i],
-                prev_output_channel=block_out_channels[min(rev - i + 1, rev)],
+                prev_output_channel=(
+                    block_out_channels[min(rev - i + 1, rev)] if prev_output_channel is None else prev_output_channel
+                ),
                 temb_channels=time_embed_dim,
                 add_upsample=i < levels - 1,
                 resnet_eps=norm_eps,
@@ -403,12 +436,24 @@ class LatentStructuralUNet(ModelMixin, AttentionMixin, ConfigMixin):
                 dropout=dropout,
             )
 
+        # "half": level 0's down block is split after its first `half` layers (branch | trunk), and its
+        # up block (layers + 1 resnets) after the resnets that consume the trunk's skips (trunk | branch).
+        # Level 0 keeps one width (C0) throughout, so the split blocks take the same channels.
+        half = layers[0] // 2
+        c0 = block_out_channels[0]
+
         def branch() -> StructuralExpertBranch:
             has_norm = norm_num_groups is not None
+            if expert_depth == "half":
+                first_down, last_up = down_block(0, half, add_downsample=False), up_block(rev, half, c0)
+            else:
+                first_down, last_up = down_block(0), up_block(rev)
             return StructuralExpertBranch(
                 conv_in=nn.Conv2d(in_channels + pose_channels, block_out_channels[0], kernel_size=3, padding=1),
-                down_block=down_block(0),
-                up_block=up_block(levels - 1),
+                down_block=first_down,
+                up_block=last_up,
+                more_down_blocks=[down_block(1)] if expert_depth == "two" else [],
+                more_up_blocks=[up_block(rev - 1)] if expert_depth == "two" else [],
                 conv_norm_out=(
                     nn.GroupNorm(num_channels=block_out_channels[0], num_groups=norm_num_groups, eps=norm_eps)
                     if has_norm
@@ -419,8 +464,13 @@ class LatentStructuralUNet(ModelMixin, AttentionMixin, ConfigMixin):
             )
 
         # -- structure: branches own level 0 at both ends; the trunk is everything in between --
-        self.branches = nn.ModuleList([branch() for _ in range(num_branches)])  # rgb, depth, normal
-        self.shared_down_blocks = nn.ModuleList([down_block(i) for i in range(1, levels)])
+        self.branches = nn.ModuleList([branch() for _ in range(num_branches)])  # rgb[, depth[, normal]]
+        trunk_down = [down_block(i) for i in range(owned, levels)]
+        trunk_up = [up_block(i) for i in range(levels - owned)]
+        if expert_depth == "half":  # the rest of level 0, in the trunk
+            trunk_down.insert(0, down_block(0, layers[0] - half, add_downsample=True))
+            trunk_up.append(up_block(rev, layers[0] + 1 - half))
+        self.shared_down_blocks = nn.ModuleList(trunk_down)
         self.mid_block = get_mid_block(
             _MID_TYPE,
             temb_channels=time_embed_dim,
@@ -437,7 +487,7 @@ class LatentStructuralUNet(ModelMixin, AttentionMixin, ConfigMixin):
             attention_head_dim=heads[-1],
             dropout=dropout,
         )
-        self.shared_up_blocks = nn.ModuleList([up_block(i) for i in range(levels - 1)])
+        self.shared_up_blocks = nn.ModuleList(trunk_up)
 
     # -- forward ----------------------------------------------------------------------------------
 
@@ -465,7 +515,19 @@ class LatentStructuralUNet(ModelMixin, AttentionMixin, ConfigMixin):
         cond_emb = cond_emb.reshape(batch, -1).to(emb.dtype)  # (B, 4 * D)
         return emb + self.add_embedding(cond_emb)  # (B, T)
 
-    def _check_inputs(self, latents: Sequence[torch.Tensor], pose: torch.Tensor) -> None:
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        """The modalities this model denoises, in branch order (Table 2: rgb, + depth, + normal)."""
+        return BRANCH_NAMES[: self.config.num_branches]
+
+    def _check_inputs(self, latents: Sequence[torch.Tensor | None], pose: torch.Tensor) -> None:
+        given = [name for name, x in zip(BRANCH_NAMES, latents) if x is not None]
+        if tuple(given) != self.modalities:
+            raise ValueError(
+                f"this LSDM denoises {', '.join(self.modalities)} (num_branches {self.config.num_branches}); got "
+                f"latents for {', '.join(given) or 'none'}: pass None for a modality it does not model."
+            )
+        latents = [x for x in latents if x is not None]
         expected = latents[0].shape
         if len(expected) != 4 or expected[1] != self.config.in_channels:
             raise ValueError(
@@ -481,8 +543,8 @@ class LatentStructuralUNet(ModelMixin, AttentionMixin, ConfigMixin):
     def forward(
         self,
         rgb: torch.Tensor,
-        depth: torch.Tensor,
-        normal: torch.Tensor,
+        depth: torch.Tensor | None,
+        normal: torch.Tensor | None,
         pose: torch.Tensor,
         timestep: torch.Tensor | float | int,
         encoder_hidden_states: torch.Tensor,
@@ -493,7 +555,8 @@ class LatentStructuralUNet(ModelMixin, AttentionMixin, ConfigMixin):
         """Predict all three modalities from their noisy latents (HyperHuman §3.2, Fig. 2).
 
         Args:
-            rgb, depth, normal: ``(B, 4, h, w)`` noisy latents (noised independently, one timestep).
+            rgb, depth, normal: ``(B, 4, h, w)`` noisy latents (noised independently, one timestep);
+                ``None`` for a modality the model does not denoise (``num_branches`` < 3).
             pose: ``(B, pose_channels, h, w)`` VAE latent of the rendered skeleton; concatenated to
                 every branch's input.
             timestep: scalar or ``(B,)``, shared by the three modalities.
@@ -507,8 +570,8 @@ class LatentStructuralUNet(ModelMixin, AttentionMixin, ConfigMixin):
         Returns:
             Per-branch ``(B, out_channels, h, w)`` predictions.
         """
-        latents = (rgb, depth, normal)
-        self._check_inputs(latents, pose)
+        self._check_inputs((rgb, depth, normal), pose)
+        latents = (rgb, depth, normal)[: self.config.num_branches]
         emb = self._embed_time(timestep, added_cond, rgb)  # (B, T)
         block_kwargs = {
             "encoder_hidden_states": encoder_hidden_states,  # (B, 77, D), the same for every branch
@@ -547,8 +610,10 @@ class LatentStructuralUNet(ModelMixin, AttentionMixin, ConfigMixin):
 
         # 4. branches: last up block (own skips) + output head.
         outputs = tuple(
-            branch.decode(h, skips, emb, block_kwargs) for branch, skips in zip(self.branches, branch_skips)
-        )  # 3 x (B, out, h, w)
+            branch.decode(h, skips, emb, block_kwargs, forward_upsample_size)
+            for branch, skips in zip(self.branches, branch_skips)
+        )  # num_branches x (B, out, h, w)
+        outputs = outputs + (None,) * (len(BRANCH_NAMES) - len(outputs))  # modalities not modelled: None
         if not return_dict:
             return outputs
         return LSDMOutput(*outputs)
@@ -557,7 +622,12 @@ class LatentStructuralUNet(ModelMixin, AttentionMixin, ConfigMixin):
 
     @classmethod
     def from_sd2(
-        cls, unet: UNet2DConditionModel, pose_channels: int = 4, addition_time_embed_dim: int = 256
+        cls,
+        unet: UNet2DConditionModel,
+        pose_channels: int = 4,
+        addition_time_embed_dim: int = 256,
+        expert_depth: str = "one",
+        num_branches: int = 3,
     ) -> LatentStructuralUNet:
         """Build an LSDM from a standard SD-2 UNet (HyperHuman §3.2).
 
@@ -571,10 +641,14 @@ class LatentStructuralUNet(ModelMixin, AttentionMixin, ConfigMixin):
         Args:
             unet: a ``diffusers.UNet2DConditionModel`` with the SD-2 structure (no class or
                 addition embedding, 4 input channels, positional time embedding).
+            expert_depth: how much each branch owns (:data:`EXPERT_DEPTHS`, Table 2); the SD-2
+                weights are split accordingly, so the identity holds for every choice.
+            num_branches: 3 (rgb, depth, normal; the paper), 2 (rgb, depth) or 1 (rgb) (Table 2).
         """
         _check_sd2_unet(unet)
         config = {key: _as_tuple(unet.config[key]) for key in _COPIED_CONFIG}
-        model = cls(**config, pose_channels=pose_channels, addition_time_embed_dim=addition_time_embed_dim)
+        model = cls(**config, pose_channels=pose_channels, addition_time_embed_dim=addition_time_embed_dim,
+                    expert_depth=expert_depth, num_branches=num_branches)
         model.to(device=unet.device)
         if unet.dtype != model.dtype:
             model.to(dtype=unet.dtype)
@@ -583,7 +657,8 @@ class LatentStructuralUNet(ModelMixin, AttentionMixin, ConfigMixin):
         target = model.state_dict()
         loaded: set[str] = set()
         for key, value in unet.state_dict().items():
-            for name in _lsdm_keys(key, levels, len(model.branches)):
+            first_layers = _per_level(config["layers_per_block"], levels, "layers_per_block")[0]
+            for name in _lsdm_keys(key, levels, len(model.branches), expert_depth, first_layers):
                 if name not in target:
                     raise ValueError(f"SD-2 weight {key!r} maps to {name!r}, which this model does not have.")
                 weight = value.detach()
@@ -602,9 +677,11 @@ class LatentStructuralUNet(ModelMixin, AttentionMixin, ConfigMixin):
             raise ValueError(f"the SD-2 UNet has no weights for {missing[:3]} ({len(missing)} in all).")
         model.load_state_dict(target, strict=True)
         log.info(
-            "LSDM from SD-2: %d levels, %d branches, %.1fM parameters",
+            "LSDM from SD-2: %d levels, %d branches (%s), expert depth %s, %.1fM parameters",
             levels,
             len(model.branches),
+            ", ".join(model.modalities),
+            expert_depth,
             sum(p.numel() for p in model.parameters()) / 1e6,
         )
         return model
@@ -639,10 +716,16 @@ def _check_sd2_unet(unet: UNet2DConditionModel) -> None:
         )
 
 
-def _lsdm_keys(key: str, levels: int, num_branches: int) -> list[str]:
-    """Where one SD-2 state-dict entry goes in the LSDM: once per branch or once in the trunk."""
+def _lsdm_keys(key: str, levels: int, num_branches: int, expert_depth: str = "one", first_layers: int = 2) -> list[str]:
+    """Where one SD-2 state-dict entry goes in the LSDM: once per branch or once in the trunk.
+
+    ``first_layers`` is the first level's ``layers_per_block`` (L); with ``expert_depth`` "half" the
+    branches own down-block-0 layers ``< L // 2`` and the last up block's resnets ``>= L + 1 - L // 2``.
+    """
     head, _, rest = key.partition(".")
     per_branch: str | None = None
+    half = first_layers // 2
+    owned = 2 if expert_depth == "two" else 1
     if head in ("conv_in", "conv_norm_out", "conv_out"):
         per_branch = key
     elif head in ("time_embedding", "mid_block"):
@@ -650,13 +733,34 @@ def _lsdm_keys(key: str, levels: int, num_branches: int) -> list[str]:
     elif head in ("down_blocks", "up_blocks"):
         index_text, _, tail = rest.partition(".")
         index = int(index_text)
+        part, _, layer_tail = tail.partition(".")
+        layer_text, _, leaf = layer_tail.partition(".")
         if head == "down_blocks":
-            if index == 0:
+            if expert_depth == "half" and index == 0:
+                if part in ("resnets", "attentions") and int(layer_text) < half:
+                    per_branch = f"down_block.{tail}"
+                elif part in ("resnets", "attentions"):
+                    return [f"shared_down_blocks.0.{part}.{int(layer_text) - half}.{leaf}"]
+                else:  # the downsampler stays with the trunk's part of level 0
+                    return [f"shared_down_blocks.0.{tail}"]
+            elif expert_depth == "half":
+                return [f"shared_down_blocks.{index}.{tail}"]
+            elif index == 0:
                 per_branch = f"down_block.{tail}"
+            elif index < owned:
+                per_branch = f"more_down_blocks.{index - 1}.{tail}"
             else:
-                return [f"shared_down_blocks.{index - 1}.{tail}"]
-        elif index == levels - 1:
+                return [f"shared_down_blocks.{index - owned}.{tail}"]
+        elif expert_depth == "half" and index == levels - 1:
+            trunk_layers = first_layers + 1 - half
+            if part in ("resnets", "attentions") and int(layer_text) >= trunk_layers:
+                per_branch = f"up_block.{part}.{int(layer_text) - trunk_layers}.{leaf}"
+            else:
+                return [f"shared_up_blocks.{index}.{tail}"]
+        elif index == levels - 1 and expert_depth != "half":
             per_branch = f"up_block.{tail}"
+        elif expert_depth == "two" and index == levels - 2:
+            per_branch = f"more_up_blocks.0.{tail}"
         else:
             return [f"shared_up_blocks.{index}.{tail}"]
     if per_branch is None:
