@@ -45,6 +45,7 @@ __all__ = [
     "TinyBuilder",
     "format_table",
     "how_to_fetch",
+    "is_prepared",
     "list_entries",
     "load_error",
     "make_tiny",
@@ -59,7 +60,7 @@ logger = logging.getLogger(__name__)
 TinyBuilder = Callable[[Path, int], None]
 """Builds one tiny stand-in: ``builder(out_dir, seed)`` writes the model files into ``out_dir``."""
 
-TINY_FORMAT_VERSION = 2
+TINY_FORMAT_VERSION = 3
 """Bumped whenever a tiny builder changes, so cached tiny folders from older builds are rebuilt."""
 
 COMPLETE_MARKER = ".complete"
@@ -506,6 +507,15 @@ def models_root() -> Path:
     return Path.home() / ".cache" / "humanverse" / "models"
 
 
+def is_prepared(name: str, folder: Path) -> bool:
+    """Whether ``folder`` holds entry ``name`` ready to load: a converted or saved model
+    (``config.json``) or, for entries loaded from their original files, every one of them."""
+    entry = _entry(name)
+    if (folder / "config.json").is_file():
+        return True
+    return bool(entry.files) and all((folder / f).is_file() for f in entry.files)
+
+
 def how_to_fetch(name: str) -> str:
     """One sentence naming zoo entry ``name``, its source and pin, and how to fetch it."""
     entry = _entry(name)
@@ -583,7 +593,7 @@ def resolve(
             )
         if not entry.direct_from_hub:
             prepared = models_root() / name
-            if prepared.is_dir() and (prepared / COMPLETE_MARKER).is_file():
+            if is_prepared(name, prepared):
                 return ResolvedModel(name=name, path=str(prepared.resolve()), revision=None, kind="local")
             source = ", ".join(f"{entry.hub_id}/{f}" for f in entry.files) or entry.hub_id
             raise ValueError(

@@ -23,7 +23,14 @@ from PIL import Image
 
 from humanverse import zoo
 from humanverse.testing.tiny_models import COCO_WHOLEBODY_KEYPOINTS, TINY_CLIP_EMBED_DIM
-from humanverse.zoo import ZOO, ModelEntry, ResolvedModel, format_table, make_tiny, resolve
+from humanverse.zoo import (
+    ZOO,
+    ModelEntry,
+    ResolvedModel,
+    format_table,
+    make_tiny,
+    resolve,
+)
 
 CORE = {
     "yolos-tiny",
@@ -79,6 +86,42 @@ def _sha256_weights(folder: Path) -> dict[str, str]:
 # the table
 
 
+def test_every_paper_entry_is_pinned_and_names_its_files():
+    """Every entry `--models paper` loads pins a 40-hex commit of its hub repository (or, for a
+    download record, says why none exists), says where the pin was seen, and names its files."""
+    hex40 = re.compile(r"[0-9a-f]{40}")
+    for name, entry in ZOO.items():
+        if not entry.paper:
+            assert name == "lsdm" and zoo.pin_status(entry) == "not published"
+            continue
+        assert entry.files, name
+        assert entry.pin_source, name
+        if entry.on_hub:
+            assert entry.revision and hex40.fullmatch(entry.revision), name
+            assert zoo.pin_status(entry) in ("confirmed", "public pin, unconfirmed"), name
+        else:
+            assert "zenodo.org/records/10447888" in entry.hub_id and entry.revision is None, name
+            assert zoo.pin_status(entry) == "immutable record"
+        for f, digest in entry.sha256.items():
+            assert f in entry.files and re.fullmatch(r"[0-9a-f]{64}", digest), (name, f)
+    # The corrected pins (the old SD-2 ones do not exist in their repos).
+    assert ZOO["sd2-inpainting"].revision == "6ba40839c3c171123b2b863d16caf023e297abb9"
+    assert ZOO["sd2-base"].revision == "d6f5d3ef32568709d194e94c41ea4696d0566644"
+    assert ZOO["sdxl-vae-fp16-fix"].revision == "207b116dae70ace3637169f1ddd2434b91b3a8cd"
+    assert "pytorch_model.bin" in ZOO["midas-dpt-hybrid"].files
+
+
+def test_zoo_list_shows_every_full_pin_and_its_status():
+    out = subprocess.run([sys.executable, "-m", "humanverse.cli", "zoo", "list"], capture_output=True, text=True,
+                         check=True).stdout
+    for entry in ZOO.values():
+        row = next(line for line in out.splitlines() if line.startswith(entry.name + " "))
+        if entry.revision:
+            assert entry.revision in row
+        assert zoo.pin_status(entry) in row
+    assert "UNPINNED" not in out
+
+
 def test_table_lists_every_model_with_pinned_revisions():
     assert CORE | EXTERNAL <= set(ZOO)
     for name, entry in ZOO.items():
@@ -103,7 +146,7 @@ def test_format_table_has_one_row_per_entry():
     assert len(lines) == 2 + len(ZOO)
     for entry in ZOO.values():
         row = next(line for line in lines if line.startswith(entry.name + " "))
-        assert (entry.revision or "-")[:10] in row
+        assert (entry.revision or "-") in row
 
 
 def test_importing_the_zoo_stays_light():
@@ -124,8 +167,8 @@ def test_resolve_paper_pins_the_revision():
     assert r.tag == "hustvl/yolos-tiny@95a90f3c189fbfca3bcfc6d7315b9e84d95dc2de"
     assert r.pretrained_kwargs() == {"revision": "95a90f3c189fbfca3bcfc6d7315b9e84d95dc2de"}
     assert r.entry is ZOO["yolos-tiny"]
-    unpinned = resolve("sd-vae-ft-mse")
-    assert unpinned.tag == "stabilityai/sd-vae-ft-mse" and unpinned.pretrained_kwargs() == {}
+    vae = resolve("sd-vae-ft-mse")
+    assert vae.tag == "stabilityai/sd-vae-ft-mse@31f26fdeee1355a5c34592e401dd41e45d25a493"
 
 
 def test_resolve_hub_ids():
@@ -171,7 +214,8 @@ def test_resolve_local_directories(tiny_root: Path, tmp_path: Path):
         resolve("aesthetic-mlp", str(weights))
 
 
-def test_resolve_errors_are_one_clear_sentence():
+def test_resolve_errors_are_one_clear_sentence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("HUMANVERSE_MODELS", str(tmp_path / "no-models-prepared"))
     with pytest.raises(ValueError, match=r"Unknown model 'yolo'; expected one of: yolos-tiny, "):
         resolve("yolo", "paper")
     bad = r"Model spec 'bogus spec!' for 'yolos-tiny' is not understood; expected 'paper'"
@@ -182,7 +226,7 @@ def test_resolve_errors_are_one_clear_sentence():
     other = r"names a different tiny model than 'yolos-tiny'; use 'tiny' or 'tiny:yolos-tiny'"
     with pytest.raises(ValueError, match=other):
         resolve("yolos-tiny", "tiny:sd2-base")
-    with pytest.raises(ValueError, match=r"cannot be loaded from the hub as is .*wholebody"):
+    with pytest.raises(ValueError, match=r"cannot be loaded from the hub as is .*wholebody.*zoo prepare DIR"):
         resolve("vitpose-wholebody", "paper")
     with pytest.raises(ValueError, match=r"cannot be loaded from the hub as is .*omnidata_dpt_depth_v2.ckpt"):
         resolve("omnidata-depth", "paper")
@@ -533,7 +577,12 @@ def test_vaes_have_real_latent_geometry(tiny_root: Path, name: str, scaling: flo
 
 
 def test_processor_configs_match_the_real_checkpoints(tiny_root: Path):
-    from transformers import Blip2Processor, DPTImageProcessor, VitPoseImageProcessor, YolosImageProcessor
+    from transformers import (
+        Blip2Processor,
+        DPTImageProcessor,
+        VitPoseImageProcessor,
+        YolosImageProcessor,
+    )
 
     yolos = YolosImageProcessor.from_pretrained(tiny_root / "yolos-tiny")
     assert (yolos.size.shortest_edge, yolos.size.longest_edge) == (512, 1333)
@@ -576,3 +625,106 @@ def test_pipeline_tokenizers_and_schedulers_match_the_real_ones(tiny_root: Path)
     assert len(ids) == 77 and ids[0] == tok.bos_token_id and tok.eos_token_id in ids
     assert tok.decode(ids, skip_special_tokens=True) == "a photo of a person"  # CLIP lower-cases
     assert tok.convert_ids_to_tokens(0) == "!"  # the real byte-level order
+
+
+# ---------------------------------------------------------------------------------------------
+# config fidelity: every tiny model is its real config with only the declared size fields changed
+
+
+def _tiny_saved_sections(root: Path) -> dict[tuple[str, str], dict]:
+    """(entry, component) -> the configuration the tiny model on disk actually carries."""
+
+    def js(*parts: str) -> dict:
+        return json.loads(root.joinpath(*parts).read_text())
+
+    def processor(entry: str) -> dict:
+        folder = root / entry
+        if (folder / "preprocessor_config.json").is_file():
+            return js(entry, "preprocessor_config.json")
+        return js(entry, "processor_config.json")["image_processor"]
+
+    from safetensors.torch import load_file
+
+    mlp = load_file(str(root / "aesthetic-mlp" / "model.safetensors"))
+    keys = sorted({k.rsplit(".", 1)[0] for k in mlp}, key=lambda k: int(k.split(".")[1]))
+    vit, dpt, blip, clip = (js(e, "config.json") for e in ("vitpose-wholebody", "midas-dpt-hybrid",
+                                                            "blip2-opt-2.7b", "yolos-tiny"))
+    oc = js("clip-vit-l14", "open_clip_config.json")
+    out = {
+        ("yolos-tiny", "model"): {**clip, "num_labels": len(clip["id2label"])},
+        ("yolos-tiny", "processor"): processor("yolos-tiny"),
+        ("vitpose-wholebody", "backbone"): vit["backbone_config"],
+        ("vitpose-wholebody", "model"): {**vit, "num_labels": len(vit["id2label"])},
+        ("vitpose-wholebody", "processor"): processor("vitpose-wholebody"),
+        ("vitpose-wholebody", "decoding"): js("vitpose-wholebody", "pose_decoding.json"),
+        ("midas-dpt-hybrid", "model"): dpt,
+        ("midas-dpt-hybrid", "backbone"): dpt["backbone_config"],
+        ("midas-dpt-hybrid", "processor"): processor("midas-dpt-hybrid"),
+        ("clip-vit-l14", "model_cfg"): oc["model_cfg"],
+        ("clip-vit-l14", "vision_cfg"): oc["model_cfg"]["vision_cfg"],
+        ("clip-vit-l14", "text_cfg"): oc["model_cfg"]["text_cfg"],
+        ("clip-vit-l14", "preprocess_cfg"): oc["preprocess_cfg"],
+        ("aesthetic-mlp", "mlp"): {
+            "input_size": mlp["layers.0.weight"].shape[1],
+            "widths": [mlp[f"{k}.weight"].shape[0] for k in keys],
+            "dropouts": [0.2, 0.2, 0.1],  # not stored; the builder reads them from the same data
+            "keys": keys,
+        },
+        ("blip2-opt-2.7b", "model"): blip,
+        ("blip2-opt-2.7b", "vision"): blip["vision_config"],
+        ("blip2-opt-2.7b", "qformer"): blip["qformer_config"],
+        ("blip2-opt-2.7b", "text"): blip["text_config"],
+        ("blip2-opt-2.7b", "processor"): processor("blip2-opt-2.7b"),
+        ("sd-vae-ft-mse", "vae"): js("sd-vae-ft-mse", "config.json"),
+        ("sdxl-vae-fp16-fix", "vae"): js("sdxl-vae-fp16-fix", "config.json"),
+    }
+    for entry in ("sd2-base", "sd2-inpainting", "sdxl-base"):
+        for part in ("unet", "text_encoder", "text_encoder_2", "vae"):
+            if (root / entry / part / "config.json").is_file():
+                out[(entry, part)] = js(entry, part, "config.json")
+        out[(entry, "scheduler")] = js(entry, "scheduler", "scheduler_config.json")
+    return out
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, float) or isinstance(b, float):
+        return isinstance(a, (int, float)) and isinstance(b, (int, float)) and abs(a - b) <= 1e-12 * max(1, abs(a))
+    return a == b
+
+
+def test_tiny_models_keep_every_non_size_field_of_the_real_configs(tiny_root: Path):
+    """The real configs are data (humanverse/configs); a tiny model may differ from its real model
+    only in the fields that data declares as sizes (widths, depths, heads...): activations,
+    epsilons (ViTPose: 1e-6), head sizes, processor sizes, mean/std and decoding are the real ones."""
+    from humanverse.configs import SIZE_FIELDS_KEY, config_names, real_config, section
+
+    saved = _tiny_saved_sections(tiny_root)
+    covered = {entry for entry, _ in saved}
+    assert covered == set(config_names())
+    checked = 0
+    for entry in config_names():
+        for part, data in real_config(entry).items():
+            if part.startswith("_"):
+                continue
+            assert (entry, part) in saved, (entry, part)
+            sizes = set(data[SIZE_FIELDS_KEY])
+            for key, real in section(entry, part).items():
+                if key in sizes:
+                    continue
+                assert key in saved[(entry, part)], (entry, part, key)
+                assert _same(saved[(entry, part)][key], real), (entry, part, key, saved[(entry, part)][key], real)
+                checked += 1
+    assert checked > 150
+    assert saved[("vitpose-wholebody", "backbone")]["layer_norm_eps"] == 1e-6
+
+
+def test_shrinking_only_allows_declared_size_fields():
+    from humanverse.configs import shrunk
+
+    assert shrunk("vitpose-wholebody", "backbone", hidden_size=32)["layer_norm_eps"] == 1e-6
+    with pytest.raises(ValueError, match=r"\['layer_norm_eps'\] are not size fields"):
+        shrunk("vitpose-wholebody", "backbone", layer_norm_eps=1e-12)

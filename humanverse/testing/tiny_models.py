@@ -14,7 +14,10 @@ Rules every builder follows:
 * safetensors only, fp32;
 * heavy libraries (torch, transformers, diffusers, open_clip) are imported inside the functions.
 
-Facts mirrored from the real checkpoints' configs are listed per model in docs/models.md.
+Every builder starts from the real checkpoint's configuration, kept as data in
+:mod:`humanverse.configs`, and changes only the fields that file declares as size fields
+(:func:`humanverse.configs.shrunk`): activations, epsilons, head layouts, processor sizes and
+mean/std are the real ones (``tests/test_zoo.py`` checks every field).
 """
 
 from __future__ import annotations
@@ -26,24 +29,30 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from humanverse.configs import real_config, section, shrunk
 from humanverse.testing.tiny_tokenizers import CLIP_BOS, CLIP_EOS, clip_bpe, gpt2_bpe
 
 __all__ = [
-    "TINY_CLIP_EMBED_DIM",
     "COCO91_LABELS",
     "COCO_WHOLEBODY_KEYPOINTS",
-    "build_yolos_tiny",
-    "build_vitpose_wholebody",
-    "build_midas_dpt_hybrid",
-    "build_clip_vit_l14",
+    "POSE_DECODING_FILE",
+    "TINY_CLIP_EMBED_DIM",
     "build_aesthetic_mlp",
     "build_blip2_opt",
-    "build_sd2_inpainting",
+    "build_clip_vit_l14",
+    "build_midas_dpt_hybrid",
     "build_sd2_base",
+    "build_sd2_inpainting",
     "build_sd_vae_ft_mse",
     "build_sdxl_base",
     "build_sdxl_vae_fp16_fix",
+    "build_vitpose_wholebody",
+    "build_yolos_tiny",
 ]
+
+#: File beside a whole-body pose model that records how its heatmaps are decoded (the
+#: ``decoding`` section of humanverse/configs/vitpose-wholebody.json); written by the converter.
+POSE_DECODING_FILE = "pose_decoding.json"
 
 # Embedding width of the tiny CLIP; the tiny aesthetic MLP takes inputs of this size (real: 768).
 TINY_CLIP_EMBED_DIM = 32
@@ -163,19 +172,21 @@ def _opt_tokenizer() -> Any:
     return tokenizer
 
 
-def _clip_text_config(tokenizer: Any, hidden_size: int, heads: int, act: str, projection: int) -> Any:
+def _clip_text_config(tokenizer: Any, entry: str, part: str, hidden_size: int, heads: int, projection: int) -> Any:
+    """The real text encoder ``entry/part`` shrunk to ``hidden_size`` x 2 layers."""
     from transformers import CLIPTextConfig
 
     return CLIPTextConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden_size,
-        intermediate_size=2 * hidden_size,
-        num_hidden_layers=2,
-        num_attention_heads=heads,
-        max_position_embeddings=77,
-        hidden_act=act,
-        layer_norm_eps=1e-5,
-        projection_dim=projection,
+        **shrunk(
+            entry,
+            part,
+            vocab_size=len(tokenizer),
+            hidden_size=hidden_size,
+            intermediate_size=2 * hidden_size,
+            num_hidden_layers=2,
+            num_attention_heads=heads,
+            projection_dim=projection,
+        ),
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
@@ -197,14 +208,7 @@ def build_yolos_tiny(out_dir: Path, seed: int) -> None:
     from transformers import YolosConfig, YolosForObjectDetection, YolosImageProcessor
 
     config = YolosConfig(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        image_size=[800, 1333],
-        patch_size=16,
-        num_detection_tokens=100,
-        use_mid_position_embeddings=False,
+        **shrunk("yolos-tiny", "model", hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64),
         id2label=dict(COCO91_LABELS),
         label2id={v: k for k, v in COCO91_LABELS.items() if v != "N/A"},
     )
@@ -225,16 +229,7 @@ def build_yolos_tiny(out_dir: Path, seed: int) -> None:
             last.bias[1] = 4.0  # person
             last.bias[config.num_labels] = 4.0  # no-object
     model.save_pretrained(out_dir)
-    processor = YolosImageProcessor(
-        size={"shortest_edge": 512, "longest_edge": 1333},
-        resample=PIL_BILINEAR,
-        do_rescale=True,
-        rescale_factor=1 / 255,
-        do_normalize=True,
-        image_mean=list(IMAGENET_MEAN),
-        image_std=list(IMAGENET_STD),
-        do_pad=True,
-    )
+    processor = YolosImageProcessor(**section("yolos-tiny", "processor"))
     processor.save_pretrained(out_dir)
 
 
@@ -246,40 +241,37 @@ def build_vitpose_wholebody(out_dir: Path, seed: int) -> None:
     Tiny: ViT 32 wide, 2 layers, 2 heads; the decoder keeps its fixed 256 widths. Input 256x192
     and heatmaps 64x48 as the real model.
     """
-    from transformers import VitPoseBackboneConfig, VitPoseConfig, VitPoseForPoseEstimation
-    from transformers import VitPoseImageProcessor
+    from transformers import (
+        VitPoseBackboneConfig,
+        VitPoseConfig,
+        VitPoseForPoseEstimation,
+        VitPoseImageProcessor,
+    )
 
     backbone = VitPoseBackboneConfig(
-        image_size=[256, 192],
-        patch_size=[16, 16],
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        mlp_ratio=4,
-        num_experts=1,
-        out_indices=[2],
+        **shrunk(
+            "vitpose-wholebody",
+            "backbone",
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            out_indices=[2],
+        )
     )
     labels = dict(enumerate(COCO_WHOLEBODY_KEYPOINTS))
+    model_kwargs = section("vitpose-wholebody", "model")
+    assert model_kwargs.pop("num_labels") == len(labels)
     config = VitPoseConfig(
         backbone_config=backbone,
-        use_simple_decoder=False,
-        scale_factor=4,
+        **model_kwargs,
         id2label=labels,
         label2id={v: k for k, v in labels.items()},
     )
     with _seeded(seed):
         model = VitPoseForPoseEstimation(config).eval()
     model.save_pretrained(out_dir)
-    processor = VitPoseImageProcessor(
-        do_affine_transform=True,
-        size={"height": 256, "width": 192},
-        do_rescale=True,
-        rescale_factor=1 / 255,
-        do_normalize=True,
-        image_mean=list(IMAGENET_MEAN),
-        image_std=list(IMAGENET_STD),
-    )
-    processor.save_pretrained(out_dir)
+    VitPoseImageProcessor(**section("vitpose-wholebody", "processor")).save_pretrained(out_dir)
+    _write_json(out_dir / POSE_DECODING_FILE, section("vitpose-wholebody", "decoding"))
 
 
 @_quietly
@@ -290,53 +282,42 @@ def build_midas_dpt_hybrid(out_dir: Path, seed: int) -> None:
     one bottleneck per stage, widths 8/16/32. The processor is the hub one: 384x384 squash,
     bilinear, mean = std = 0.5.
     """
-    from transformers import BitConfig, DPTConfig, DPTForDepthEstimation, DPTImageProcessor
+    from transformers import (
+        BitConfig,
+        DPTConfig,
+        DPTForDepthEstimation,
+        DPTImageProcessor,
+    )
 
     backbone = BitConfig(
-        global_padding="same",
-        layer_type="bottleneck",
-        depths=[1, 1, 1],
-        hidden_sizes=[8, 16, 32, 64],
-        embedding_size=16,
-        num_groups=2,
-        embedding_dynamic_padding=True,
-        out_features=["stage1", "stage2", "stage3"],
+        **shrunk(
+            "midas-dpt-hybrid",
+            "backbone",
+            depths=[1, 1, 1],
+            hidden_sizes=[8, 16, 32, 64],
+            embedding_size=16,
+            num_groups=2,
+        )
     )
     config = DPTConfig(
-        is_hybrid=True,
         backbone_config=backbone,
-        hidden_size=32,
-        num_hidden_layers=4,
-        num_attention_heads=2,
-        intermediate_size=64,
-        image_size=384,
-        patch_size=16,
-        backbone_out_indices=[0, 1, 2, 3],
-        readout_type="project",
-        reassemble_factors=[1, 1, 1, 0.5],
-        neck_hidden_sizes=[8, 16, 32, 32],
-        fusion_hidden_size=16,
-        backbone_featmap_shape=[1, 32, 24, 24],
-        neck_ignore_stages=[0, 1],
-        head_in_index=-1,
-        use_batch_norm_in_fusion_residual=False,
+        **shrunk(
+            "midas-dpt-hybrid",
+            "model",
+            hidden_size=32,
+            num_hidden_layers=4,
+            num_attention_heads=2,
+            intermediate_size=64,
+            backbone_out_indices=[0, 1, 2, 3],
+            neck_hidden_sizes=[8, 16, 32, 32],
+            fusion_hidden_size=16,
+            backbone_featmap_shape=[1, 32, 24, 24],
+        ),
     )
     with _seeded(seed):
         model = DPTForDepthEstimation(config).eval()
     model.save_pretrained(out_dir)
-    processor = DPTImageProcessor(
-        do_resize=True,
-        size={"height": 384, "width": 384},
-        keep_aspect_ratio=False,
-        ensure_multiple_of=1,
-        resample=PIL_BILINEAR,
-        do_rescale=True,
-        rescale_factor=1 / 255,
-        do_normalize=True,
-        image_mean=[0.5, 0.5, 0.5],
-        image_std=[0.5, 0.5, 0.5],
-        do_pad=False,
-    )
+    processor = DPTImageProcessor(**section("midas-dpt-hybrid", "processor"))
     processor.save_pretrained(out_dir)
 
 
@@ -356,20 +337,11 @@ def build_clip_vit_l14(out_dir: Path, seed: int) -> None:
     from safetensors.torch import save_file
 
     model_cfg: dict[str, Any] = {
-        "embed_dim": TINY_CLIP_EMBED_DIM,
-        "quick_gelu": True,
-        "vision_cfg": {"image_size": 224, "layers": 2, "width": 64, "head_width": 32, "patch_size": 14},
-        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 2},
+        **shrunk("clip-vit-l14", "model_cfg", embed_dim=TINY_CLIP_EMBED_DIM),
+        "vision_cfg": shrunk("clip-vit-l14", "vision_cfg", layers=2, width=64, head_width=32),
+        "text_cfg": shrunk("clip-vit-l14", "text_cfg", width=16, heads=2, layers=2),
     }
-    preprocess_cfg = {
-        "size": 224,
-        "mode": "RGB",
-        "mean": list(OPENAI_CLIP_MEAN),
-        "std": list(OPENAI_CLIP_STD),
-        "interpolation": "bicubic",
-        "resize_mode": "shortest",
-        "fill_color": 0,
-    }
+    preprocess_cfg = section("clip-vit-l14", "preprocess_cfg")
     with _seeded(seed):
         model = open_clip.CLIP(**model_cfg).eval()
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
@@ -388,16 +360,19 @@ def build_aesthetic_mlp(out_dir: Path, seed: int) -> None:
     import torch
     from safetensors.torch import save_file
 
+    mlp = shrunk("aesthetic-mlp", "mlp", input_size=TINY_CLIP_EMBED_DIM)
+    w = [mlp["input_size"], *mlp["widths"]]
+    p1, p2, p3 = mlp["dropouts"]
     with _seeded(seed):
         layers = torch.nn.Sequential(
-            torch.nn.Linear(TINY_CLIP_EMBED_DIM, 1024),
-            torch.nn.Dropout(0.2),
-            torch.nn.Linear(1024, 128),
-            torch.nn.Dropout(0.2),
-            torch.nn.Linear(128, 64),
-            torch.nn.Dropout(0.1),
-            torch.nn.Linear(64, 16),
-            torch.nn.Linear(16, 1),
+            torch.nn.Linear(w[0], w[1]),
+            torch.nn.Dropout(p1),
+            torch.nn.Linear(w[1], w[2]),
+            torch.nn.Dropout(p2),
+            torch.nn.Linear(w[2], w[3]),
+            torch.nn.Dropout(p3),
+            torch.nn.Linear(w[3], w[4]),
+            torch.nn.Linear(w[4], w[5]),
         )
     state = {f"layers.{k}": v.detach().contiguous() for k, v in layers.state_dict().items()}
     save_file(state, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
@@ -428,56 +403,38 @@ def build_blip2_opt(out_dir: Path, seed: int) -> None:
     tokenizer = _opt_tokenizer()
     image_token_id = tokenizer.convert_tokens_to_ids("<image>")
     newline_id = tokenizer.convert_tokens_to_ids("Ċ")
-    vision = Blip2VisionConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        image_size=224,
-        patch_size=14,
-    )
+    small = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2}
+    vision = Blip2VisionConfig(**shrunk("blip2-opt-2.7b", "vision", intermediate_size=64, **small))
     qformer = Blip2QFormerConfig(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        encoder_hidden_size=32,
-        cross_attention_frequency=2,
+        **shrunk("blip2-opt-2.7b", "qformer", intermediate_size=64, encoder_hidden_size=32, **small)
     )
     text = OPTConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        num_hidden_layers=2,
-        ffn_dim=64,
-        num_attention_heads=2,
-        max_position_embeddings=2048,
-        word_embed_proj_dim=32,
+        **shrunk(
+            "blip2-opt-2.7b",
+            "text",
+            vocab_size=len(tokenizer),
+            ffn_dim=64,
+            word_embed_proj_dim=32,
+            eos_token_id=newline_id,
+            **small,
+        ),
         bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=newline_id,
         pad_token_id=tokenizer.pad_token_id,
     )
     config = Blip2Config(
         vision_config=vision.to_dict(),
         qformer_config=qformer.to_dict(),
         text_config=text.to_dict(),
-        num_query_tokens=32,
+        **section("blip2-opt-2.7b", "model"),
         image_token_index=image_token_id,
     )
     with _seeded(seed):
         model = Blip2ForConditionalGeneration(config).eval()
     model.save_pretrained(out_dir)
-    image_processor = BlipImageProcessor(
-        do_resize=True,
-        size={"height": 224, "width": 224},
-        resample=PIL_BICUBIC,
-        do_rescale=True,
-        rescale_factor=1 / 255,
-        do_normalize=True,
-        image_mean=list(OPENAI_CLIP_MEAN),
-        image_std=list(OPENAI_CLIP_STD),
-        do_convert_rgb=True,
+    image_processor = BlipImageProcessor(**section("blip2-opt-2.7b", "processor"))
+    processor = Blip2Processor(
+        image_processor=image_processor, tokenizer=tokenizer, num_query_tokens=config.num_query_tokens
     )
-    processor = Blip2Processor(image_processor=image_processor, tokenizer=tokenizer, num_query_tokens=32)
     processor.save_pretrained(out_dir)
 
 
@@ -485,104 +442,69 @@ def build_blip2_opt(out_dir: Path, seed: int) -> None:
 # diffusion
 
 
-def _pndm_scheduler() -> Any:
-    """SD-2's PNDM scheduler config (§9): scaled_linear 0.00085..0.012, epsilon, steps_offset 1."""
-    from diffusers import PNDMScheduler
+def _scheduler(entry: str) -> Any:
+    """The real scheduler of ``entry`` (SD-2: PNDM, scaled_linear 0.00085..0.012, epsilon; SDXL:
+    EulerDiscrete), built from its recorded config, whose ``_class_name`` names the class (§9, §10)."""
+    import diffusers
 
-    return PNDMScheduler(
-        num_train_timesteps=1000,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        skip_prk_steps=True,
-        set_alpha_to_one=False,
-        steps_offset=1,
-        prediction_type="epsilon",
-    )
+    cls = real_config(entry)["scheduler"]["_class_name"]
+    return getattr(diffusers, cls)(**section(entry, "scheduler"))
 
 
-def _euler_scheduler() -> Any:
-    """SDXL-base's EulerDiscrete scheduler config (§10)."""
-    from diffusers import EulerDiscreteScheduler
+def _vae(entry: str, part: str = "vae", *, sample_size: int | None = None) -> Any:
+    """AutoencoderKL of ``entry`` with 4 latent channels and 4 blocks (downsampling x8, as real).
 
-    return EulerDiscreteScheduler(
-        num_train_timesteps=1000,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        prediction_type="epsilon",
-        interpolation_type="linear",
-        use_karras_sigmas=False,
-        timestep_spacing="leading",
-        steps_offset=1,
-    )
-
-
-def _vae(scaling_factor: float, *, force_upcast: bool = True, sample_size: int = 64) -> Any:
-    """AutoencoderKL with 4 latent channels and 4 blocks (downsampling x8, as the real VAEs).
-
-    Real widths 128/256/512/512 with 2 resnets per block; tiny 8/16/32/32 with 1.
+    Real widths 128/256/512/512 with 2 resnets per block; tiny 8/16/32/32 with 1, 8 groups.
     """
     from diffusers import AutoencoderKL
 
-    return AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 16, 32, 32),
-        layers_per_block=1,
-        act_fn="silu",
-        latent_channels=4,
-        norm_num_groups=8,
-        sample_size=sample_size,
-        scaling_factor=scaling_factor,
-        force_upcast=force_upcast,
-    )
+    sizes: dict[str, Any] = {"block_out_channels": [8, 16, 32, 32], "layers_per_block": 1, "norm_num_groups": 8}
+    if sample_size is not None:
+        sizes["sample_size"] = sample_size
+    return AutoencoderKL(**shrunk(entry, part, **sizes))
 
 
-def _sd2_unet(in_channels: int, cross_attention_dim: int) -> Any:
+def _sd2_unet(entry: str, cross_attention_dim: int) -> Any:
     """SD-2-style UNet: linear projections in the transformers, heads per block (§8, §9).
 
-    Real: widths 320/640/1280/1280, heads 5/10/20/20, sample 64. Tiny: widths 32/64, heads 2/4,
-    sample 8 (64 px through the x8 VAE).
+    Real: widths 320/640/1280/1280, heads 5/10/20/20, sample 64. Tiny: widths 32/64 (one
+    cross-attention block and one plain block each way), heads 2/4, sample 8 (64 px through the
+    x8 VAE); in_channels (4, or 9 for inpainting) and everything else as the real one.
     """
     from diffusers import UNet2DConditionModel
 
     return UNet2DConditionModel(
-        sample_size=8,
-        in_channels=in_channels,
-        out_channels=4,
-        layers_per_block=2,
-        block_out_channels=(32, 64),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=cross_attention_dim,
-        attention_head_dim=(2, 4),
-        use_linear_projection=True,
-        upcast_attention=False,
-        norm_num_groups=32,
+        **shrunk(
+            entry,
+            "unet",
+            sample_size=8,
+            block_out_channels=[32, 64],
+            down_block_types=["CrossAttnDownBlock2D", "DownBlock2D"],
+            up_block_types=["UpBlock2D", "CrossAttnUpBlock2D"],
+            cross_attention_dim=cross_attention_dim,
+            attention_head_dim=[2, 4],
+        )
     )
 
 
-def _sd2_components(unet_in_channels: int, seed: int) -> dict[str, Any]:
+def _sd2_components(entry: str, seed: int) -> dict[str, Any]:
     from transformers import CLIPTextModel
 
     # SD-2's OpenCLIP tokenizer pads with "!" (id 0); its text encoder is a CLIPTextModel with gelu.
     tokenizer = _clip_tokenizer(pad_token="!")
-    text_config = _clip_text_config(tokenizer, hidden_size=32, heads=4, act="gelu", projection=32)
+    text_config = _clip_text_config(tokenizer, entry, "text_encoder", hidden_size=32, heads=4, projection=32)
     with _seeded(seed):
         text_encoder = CLIPTextModel(text_config).eval()
     with _seeded(seed + 1):
-        unet = _sd2_unet(unet_in_channels, cross_attention_dim=text_config.hidden_size)
+        unet = _sd2_unet(entry, cross_attention_dim=text_config.hidden_size)
     with _seeded(seed + 2):
-        vae = _vae(0.18215)
+        vae = _vae(entry, sample_size=64)
     return {
         "vae": vae,
         "text_encoder": text_encoder,
         "tokenizer": tokenizer,
         "unet": unet,
-        "scheduler": _pndm_scheduler(),
+        "scheduler": _scheduler(entry),
         "safety_checker": None,
         "feature_extractor": None,
         "requires_safety_checker": False,
@@ -594,7 +516,7 @@ def build_sd2_inpainting(out_dir: Path, seed: int) -> None:
     """StableDiffusionInpaintPipeline: 9-channel UNet input (latents + mask + masked latents), §8."""
     from diffusers import StableDiffusionInpaintPipeline
 
-    pipe = StableDiffusionInpaintPipeline(**_sd2_components(9, seed))
+    pipe = StableDiffusionInpaintPipeline(**_sd2_components("sd2-inpainting", seed))
     pipe.save_pretrained(out_dir, safe_serialization=True)
 
 
@@ -603,7 +525,7 @@ def build_sd2_base(out_dir: Path, seed: int) -> None:
     """StableDiffusionPipeline for SD-2-base (ε-prediction, PNDM), §9."""
     from diffusers import StableDiffusionPipeline
 
-    pipe = StableDiffusionPipeline(**_sd2_components(4, seed))
+    pipe = StableDiffusionPipeline(**_sd2_components("sd2-base", seed))
     pipe.save_pretrained(out_dir, safe_serialization=True)
 
 
@@ -611,7 +533,7 @@ def build_sd2_base(out_dir: Path, seed: int) -> None:
 def build_sd_vae_ft_mse(out_dir: Path, seed: int) -> None:
     """AutoencoderKL like ``sd-vae-ft-mse``: scaling 0.18215, sample size 256 (§9)."""
     with _seeded(seed):
-        vae = _vae(0.18215, sample_size=256)
+        vae = _vae("sd-vae-ft-mse")
     vae.save_pretrained(out_dir, safe_serialization=True)
 
 
@@ -628,8 +550,8 @@ def build_sdxl_base(out_dir: Path, seed: int) -> None:
 
     tokenizer = _clip_tokenizer(pad_token=CLIP_EOS)  # ViT-L tokenizer pads with <|endoftext|>
     tokenizer_2 = _clip_tokenizer(pad_token="!")  # OpenCLIP bigG tokenizer pads with "!"
-    config_1 = _clip_text_config(tokenizer, hidden_size=32, heads=4, act="quick_gelu", projection=32)
-    config_2 = _clip_text_config(tokenizer_2, hidden_size=48, heads=4, act="gelu", projection=48)
+    config_1 = _clip_text_config(tokenizer, "sdxl-base", "text_encoder", hidden_size=32, heads=4, projection=32)
+    config_2 = _clip_text_config(tokenizer_2, "sdxl-base", "text_encoder_2", hidden_size=48, heads=4, projection=48)
     time_embed_dim = 8
     with _seeded(seed):
         text_encoder = CLIPTextModel(config_1).eval()
@@ -637,24 +559,22 @@ def build_sdxl_base(out_dir: Path, seed: int) -> None:
         text_encoder_2 = CLIPTextModelWithProjection(config_2).eval()
     with _seeded(seed + 2):
         unet = UNet2DConditionModel(
-            sample_size=8,
-            in_channels=4,
-            out_channels=4,
-            layers_per_block=2,
-            block_out_channels=(32, 64),
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-            attention_head_dim=(2, 4),
-            transformer_layers_per_block=(1, 2),
-            use_linear_projection=True,
-            cross_attention_dim=config_1.hidden_size + config_2.hidden_size,
-            addition_embed_type="text_time",
-            addition_time_embed_dim=time_embed_dim,
-            projection_class_embeddings_input_dim=6 * time_embed_dim + config_2.projection_dim,
-            norm_num_groups=32,
+            **shrunk(
+                "sdxl-base",
+                "unet",
+                sample_size=8,
+                block_out_channels=[32, 64],
+                down_block_types=["DownBlock2D", "CrossAttnDownBlock2D"],
+                up_block_types=["CrossAttnUpBlock2D", "UpBlock2D"],
+                attention_head_dim=[2, 4],
+                transformer_layers_per_block=[1, 2],
+                cross_attention_dim=config_1.hidden_size + config_2.hidden_size,
+                addition_time_embed_dim=time_embed_dim,
+                projection_class_embeddings_input_dim=6 * time_embed_dim + config_2.projection_dim,
+            )
         )
     with _seeded(seed + 3):
-        vae = _vae(0.13025, force_upcast=True)
+        vae = _vae("sdxl-base", sample_size=64)
     pipe = StableDiffusionXLPipeline(
         vae=vae,
         text_encoder=text_encoder,
@@ -662,7 +582,7 @@ def build_sdxl_base(out_dir: Path, seed: int) -> None:
         tokenizer=tokenizer,
         tokenizer_2=tokenizer_2,
         unet=unet,
-        scheduler=_euler_scheduler(),
+        scheduler=_scheduler("sdxl-base"),
         force_zeros_for_empty_prompt=True,
         add_watermarker=False,
     )
@@ -673,5 +593,5 @@ def build_sdxl_base(out_dir: Path, seed: int) -> None:
 def build_sdxl_vae_fp16_fix(out_dir: Path, seed: int) -> None:
     """AutoencoderKL like ``sdxl-vae-fp16-fix``: scaling 0.13025, ``force_upcast=False`` (§10)."""
     with _seeded(seed):
-        vae = _vae(0.13025, force_upcast=False)
+        vae = _vae("sdxl-vae-fp16-fix", sample_size=64)
     vae.save_pretrained(out_dir, safe_serialization=True)

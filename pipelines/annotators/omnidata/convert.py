@@ -30,7 +30,7 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["convert_omnidata_state_dict", "load_omnidata_state_dict"]
+__all__ = ["convert_omnidata_state_dict", "load_omnidata_state_dict", "torch_load_weights_only"]
 
 _LIGHTNING_PREFIX = "model."
 
@@ -66,8 +66,52 @@ class _InertStandIn:
         return Counter()
 
 
-def _torch_load_weights_only(path: Path) -> Any:
-    """``torch.load(path, map_location="cpu", weights_only=True)``, tolerant of pickled metadata."""
+def _numpy_data_global(name: str) -> Any:
+    """The numpy object behind a pickled global name when it only rebuilds data, else None.
+
+    Scalars (``numpy._core.multiarray.scalar``), dtypes (``numpy.dtype``, ``numpy.dtypes.*DType``)
+    and arrays (``numpy.ndarray`` + ``_reconstruct``) restore numbers from bytes: what Lightning
+    and training loops leave in checkpoint metadata (epoch counters, losses, dtypes). Allowlisting
+    them runs no code from the file; an object array would still need further globals, refused.
+    """
+    import numpy as np
+
+    core = getattr(np, "_core", None) or np.core
+    known = {
+        "numpy.dtype": np.dtype,
+        "numpy.ndarray": np.ndarray,
+        "numpy._core.multiarray.scalar": core.multiarray.scalar,
+        "numpy.core.multiarray.scalar": core.multiarray.scalar,
+        "numpy._core.multiarray._reconstruct": core.multiarray._reconstruct,
+        "numpy.core.multiarray._reconstruct": core.multiarray._reconstruct,
+    }
+    if name in known:
+        return known[name]
+    prefix = "numpy.dtypes."
+    if name.startswith(prefix) and name[len(prefix) :].endswith("DType"):
+        return getattr(np.dtypes, name[len(prefix) :], None)
+    return None
+
+
+def _safe_globals_for(names: list[str]) -> list[Any]:
+    """``torch.serialization.safe_globals`` entries for the pickled globals ``names``: the real
+    numpy data constructors (:func:`_numpy_data_global`), inert stand-ins for everything else."""
+    allowed: list[Any] = []
+    for name in names:
+        real = _numpy_data_global(name)
+        allowed.append((real, name) if real is not None else (_InertStandIn, name))
+    if "numpy.dtype" in names:
+        # A rebuilt dtype is an instance of its numpy.dtypes class, which the scan does not list.
+        import numpy as np
+
+        allowed += [cls for cls in vars(np.dtypes).values() if isinstance(cls, type) and issubclass(cls, np.dtype)]
+    return allowed
+
+
+def torch_load_weights_only(path: Path) -> Any:
+    """``torch.load(path, map_location="cpu", weights_only=True)``, tolerant of pickled metadata:
+    numpy scalars, dtypes and arrays load as themselves, other objects as inert stand-ins; no code
+    from the file runs (``weights_only`` stays on)."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
@@ -78,14 +122,16 @@ def _torch_load_weights_only(path: Path) -> Any:
         if not names:
             raise ValueError(f"Cannot read {path} with torch.load(weights_only=True): {error}") from error
         try:
-            with torch.serialization.safe_globals([(_InertStandIn, name) for name in names]):
+            with torch.serialization.safe_globals(_safe_globals_for(names)):
                 loaded = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as second:
+        except (pickle.UnpicklingError, TypeError, AttributeError) as second:
             raise ValueError(
                 f"Cannot read {path} with torch.load(weights_only=True) even with inert stand-ins for "
                 f"its pickled objects {names}: {second}; re-save its state dict on its own."
             ) from second
-        logger.warning("Ignored pickled metadata objects in %s: %s", path, ", ".join(names))
+        ignored = [name for name in names if _numpy_data_global(name) is None]
+        if ignored:
+            logger.warning("Ignored pickled metadata objects in %s: %s", path, ", ".join(ignored))
         return loaded
 
 
@@ -97,7 +143,7 @@ def load_omnidata_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Te
 
         loaded: Any = load_file(str(path), device="cpu")
     else:
-        loaded = _torch_load_weights_only(path)
+        loaded = torch_load_weights_only(path)
     if isinstance(loaded, Mapping) and isinstance(loaded.get("state_dict"), Mapping):
         loaded = loaded["state_dict"]  # Lightning checkpoint
     if not isinstance(loaded, Mapping):
