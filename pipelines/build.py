@@ -23,18 +23,21 @@ pipelines.build INPUT OUTPUT --config FILE.yaml``.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 import os
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-from humanverse.config import ConfigError
+from humanverse.config import ConfigError, to_dict
 from humanverse.shards import ShardSink
-from pipelines.config import PRESETS, BuildConfig, InputConfig, load_config
+from pipelines.config import PRESETS, BuildConfig, InputConfig, ResourcesConfig, load_config
 from pipelines.plan import BuildPlan, finish_manifest, open_build, read_item
 from pipelines.steps import Step, plan_steps
 
@@ -42,7 +45,8 @@ log = logging.getLogger("pipelines.build")
 
 #: ``load_config``, ``BuildConfig`` and ``PRESETS`` live in :mod:`pipelines.config` and are handed on
 #: here, so that ``from pipelines.build import build, load_config`` is the whole builder API.
-__all__ = ["PRESETS", "BuildConfig", "BuildReport", "ConfigError", "build", "cpu_shortfall", "load_config"]
+__all__ = ["PRESETS", "BuildConfig", "BuildReport", "ConfigError", "RowTally", "build", "cpu_layout", "cpu_shortfall",
+           "default_layout", "load_config"]
 
 
 @dataclass
@@ -63,15 +67,18 @@ class BuildReport:
     #: source shard -> how many of its committed rows it no longer holds (found when a changed shard
     #: was read this run); those rows stay in the dataset
     vanished_rows: dict[str, int] = field(default_factory=dict)
+    #: the dataset's statistics after the run (:meth:`humanverse.HumanVerseDataset.stats`)
+    stats: dict = field(default_factory=dict)
 
 
-def _read_shards(batch: pa.Table, input_cfg: InputConfig, clip_dim: int | None, ledger):
+def _read_shards(batch: pa.Table, input_cfg: InputConfig, clip_dim: int | None, ledger, tally=None):
     """The read step: the rows of each source shard item (:meth:`pipelines.plan.WorkPlan.items`) in
     blocks of ``input.batch_rows`` (module level so Ray can pickle it).
 
     A shard that cannot be read to its end (:class:`~pipelines.readers.SourceShardError`) is logged
     and reported to ``ledger`` (a :class:`~pipelines.ledger.ReadLedger` actor); the rows read before
-    the failure go on, and the task goes on with its next shard.
+    the failure go on, and the task goes on with its next shard. Rows read are counted into ``tally``
+    (a :class:`RowTally` actor) for the progress line.
     """
     import ray
 
@@ -85,6 +92,8 @@ def _read_shards(batch: pa.Table, input_cfg: InputConfig, clip_dim: int | None, 
             for rows in readers.read_shard(shard, skip=keys, batch_rows=input_cfg.batch_rows,
                                            image_column=input_cfg.image_column):
                 if rows:
+                    if tally is not None:
+                        tally.read.remote(len(rows))
                     yield from_source_rows(rows, clip_dim)
         except readers.SourceShardError as e:
             log.warning("source shard %s failed while being read and stays to do (a rerun retries it): %s",
@@ -96,10 +105,14 @@ def _read_shards(batch: pa.Table, input_cfg: InputConfig, clip_dim: int | None, 
 
 def _init_ray(cfg: BuildConfig, address: str | None) -> bool:
     """Connect to Ray (the given cluster, ``RAY_ADDRESS``, or a new local one) and set Ray Data's
-    options; True when this call started a local cluster."""
+    options, Ray quiet unless ``--verbose`` (:func:`humanverse.progress.quiet_ray`); True when this
+    call started a local cluster."""
     import ray
 
+    from humanverse.progress import quiet_ray, verbose
+
     started_local = False
+    quiet_ray()
     if not ray.is_initialized():
         if address or os.environ.get("RAY_ADDRESS"):
             ray.init(address=address, log_to_driver=True)
@@ -109,8 +122,9 @@ def _init_ray(cfg: BuildConfig, address: str | None) -> bool:
             started_local = True
     from ray.data import DataContext
 
+    quiet_ray()
     ctx = DataContext.get_current()
-    ctx.enable_progress_bars = cfg.ray.progress_bars
+    ctx.enable_progress_bars = cfg.ray.progress_bars or verbose()
     if cfg.ray.target_max_block_mb is not None:
         ctx.target_max_block_size = cfg.ray.target_max_block_mb * 1024 * 1024
     return started_local
@@ -130,6 +144,33 @@ def _check_gpus(cfg: BuildConfig, steps: Sequence[Step]) -> None:
                 log.warning("%s (waiting for the autoscaler to add GPU nodes: ray.autoscaling is true).", msg)
                 return
             raise ConfigError(msg + ".")
+
+
+def default_layout(cfg: BuildConfig) -> bool:
+    """Whether ``cfg`` leaves every stage's resources at the defaults (the GPU-node layout): no
+    ``--config`` or ``--set resources...`` chose them."""
+    return cfg.resources == ResourcesConfig()
+
+
+def cpu_layout(cfg: BuildConfig, models: str, clip_dim: int | None, cluster_cpus: float) -> BuildConfig:
+    """``cfg`` with the resources of ``presets/cpu.yaml`` (every stage on CPUs), the model stages'
+    actor CPUs lowered where needed so that their pools and one task fit a ``cluster_cpus`` cluster
+    (see :func:`cpu_shortfall`): what a build on a cluster without GPUs uses when no config chose
+    resources."""
+    res = load_config(PRESETS / "cpu.yaml").resources
+    fitted = dataclasses.replace(cfg, resources=res)
+    steps = plan_steps(fitted, models, clip_dim)
+    held = sum(step.held_cpus for step in steps)
+    task = max(RAY_DATA_TASK_CPUS, res.read.num_cpus, res.decode.num_cpus, res.write.num_cpus)
+    if held > 0 and held + task > cluster_cpus:
+        scale = max(cluster_cpus - task, 0.0) / held
+        pools = {step.name for step in steps if step.held_cpus > 0}
+        res = dataclasses.replace(res, **{
+            name: dataclasses.replace(getattr(res, name), num_cpus=math.floor(getattr(res, name).num_cpus * scale
+                                                                               * 1000) / 1000)
+            for name in pools})
+        fitted = dataclasses.replace(cfg, resources=res)
+    return fitted
 
 
 #: CPUs one of Ray Data's own tasks asks for (the repartition into ``input.batch_rows`` blocks).
@@ -174,6 +215,8 @@ def build(input: str, output: str, cfg: BuildConfig, *, models: str = "paper", a
             for name, keys in sorted(run.vanished.items()):
                 log.warning("source shard %s no longer holds %d of its committed rows (e.g. %s); they stay in the "
                             "dataset", name, len(keys), ", ".join(keys[:3]))
+            if run.cfg is not None and run.cfg.resources != cfg.resources:  # the CPU layout: recorded as run
+                plan.manifest["config"]["resources"] = to_dict(run.cfg.resources)
             # every write committed: the shards read to their end are recorded as they are now
             write_manifest(sink.root, finish_manifest(plan.manifest, list(work.todo), run.finished, run.vanished,
                                                       input))
@@ -186,7 +229,7 @@ def build(input: str, output: str, cfg: BuildConfig, *, models: str = "paper", a
                          shards_skipped=len(work.done), rows_written=run.data_rows,
                          rejects_written=run.reject_rows, seconds=time.perf_counter() - t0,
                          funnel=stats.get("funnel", {}), ray_stats=run.ray_stats, failed_shards=failed,
-                         vanished_rows={k: len(v) for k, v in run.vanished.items()})
+                         vanished_rows={k: len(v) for k, v in run.vanished.items()}, stats=stats)
     log.info("build finished in %.1f s: this run wrote %d rows and %d rejects; dataset now %d rows, %d rejects%s",
              report.seconds, run.data_rows, run.reject_rows, ds_read.num_rows("data"), ds_read.num_rows("rejects"),
              _failed_note(failed))
@@ -203,6 +246,8 @@ class _GraphRun:
     failed: dict[str, str] = field(default_factory=dict)
     finished: set[str] = field(default_factory=set)
     vanished: dict[str, list[str]] = field(default_factory=dict)
+    #: the config the graph ran with (its resources may be the CPU layout: :func:`cpu_layout`)
+    cfg: BuildConfig | None = None
 
 
 def _run_graph(cfg: BuildConfig, plan: BuildPlan, sink: ShardSink, models: str, address: str | None) -> _GraphRun:
@@ -216,6 +261,13 @@ def _run_graph(cfg: BuildConfig, plan: BuildPlan, sink: ShardSink, models: str, 
 
     steps = plan_steps(cfg, models, plan.clip_dim)
     started_local = _init_ray(cfg, address)
+    cluster = ray.cluster_resources()
+    if default_layout(cfg) and not cluster.get("GPU", 0) and not cfg.ray.autoscaling and any(
+            step.num_gpus for step in steps):
+        cfg = cpu_layout(cfg, models, plan.clip_dim, cluster.get("CPU", 0))
+        steps = plan_steps(cfg, models, plan.clip_dim)
+        log.info("the Ray cluster has no GPU: every stage runs on CPUs, with the resources of %s fitted to its %g "
+                 "CPUs (give --config to choose them)", PRESETS / "cpu.yaml", cluster.get("CPU", 0))
     _check_gpus(cfg, steps)
     shortfall = cpu_shortfall(cfg, steps, ray.cluster_resources().get("CPU", 0))
     if shortfall and started_local and not cfg.ray.autoscaling:
@@ -237,9 +289,11 @@ def _run_graph(cfg: BuildConfig, plan: BuildPlan, sink: ShardSink, models: str, 
             owners = start_id_sets(cfg.dedup, (table for _, table in committed))
             actors += owners
             steps = [step.with_kwargs(owners=owners) if step.name == "dedup" else step for step in steps]
+        tally = ray.remote(num_cpus=0)(RowTally).remote()
+        actors.append(tally)
         ds = ray.data.from_items(items, override_num_blocks=len(items))
         ds = ds.map_batches(_read_shards, fn_kwargs={"input_cfg": cfg.input, "clip_dim": plan.clip_dim,
-                                                     "ledger": ledger},
+                                                     "ledger": ledger, "tally": tally},
                             batch_size=1, batch_format="pyarrow", num_cpus=res.read.num_cpus,
                             compute=ray.data.TaskPoolStrategy(size=res.read.concurrency))
         # Blocks of input.batch_rows rows from here on. A read task's output is otherwise coalesced up
@@ -249,9 +303,13 @@ def _run_graph(cfg: BuildConfig, plan: BuildPlan, sink: ShardSink, models: str, 
         ds = ds.repartition(target_num_rows_per_block=cfg.input.batch_rows)
         for step in steps:
             ds = step.apply(ds, cfg.input.batch_rows)
+        # counts the rows reaching the writer for the progress line (fused with the write tasks)
+        ds = ds.map_batches(_tally_rows, fn_kwargs={"tally": tally}, batch_size=None, batch_format="pyarrow",
+                            num_cpus=res.write.num_cpus, compute=ray.data.TaskPoolStrategy(size=res.write.concurrency))
         datasink = make_datasink(sink.writer(), plan.clip_dim, cfg.write.rows_per_file)
-        ds.write_datasink(datasink, ray_remote_args={"num_cpus": res.write.num_cpus},
-                          concurrency=res.write.concurrency)
+        with _ProgressPoller(tally, plan.work):
+            ds.write_datasink(datasink, ray_remote_args={"num_cpus": res.write.num_cpus},
+                              concurrency=res.write.concurrency)
         read = ray.get(ledger.report.remote())
     finally:
         ctx.execution_options.preserve_order = preserve_order
@@ -261,7 +319,80 @@ def _run_graph(cfg: BuildConfig, plan: BuildPlan, sink: ShardSink, models: str, 
     ray_stats = written.stats() if written is not None else ""
     log.debug("Ray Data stats:\n%s", ray_stats)
     return _GraphRun(datasink.summary.data_rows, datasink.summary.reject_rows, ray_stats, read.failed,
-                     read.finished, read.vanished)
+                     read.finished, read.vanished, cfg)
+
+
+class RowTally:
+    """Rows read, and rows that reached the writer, accepted and rejected (a Ray actor of no CPU
+    during a build): what the progress line shows. A retried task may count its rows twice; the line is clipped to
+    the run's total and the end-of-build numbers come from the commits."""
+
+    def __init__(self) -> None:
+        self.rows_read = self.accepted = self.rejected = 0
+
+    def read(self, rows: int) -> None:
+        self.rows_read += rows
+
+    def add(self, accepted: int, rejected: int) -> None:
+        self.accepted += accepted
+        self.rejected += rejected
+
+    def counts(self) -> tuple[int, int, int]:
+        return self.rows_read, self.accepted, self.rejected
+
+
+def _tally_rows(block: pa.Table, tally) -> pa.Table:
+    """Count a block's accepted and rejected rows into ``tally`` (no wait) and pass it on unchanged."""
+    rejected = block.num_rows - block.column("reject_reason").null_count
+    tally.add.remote(block.num_rows - rejected, rejected)
+    return block
+
+
+def rows_to_do(work) -> int:
+    """Source rows a run has to build: the shards to do, less their rows already committed."""
+    return sum(max(s.size - len(work.skip.get(s.name, ())), 0) for s in work.todo)
+
+
+class _ProgressPoller:
+    """While the graph runs: reads the :class:`RowTally` every half second into one
+    :class:`humanverse.progress.Progress` display (rows of the run's total, accepted, rejected,
+    rate, ETA); its final line when the graph ends."""
+
+    def __init__(self, tally, work, every: float = 0.5):
+        from humanverse.progress import Progress
+
+        self.tally, self.every = tally, every
+        self.progress = Progress("build", total=rows_to_do(work), unit="rows",
+                                 counts=("read", "accepted", "rejected"), logger=log)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, name="build-progress", daemon=True)
+
+    def _read(self) -> None:
+        import ray
+
+        read, accepted, rejected = ray.get(self.tally.counts.remote(), timeout=10)
+        self.progress.update(done=accepted + rejected, read=read, accepted=accepted, rejected=rejected)
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.every):
+            try:
+                self._read()
+            except Exception:  # noqa: BLE001 - the display must never stop the build
+                log.debug("progress poll failed", exc_info=True)
+
+    def __enter__(self) -> _ProgressPoller:
+        self._thread.start()
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        if exc_type is None:
+            try:
+                self._read()
+            except Exception:  # noqa: BLE001
+                log.debug("progress poll failed", exc_info=True)
+        self.progress.close()
 
 
 def _failed_note(failed: dict[str, str]) -> str:

@@ -101,7 +101,9 @@ class WriteConfig:
 class RayConfig:
     #: logical CPUs of a local cluster (None: all); ignored when attaching to a cluster
     num_cpus: int | None = None
-    progress_bars: bool = True
+    #: Ray Data's own per-operator progress bars (also on with --verbose); the builder always draws
+    #: its one progress line (rows of the run's total, accepted, rejected, rate, ETA)
+    progress_bars: bool = False
     #: Ray's session folder for a local cluster (keep it short: socket paths are limited)
     temp_dir: str | None = None
     #: the cluster adds nodes on demand (KubeRay / cluster-launcher autoscaling, e.g. a GPU group with

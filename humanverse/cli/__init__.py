@@ -49,9 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-
 def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` (default: the process's arguments), set up logging, run the command; the exit code."""
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    configure_logging(args.log_level)
+    configure_logging(args.log_level, args.verbose)
     return run_command(args.run, args)

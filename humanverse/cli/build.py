@@ -33,7 +33,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import humanverse
     from humanverse.config import ConfigError
-    from humanverse.stats import format_stats
     from pipelines.build import build, load_config
 
     overrides = parse_sets(args.set)
@@ -44,7 +43,21 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"input {args.input} does not exist.")
     if args.models not in ("tiny", "paper") and not Path(args.models).is_dir():
         raise ConfigError(f"--models must be 'tiny', 'paper' or an existing directory, got {args.models!r}.")
-    build(args.input, args.output, cfg, models=args.models, address=args.address,
-          force_new_config=args.force_new_config, add_input=args.add_input)
-    sys.stdout.write(format_stats(humanverse.open(args.output).stats()) + "\n")
+    report = build(args.input, args.output, cfg, models=args.models, address=args.address,
+                   force_new_config=args.force_new_config, add_input=args.add_input)
+    sys.stdout.write(end_of_build(report.stats or humanverse.open(args.output).stats(), args.output))
     return 0
+
+
+def end_of_build(stats: dict, output: str) -> str:
+    """What ``build`` prints at its end: the dataset's totals and its reject funnel (rows per stage),
+    and one line saying where the config and the full report are."""
+    from humanverse.stats import format_stats
+
+    text = format_stats(stats)
+    head = text.split("\nSource shards:", 1)[0].rstrip("\n")  # title, totals, funnel
+    man = stats.get("dataset", {}).get("manifest") or {}
+    n = sum(1 for k in man if k.startswith("config."))
+    where = f"{output.rstrip('/')}/humanverse.json"
+    return (f"{head}\n\nconfig ({n} settings) and models recorded in {where}; the full report: "
+            f"humanverse stats {output}\n")

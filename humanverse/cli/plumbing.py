@@ -18,18 +18,25 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
-def configure_logging(level: str) -> None:
-    """One handler on the root logger (kept where one exists), timestamps to the second, ``level``."""
+def configure_logging(level: str, verbose: bool = False) -> None:
+    """One handler on the root logger (kept where one exists), timestamps to the second, ``level``;
+    the libraries' noise filtered unless ``verbose`` (:mod:`humanverse.progress`)."""
+    from humanverse.progress import set_verbose
+
     logging.basicConfig(format=LOG_FORMAT, datefmt="%H:%M:%S")
     logging.getLogger().setLevel(level)
+    set_verbose(verbose)
 
 
 def add_log_level(p: argparse.ArgumentParser, default: str | None = "INFO") -> None:
-    """``--log-level``: on the top-level parser (default INFO) and on every command, so it works on
-    either side of the command name (a command's copy leaves the value alone unless given)."""
+    """``--log-level`` and ``--verbose``: on the top-level parser and on every command, so they work
+    on either side of the command name (a command's copy leaves the value alone unless given)."""
     p.add_argument("--log-level", choices=LOG_LEVELS, type=str.upper,
                    default=default if default is not None else argparse.SUPPRESS,
                    help="logging level (default: INFO)")
+    p.add_argument("--verbose", action="store_true", default=False if default is not None else argparse.SUPPRESS,
+                   help="also show what the libraries print (Ray's start-up and worker lines, Ray Data's progress "
+                        "bars, model-loading bars, per-step train reports); default: filtered")
 
 
 def add_subcommand(sub, name: str, help: str) -> argparse.ArgumentParser:

@@ -1,0 +1,252 @@
+"""The one progress display and the quiet-by-default output (humanverse.progress), and the build's
+progress line, end-of-build report and GPU-less default."""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import pty
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from humanverse import progress
+from humanverse.progress import NoiseFilter, Progress, format_duration, keep_worker_line
+
+REPO = Path(__file__).resolve().parents[1]
+OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "YOLO_OFFLINE": "1", "NO_ALBUMENTATIONS_UPDATE": "1",
+           "RAY_USAGE_STATS_ENABLED": "0", "TOKENIZERS_PARALLELISM": "false"}
+
+
+class Clock:
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.fixture
+def quiet():
+    before = progress.verbose()
+    progress.set_verbose(False)
+    yield
+    progress.set_verbose(before)
+
+
+def test_format_duration():
+    assert format_duration(0) == "0:00"
+    assert format_duration(75) == "1:15"
+    assert format_duration(3725) == "1:02:05"
+    assert format_duration(None) == format_duration(float("inf")) == format_duration(-1) == "?"
+
+
+def test_log_mode_rate_eta_counts_and_final_line(caplog):
+    clock = Clock()
+    logger = logging.getLogger("test.progress")
+    caplog.set_level(logging.INFO, logger="test.progress")
+    p = Progress("build", total=100, unit="rows", counts=("accepted", "rejected"), interval=10, stream=io.StringIO(),
+                 logger=logger, clock=clock)
+    assert p.mode == "log"  # not a terminal
+    clock.t = 5
+    p.update(done=10, accepted=6, rejected=4)
+    assert not caplog.records  # at most one line per interval
+    clock.t = 10
+    p.update(done=20, accepted=12, rejected=8)
+    assert caplog.messages == ["build: 20/100 rows (20%), 12 accepted, 8 rejected, 2 rows/s, elapsed 0:10, ETA 0:40"]
+    clock.t = 12
+    p.update(advance=500)  # clipped to the total
+    assert p.done == 100
+    clock.t = 50
+    final = p.close()
+    assert final == "build: 100/100 rows (100%), 12 accepted, 8 rejected, 2 rows/s, in 0:50"
+    assert caplog.messages[-1] == final
+    p.update(done=1)  # after close: ignored
+    assert p.done == 100 and p.close() == final
+
+
+def test_eta_unknown_until_something_is_done_and_slow_rates():
+    clock = Clock()
+    p = Progress("train", total=10, unit="steps", stream=io.StringIO(), mode="log", clock=clock)
+    clock.t = 30
+    assert p.eta() is None and "ETA ?" in p.line()
+    p.update(done=1)
+    assert p.eta() == pytest.approx(270) and "30 s/step" in p.line()
+    resumed = Progress("train", total=10, unit="steps", initial=8, stream=io.StringIO(), mode="log", clock=clock)
+    clock.t = 40
+    resumed.update(done=9)  # the rate counts this run's steps only
+    assert resumed.eta() == pytest.approx(10)
+    with pytest.raises(ValueError, match="progress mode"):
+        Progress("x", 1, mode="fancy")
+
+
+def test_tty_mode_draws_one_line_in_place():
+    class Term(io.StringIO):
+        def isatty(self):
+            return True
+
+    term = Term()
+    p = Progress("build", total=4, unit="rows", counts=("accepted",), stream=term)
+    assert p.mode == "tty"
+    for i in range(1, 5):
+        p.update(done=i, accepted=i)
+    p.close()
+    text = term.getvalue()
+    assert "\r" in text and text.count("\n") <= 1  # redrawn in place, one line kept at the end
+    assert "build: 4/4 rows 100%" in text and "4 accepted" in text
+
+
+def test_noise_filter_and_worker_lines(quiet):
+    def rec(name, level, msg):
+        return logging.LogRecord(name, level, __file__, 1, msg, None, None)
+
+    f = NoiseFilter()
+    assert not f.filter(rec("ray._private.worker", logging.INFO, "Started a local Ray instance."))
+    assert not f.filter(rec("ray._private.authentication.authentication_token_setup", logging.WARNING,
+                            "Token authentication is enabled for this Ray cluster. Set RAY_AUTH_MODE=disabled"))
+    assert not f.filter(rec("ray.data._internal.issue_detection.issue_detector_manager", logging.WARNING,
+                            "\n\nOperator 'MapBatches(PersonDetector)' uses 632.3MiB of memory per\nworker on average"))
+    assert f.filter(rec("ray.data", logging.WARNING, "Cluster resources are not enough to run any task"))
+    assert f.filter(rec("pipelines.build", logging.INFO, "build finished"))
+    for noise in ("Loading weights: 100%|██████████| 51/51 [00:00<00:00, 15036.52it/s]",
+                  "Loading pipeline components...:  40%|████      | 2/5 [00:00<00:00, 18.60it/s]",
+                  "05:12:01 INFO pipelines.stages.depth: depth: midas backend",
+                  "INFO:pipelines.stages.aesthetic:aesthetic: tiny:clip-vit-l14",
+                  "2026-12-07 05:11:21,371\tINFO streaming_executor.py:215 -- Starting execution",
+                  "WARNING: 8 PYTHON worker processes have been started on node: 18577ca with address: 192.0.2.2",
+                  "Reporting training result 3: TrainingReport(...) from rank 0", "", "\x1b[A"):
+        assert not keep_worker_line(noise), noise
+    assert not keep_worker_line("Traceback (most recent call last):", actor="PlacementGroupCleaner")
+    for kept in ("05:12:01 WARNING pipelines.build: source shard x failed while being read",
+                 "Traceback (most recent call last):", "ValueError: bad image", "a print from a stage"):
+        assert keep_worker_line(kept), kept
+    progress.set_verbose(True)
+    assert keep_worker_line("Loading weights: 100%|█| 5/5") and f.filter(rec("ray", logging.INFO, "x"))
+
+
+def test_verbose_on_every_command():
+    from humanverse.cli import COMMANDS, build_parser
+
+    p = build_parser()
+    assert p.parse_args(["--verbose", "stats", "r"]).verbose is True
+    assert p.parse_args(["stats", "r"]).verbose is False
+    for command in COMMANDS:
+        name = command.NAME
+        argv = {"zoo": ["zoo", "list"], "testset": ["testset", "rows", "a", "b"]}.get(name, [name])
+        out = subprocess.run([sys.executable, "-m", "humanverse.cli", *argv, "--verbose", "--help"],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0 and "--verbose" in out.stdout, (name, out.stderr[-500:])
+
+
+def test_cpu_layout_fits_the_cluster():
+    from pipelines.build import cpu_layout, cpu_shortfall, default_layout, load_config
+    from pipelines.config import PRESETS
+    from pipelines.steps import plan_steps
+
+    cfg = load_config(None)
+    assert default_layout(cfg) and not default_layout(load_config(PRESETS / "cpu.yaml"))
+    assert not default_layout(load_config(None, {"resources.detect.num_gpus": 0.5}))
+    for cpus in (2, 4, 64):
+        cpu = cpu_layout(cfg, "tiny", None, cpus)
+        steps = plan_steps(cpu, "tiny", None)
+        assert all(step.num_gpus == 0 for step in steps)
+        assert cpu_shortfall(cpu, steps, cpus) is None, cpus
+        assert {k: v for k, v in vars(cpu).items() if k != "resources"} == \
+            {k: v for k, v in vars(cfg).items() if k != "resources"}  # only the resources change
+    preset = load_config(PRESETS / "cpu.yaml").resources
+    assert cpu_layout(cfg, "tiny", None, 64).resources == preset  # room enough: the preset as it is
+    assert cpu_layout(cfg, "tiny", None, 2).resources.detect.num_cpus < preset.detect.num_cpus
+
+
+# -- whole builds (slow): the demo input on a terminal and in a log, a rerun, no GPUs ---------------
+
+
+def _build_argv(out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "humanverse.cli", "build", str(REPO / "pipelines" / "sample_images"), str(out),
+            "--models", "tiny", *extra]
+
+
+def _run_on_a_terminal(argv: list[str], env: dict, timeout: float = 600) -> str:
+    """Run ``argv`` with a pseudo-terminal as stdout and stderr: what a user sees."""
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(argv, stdout=slave, stderr=slave, stdin=subprocess.DEVNULL, env=env, cwd=REPO,
+                            start_new_session=True)
+    os.close(slave)
+    chunks, deadline = [], time.time() + timeout
+    while time.time() < deadline:
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    proc.wait(timeout=max(deadline - time.time(), 1))
+    os.close(master)
+    return b"".join(chunks).decode(errors="replace")
+
+
+@pytest.mark.slow
+def test_demo_build_on_a_terminal_and_in_a_log(tmp_path, tiny_zoo):
+    env = {**os.environ, **OFFLINE, "HUMANVERSE_TINY_ZOO": str(tiny_zoo)}
+    env.pop("HUMANVERSE_VERBOSE", None)
+    demo = str(REPO / "pipelines" / "presets" / "demo.yaml")
+
+    screen = _run_on_a_terminal(_build_argv(tmp_path / "tty", "--config", demo), env)
+    lines = screen.replace("\r\n", "\n").split("\n")
+    # one live line redrawn in place (\r), with the run's total and an ETA
+    live = [ln for ln in lines if "\r" in ln]
+    assert live and all(ln.count("build: ") >= 1 for ln in live), screen[-3000:]
+    assert re.search(r"build: \d+/42 rows", screen) and "<" in screen  # tqdm's [elapsed<remaining]
+    assert "Reject funnel" in screen and screen.rstrip().splitlines()[-1].startswith("config (")
+    assert len([ln for ln in lines if ln.strip()]) < 40, screen
+    for noise in ("Token authentication", "Loading weights", "issue_detector", "UserWarning", "PYTHON worker",
+                  "config.detect"):
+        assert noise not in screen, noise
+
+    out = subprocess.run(_build_argv(tmp_path / "log", "--config", demo), env=env, capture_output=True, text=True,
+                         timeout=600, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-3000:]
+    text = out.stdout + out.stderr
+    assert "\r" not in text
+    assert re.search(r"INFO pipelines.build: build: 42/42 rows \(100%\), 42 read, 21 accepted, 21 rejected, .* in ",
+                     text), text
+    assert len(text.strip().splitlines()) < 40, text
+    assert "Reject funnel" in out.stdout and "Manifest" not in out.stdout
+
+    t0 = time.perf_counter()  # a rerun with nothing to do: no Ray, no model
+    again = subprocess.run(_build_argv(tmp_path / "log", "--config", demo), env=env, capture_output=True, text=True,
+                           timeout=120, cwd=REPO)
+    took = time.perf_counter() - t0
+    assert again.returncode == 0 and "0 to do" in again.stderr
+    assert took < 10, took  # < 5 s on an idle machine (README); slack for a loaded CI box
+
+
+@pytest.mark.slow
+def test_build_without_gpus_uses_cpus_by_itself(tmp_path, tiny_zoo, caplog):
+    """No --config on a cluster without GPUs: the CPU layout, said in one line, and the build runs."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from fixtures_sources import image_bytes
+    from pipelines.build import build, load_config
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(3):
+        (src / f"{i}.jpg").write_bytes(image_bytes(i))
+    env = {**os.environ, **OFFLINE, "HUMANVERSE_TINY_ZOO": str(tiny_zoo)}
+    out = subprocess.run([sys.executable, "-m", "humanverse.cli", "build", str(src), str(tmp_path / "out"),
+                          "--models", "tiny"], env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-3000:]
+    said = [ln for ln in out.stderr.splitlines() if "has no GPU" in ln]
+    assert len(said) == 1 and "presets/cpu.yaml" in said[0], out.stderr
+    assert "source rows      3" in out.stdout
+    import json
+
+    recorded = json.loads((tmp_path / "out" / "humanverse.json").read_text())["config"]["resources"]
+    assert recorded["detect"]["num_gpus"] == 0  # the manifest records the layout that ran
+    assert load_config(None).resources.detect.num_gpus > 0 and callable(build)
