@@ -5,10 +5,18 @@ This module is the one place that defines the 133-keypoint layout (mmpose
 the Wild", ECCV 2020): 0-16 COCO body, 17-22 feet, 23-90 face (68), 91-111 left hand, 112-132
 right hand.
 
-:func:`render_skeleton` draws the pose image the trainer conditions on (HyperHuman §3.2 uses the
-skeleton image, VAE-encoded, as in HumanSD/T2I-Adapter): OpenPose-style body limbs as coloured
-ellipses on black with the neck inserted between the shoulders, feet, hands as thin rainbow
-lines, and face points as white dots — the DWPose drawing convention, plus feet.
+The pose image the trainer conditions on comes in two styles (:data:`POSE_STYLES`,
+:func:`render_pose`):
+
+* ``humansd`` (:func:`render_humansd`): the paper's. HyperHuman App. A.13 draws the pose map
+  "exactly the same" as HumanSD (Ju et al., ICCV 2023): the 17 COCO body joints only, 16 limbs in
+  HumanSD's order (:data:`HUMANSD_LIMBS`), each a straight line 10 px wide at 512 px with a filled
+  circle of radius 5 at both ends, coloured from seaborn's 16-colour ``hls`` palette
+  (:data:`HUMANSD_COLORS`), on black. No joint dots of their own, no neck, no hands, face or feet.
+  Facts from HumanSD's ``ldm/data/humansd.py`` and ``configs/humansd/humansd-finetune.yaml``.
+* ``wholebody`` (:func:`render_skeleton`): OpenPose-style body limbs as coloured ellipses with the
+  neck inserted between the shoulders, feet, hands as thin rainbow lines and face points as white
+  dots (the DWPose drawing convention, plus feet).
 """
 
 from __future__ import annotations
@@ -206,3 +214,87 @@ def render_skeleton(keypoints, width: int, height: int, threshold: float = 0.3,
             if ok[j]:
                 _dot(draw, *kp[j, :2], style.face_radius * s, (255, 255, 255))
     return canvas
+
+
+# ---------------------------------------------------------------------------------------------
+# HumanSD's drawing (the paper's pose map, App. A.13)
+
+#: The pose-map styles: ``humansd`` (the paper's) and ``wholebody``.
+POSE_STYLES = ("humansd", "wholebody")
+#: HumanSD's 16 limbs in its drawing order, COCO-17 indices (``pose_skeleton`` in HumanSD's
+#: configs; entry i is drawn with colour i). There is no shoulder-shoulder or hip-hip line.
+HUMANSD_LIMBS: tuple[tuple[int, int], ...] = (
+    (0, 1), (0, 2), (1, 3), (2, 4), (3, 5), (4, 6), (5, 7), (6, 8),
+    (7, 9), (8, 10), (5, 11), (6, 12), (11, 13), (12, 14), (13, 15), (14, 16),
+)
+#: seaborn ``color_palette("hls", 16)`` (hues 0.01 + i/16, lightness 0.6, saturation 0.65) as
+#: HumanSD converts it, ``int(255 * c)`` per channel, RGB.
+HUMANSD_COLORS: tuple[tuple[int, int, int], ...] = (
+    (219, 94, 86), (219, 144, 86), (219, 194, 86), (194, 219, 86), (145, 219, 86), (95, 219, 86),
+    (86, 219, 127), (86, 219, 177), (86, 211, 219), (86, 161, 219), (86, 111, 219), (111, 86, 219),
+    (160, 86, 219), (210, 86, 219), (219, 86, 178), (219, 86, 128),
+)
+#: HumanSD's line width in pixels at its 512 px training size (``skeleton_width``); the end circles
+#: have radius ``width // 2``.
+HUMANSD_LINE_WIDTH = 10
+#: HumanSD draws at most this many people per image (``max_person_num``).
+HUMANSD_MAX_PERSONS = 10
+
+
+def _segment_polygon(x0: float, y0: float, x1: float, y1: float, half: float) -> list[tuple[float, float]]:
+    """The rectangle of a straight line ``2 * half`` wide from (x0, y0) to (x1, y1)."""
+    dx, dy = x1 - x0, y1 - y0
+    n = math.hypot(dx, dy)
+    ox, oy = -dy / n * half, dx / n * half
+    return [(x0 + ox, y0 + oy), (x1 + ox, y1 + oy), (x1 - ox, y1 - oy), (x0 - ox, y0 - oy)]
+
+
+def render_humansd(keypoints, width: int, height: int, threshold: float = 0.3, scale_with_size: bool = True
+                   ) -> Image.Image:
+    """Draw COCO-17 body skeletons as HumanSD does (HyperHuman App. A.13) on a black RGB image.
+
+    ``keypoints``: as :func:`render_skeleton` (133 whole-body keypoints per person; only the body
+    0-16 are used) or (P, 17, 3). A limb is drawn when both ends score >= ``threshold``, are
+    finite and lie inside the image (HumanSD drops keypoints outside it), as a line
+    :data:`HUMANSD_LINE_WIDTH` px wide with a filled circle of radius ``width // 2`` at each end,
+    in :data:`HUMANSD_LIMBS` order with :data:`HUMANSD_COLORS`; coordinates are truncated to
+    integers as HumanSD's OpenCV calls do. The first :data:`HUMANSD_MAX_PERSONS` people are drawn.
+    ``scale_with_size`` scales the width by max(width, height) / 512 (HumanSD trains at 512).
+    """
+    if width <= 0 or height <= 0:
+        raise ValueError(f"width and height must be positive, got {width}x{height}.")
+    if len(keypoints) == 0:
+        people = np.zeros((0, 17, 3), np.float32)
+    else:
+        kp = np.asarray(keypoints, dtype=np.float32)
+        if kp.ndim >= 2 and kp.shape[-2:] == (17, 3):
+            people = kp.reshape(-1, 17, 3)
+        else:
+            people = _as_people(keypoints)[:, :17]
+    s = max(width, height) / 512.0 if scale_with_size else 1.0
+    line = max(1, round(HUMANSD_LINE_WIDTH * s))
+    radius = line // 2
+    canvas = Image.new("RGB", (width, height), (0, 0, 0))
+    draw = ImageDraw.Draw(canvas)
+    for kp in people[:HUMANSD_MAX_PERSONS]:
+        ok = (np.isfinite(kp).all(axis=1) & (kp[:, 2] >= threshold) & (kp[:, 0] >= 0) & (kp[:, 1] >= 0)
+              & (kp[:, 0] < width) & (kp[:, 1] < height))
+        xy = np.trunc(np.nan_to_num(kp[:, :2]))
+        for (a, b), color in zip(HUMANSD_LIMBS, HUMANSD_COLORS):
+            if ok[a] and ok[b]:
+                (xa, ya), (xb, yb) = xy[a], xy[b]
+                if (xa, ya) != (xb, yb):  # a zero-length limb is its end circle only
+                    draw.polygon(_segment_polygon(xa, ya, xb, yb, line / 2), fill=color)
+                if radius > 0:
+                    _dot(draw, xa, ya, radius, color)
+                    _dot(draw, xb, yb, radius, color)
+    return canvas
+
+
+def render_pose(keypoints, width: int, height: int, threshold: float = 0.3, style: str = "humansd") -> Image.Image:
+    """The pose map the models condition on, in ``style`` (:data:`POSE_STYLES`)."""
+    if style == "humansd":
+        return render_humansd(keypoints, width, height, threshold)
+    if style == "wholebody":
+        return render_skeleton(keypoints, width, height, threshold)
+    raise ValueError(f"pose style must be one of {', '.join(POSE_STYLES)}, got {style!r}.")
