@@ -454,8 +454,9 @@ def test_missing_input_and_gpu_request_on_a_cpu_cluster(ray_cluster, tmp_path, c
     src = tmp_path / "in"
     src.mkdir()
     (src / "a.jpg").write_bytes(image_bytes(0))
-    with pytest.raises(ConfigError, match="resources.detect.num_gpus is 0.25 but the Ray cluster has no GPUs"):
-        build(str(src), str(tmp_path / "out"), load_config(None), models="tiny")
+    # resources chosen by a config (here --set) are honoured: refused (the defaults fall back to CPUs)
+    with pytest.raises(ConfigError, match="resources.detect.num_gpus is 0.5 but the Ray cluster has no GPUs"):
+        build(str(src), str(tmp_path / "out"), load_config(None, {"resources.detect.num_gpus": 0.5}), models="tiny")
     from pipelines.build import _check_gpus
 
     caplog.clear()
