@@ -111,7 +111,7 @@ def _peaks(seed=0):
 
 @pytest.fixture(scope="module")
 def stage(tiny_zoo):
-    return PoseEstimator(PoseConfig(device="cpu", dtype="float32"), models="tiny")
+    return PoseEstimator(PoseConfig(device="cpu", dtype="float32", decoding="udp"), models="tiny")
 
 
 def test_tiny_checkpoint_matches_the_real_processor_and_layout(tiny_zoo):
@@ -188,7 +188,7 @@ def test_flip_test_runs_and_keeps_symmetric_peaks(stage):
         hm[k, i, j] = float(v)
     img = make_sample(200, 240, seed=7).image
     box = [40, 20, 160, 220]
-    with fixed_heatmaps(stage, hm, PoseConfig(device="cpu", dtype="float32", flip_test=True)):
+    with fixed_heatmaps(stage, hm, PoseConfig(device="cpu", dtype="float32", flip_test=True, decoding="udp")):
         (r,) = _run(stage, [_row(img, 0, [box])])
     got = decode_keypoints(r["persons"][0]["keypoints"])
     paired = FLIP_INDEX != np.arange(K)
