@@ -91,16 +91,19 @@ def _md(text: str) -> str:
     return text.replace("|", "\\|")
 
 
+def _type_str(t: pa.DataType) -> str:
+    """A short type name for people: ``float32``, ``float32[4]`` (fixed size), ``list<string>``."""
+    if pa.types.is_fixed_size_list(t):
+        return f"{_type_str(t.value_type)}[{t.list_size}]"
+    if pa.types.is_list(t):
+        return f"list<{'struct' if pa.types.is_struct(t.value_type) else _type_str(t.value_type)}>"
+    if pa.types.is_struct(t):
+        return "struct"
+    return _ARROW_TO_HF.get(t, str(t))
+
+
 def _type_name(f: pa.Field, top: bool) -> str:
-    t = f.type
-    if top and f.name in IMAGE_COLUMNS:
-        name = "image (encoded bytes)"
-    elif pa.types.is_list(t) and pa.types.is_struct(t.value_type):
-        name = "list<struct>"
-    elif pa.types.is_struct(t):
-        name = "struct"
-    else:
-        name = str(t)
+    name = "image (encoded bytes)" if top and f.name in IMAGE_COLUMNS else _type_str(f.type)
     return name if f.nullable else name + ", not null"
 
 
@@ -138,6 +141,7 @@ def card_text(manifest: Mapping) -> str:
         "import datasets",
         'ds = datasets.load_dataset("ROOT", "data", split="train")        # image, depth, normal: PIL images',
         'rejects = datasets.load_dataset("ROOT", "rejects", split="train")',
+        'big = datasets.load_dataset("ROOT", "data", split="train", streaming=True)  # no local copy',
         "",
         "import humanverse                                                  # committed files only",
         'humanverse.open("ROOT").query("SELECT count(*) FROM hv WHERE num_persons = 1")',

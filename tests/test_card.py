@@ -146,11 +146,16 @@ def test_kp_macros_match_the_stored_keypoints():
         con.execute("SELECT kp_visible(persons[1], 'hands') FROM hv").fetchall()
 
 
-def test_query_single_person_both_hands_visible(varied_root, capsys):
+def test_query_single_person_both_hands_visible(varied_root, capsys, tmp_path):
+    from model.training.data import check_where
+
     root, table = varied_root
     expected = _expected_both_hands(table)
     assert 0 < len(expected) < table.num_rows  # the data really exercises the filter
-    assert where_expression(BOTH_HANDS)  # also a valid row filter for show --where / the trainer's data.where
+    assert where_expression(BOTH_HANDS) and check_where(BOTH_HANDS)  # a row filter for show and the trainer too
+    html = tmp_path / "g.html"
+    assert main(["show", str(root), "--where", BOTH_HANDS, "--limit", "2", "--out", str(html)]) == 0
+    assert f"{len(expected)} match" in html.read_text()
     capsys.readouterr()
     assert main(["query", str(root), f"SELECT id FROM hv WHERE {BOTH_HANDS}", "--format", "json"]) == 0
     got = {json.loads(line)["id"] for line in capsys.readouterr().out.splitlines()}
