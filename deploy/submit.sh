@@ -24,19 +24,28 @@ environment:
                             e.g. after `ray dashboard deploy/cluster.yaml` or a kubectl port-forward)
   RAY_AUTH_MODE, RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH
                             token authentication, read by the `ray` client itself
-  HF_HUB_OFFLINE, TRANSFORMERS_OFFLINE, HUMANVERSE_TINY_ZOO
-                            passed through to the job when set
-  HUMANVERSE_SUBMIT_ENV     extra variable names to pass through (space-separated)
+  HUMANVERSE_TINY_ZOO       passed through to the job when set (where --models tiny finds the tiny zoo)
+  HUMANVERSE_SUBMIT_ENV     other variable names to pass through when set (space-separated), e.g.
+                            "HF_HUB_OFFLINE TRANSFORMERS_OFFLINE" for a cluster whose model cache is
+                            filled and that has no network. Nothing else of this shell reaches the
+                            job: a hub-offline switch set here would stop workers with an empty
+                            cache from downloading the models.
   HUMANVERSE_SUBMIT_ARGS    extra `ray job submit` options (space-separated), e.g.
                             "--no-wait --submission-id humanverse-laion-00"
   HUMANVERSE_SUBMIT_DRY_RUN=1
                             print the command (one argument per line) instead of running it
+                            (also: --dry-run as the first argument)
 EOF
     exit "${1:-2}"
 }
 
 if [[ $# -ge 1 && ( "$1" == "-h" || "$1" == "--help" ) ]]; then
     usage 0
+fi
+dry_run="${HUMANVERSE_SUBMIT_DRY_RUN:-0}"
+if [[ $# -ge 1 && "$1" == "--dry-run" ]]; then
+    dry_run=1
+    shift
 fi
 if [[ $# -lt 2 ]]; then
     usage 2
@@ -51,10 +60,12 @@ address="${RAY_ADDRESS:-http://127.0.0.1:8265}"
 # refused from 512 MiB; .venv alone is ~7 GB and out/ holds local datasets.
 excludes=(.git .venv venv out .tiny-zoo "**/__pycache__" "*.egg-info" .pytest_cache .ruff_cache build dist)
 
-# Variables passed to the job driver and its workers when set here. Secrets (HF_TOKEN, cloud
-# credentials) are deliberately not in this list: runtime_env is readable by anyone who can list
-# jobs; give them to the cluster's image or pod spec instead.
-passthrough=(HF_HUB_OFFLINE TRANSFORMERS_OFFLINE HUMANVERSE_TINY_ZOO)
+# Variables passed to the job driver and its workers when set here: only what the job needs, and
+# what HUMANVERSE_SUBMIT_ENV asks for. Not this shell's HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE (set for
+# local work, they would stop workers with an empty cache from downloading). Secrets (HF_TOKEN,
+# cloud credentials) never: runtime_env is readable by anyone who can list jobs; give them to the
+# cluster's image or pod spec instead.
+passthrough=(HUMANVERSE_TINY_ZOO)
 read -r -a extra_env <<<"${HUMANVERSE_SUBMIT_ENV:-}"
 passthrough+=("${extra_env[@]}")
 
@@ -94,7 +105,7 @@ cmd=(ray job submit
      "${submit_args[@]}"
      -- python -m pipelines.build "$@")
 
-if [[ "${HUMANVERSE_SUBMIT_DRY_RUN:-0}" == "1" ]]; then
+if [[ "$dry_run" == "1" ]]; then
     printf '%s\n' "${cmd[@]}"
     exit 0
 fi

@@ -86,8 +86,9 @@ def test_deploy_files():
     assert dockerfile.index("torch==2.14.1") < dockerfile.index("-r /tmp/requirements.txt")
 
 
-#: what deploy/submit.sh passes from its environment to the job's (when set)
-PASSTHROUGH = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HUMANVERSE_TINY_ZOO")
+#: what deploy/submit.sh passes from its environment to the job's (when set; others only when named
+#: in HUMANVERSE_SUBMIT_ENV: tests/test_deploy.py)
+PASSTHROUGH = ("HUMANVERSE_TINY_ZOO",)
 
 
 def _submit_sh_dry_run(env: dict[str, str], *args: str) -> list[str]:
@@ -102,7 +103,7 @@ def test_submit_sh_syntax_and_runtime_env():
     assert bad.returncode == 2 and "usage:" in bad.stdout
 
     env = {k: v for k, v in os.environ.items() if k not in PASSTHROUGH and not k.startswith(("RAY_", "HUMANVERSE_"))}
-    env.update(HUMANVERSE_TINY_ZOO='/tmp/zoo "quoted"', HF_HUB_OFFLINE="1")
+    env.update(HUMANVERSE_TINY_ZOO='/tmp/zoo "quoted"', HF_HUB_OFFLINE="1", HUMANVERSE_SUBMIT_ENV="HF_HUB_OFFLINE")
     cmd = _submit_sh_dry_run(env, "in dir", "out", "--models", "tiny")
     assert cmd[:3] == ["ray", "job", "submit"]
     assert cmd[cmd.index("--address") + 1] == "http://127.0.0.1:8265"
@@ -317,6 +318,7 @@ def test_ray_job_submit_two_nodes(tmp_path, tiny_zoo):
 
         submission_id = f"hvtest-{secrets.token_hex(4)}"
         submit_env = {**env, "RAY_ADDRESS": api, "HF_HUB_OFFLINE": "1", "HUMANVERSE_TINY_ZOO": str(tiny_zoo),
+                      "HUMANVERSE_SUBMIT_ENV": "HF_HUB_OFFLINE",
                       "HUMANVERSE_SUBMIT_ARGS": f"--submission-id {submission_id}"}
         t1 = time.monotonic()
         try:
