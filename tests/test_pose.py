@@ -1,5 +1,6 @@
 """Whole-body pose stage (ViTPose, 133 keypoints) on tiny real-class models, and its coordinate chain:
-box -> 1.25 padding -> 256x192 UDP crop -> 64x48 heatmap -> image -> outpaint canvas -> stored pixels."""
+box -> 1.25 padding -> 256x192 crop (UDP, or the whole-body model's classic non-UDP one) -> 64x48
+heatmap -> image -> outpaint canvas -> stored pixels."""
 
 from __future__ import annotations
 
@@ -225,7 +226,12 @@ def test_box_padding_scales_the_crop(stage):
 
 
 def _save_vitpose(tmp_path, tiny_zoo, num_labels: int, num_experts: int = 1):
-    from transformers import VitPoseBackboneConfig, VitPoseConfig, VitPoseForPoseEstimation, VitPoseImageProcessor
+    from transformers import (
+        VitPoseBackboneConfig,
+        VitPoseConfig,
+        VitPoseForPoseEstimation,
+        VitPoseImageProcessor,
+    )
 
     backbone = VitPoseBackboneConfig(image_size=[256, 192], patch_size=[16, 16], hidden_size=32, num_hidden_layers=1,
                                      num_attention_heads=2, mlp_ratio=2, num_experts=num_experts, part_features=8,
@@ -337,3 +343,118 @@ def test_missing_mmpose_is_one_clear_import_error():
         pytest.skip("MMPose is installed here")
     with pytest.raises(ImportError, match="optional MMPose stack.*mmpose_backend.py"):
         PoseEstimator(PoseConfig(backend="mmpose", mmpose_config="wholebody.py", model="wholebody.pth", device="cpu"))
+
+
+# ---------------------------------------------------------------------------------------------
+# classic (non-UDP) decoding: the paper's whole-body model (ViTPose_huge_wholebody_256x192.py)
+
+
+def expected_classic(box_stored, offset, cells, size, padding=1.25):
+    """Where heatmap cells land under ViTPose's non-UDP transform, from its definition: the box
+    grown to 192:256 and padded is w x h pixels around (cx, cy) in cv2 pixel indices; cell j maps to
+    ``cx - w/2 + j * w / 48`` (``transform_preds(use_udp=False)``); our pixel centres are +0.5."""
+    x0, y0, x1, y1 = np.asarray(box_stored, np.float64) + [offset[0], offset[1]] * 2 - 0.5
+    cx, cy, w, h = (x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0
+    if w > 0.75 * h:
+        h = w / 0.75
+    else:
+        w = h * 0.75
+    w, h = w * padding, h * padding
+    j, i = np.asarray(cells, np.float64).T
+    return np.stack([cx - w / 2 + j * w / HM_W - offset[0] + 0.5, cy - h / 2 + i * h / HM_H - offset[1] + 0.5], 1)
+
+
+def _gaussian_heatmaps(points, sigma=2.0):
+    ys, xs = np.mgrid[0:HM_H, 0:HM_W]
+    return np.stack([np.exp(-((xs - x) ** 2 + (ys - y) ** 2) / (2 * sigma**2)) for x, y in points]).astype(np.float32)
+
+
+def test_classic_coordinate_round_trip_is_within_a_hundredth_of_a_pixel():
+    """image point -> non-UDP crop (classic_affine) -> heatmap (/4) -> Gaussian -> classic_decode ->
+    image point, for points on heatmap cells (the quarter-shift is then 0, as for a symmetric peak)."""
+    from pipelines.stages.pose import box_center_scale, classic_affine, classic_decode
+
+    rng = np.random.default_rng(0)
+    for box in ([37.3, 12.9, 81.0, 200.4], [5.0, 5.0, 305.5, 120.25], [100.0, 50.0, 101.5, 53.0]):
+        (center,), (size,) = box_center_scale([box])
+        cells = np.stack([rng.integers(3, HM_W - 3, 40), rng.integers(3, HM_H - 3, 40)], 1).astype(np.float64)
+        # the image points whose crop coordinates are exactly 4 x those cells
+        m = classic_affine(center, size, (256, 192))
+        pts = (cells * 4 - m[:, 2]) / np.diag(m)
+        crop = pts * np.diag(m) + m[:, 2]
+        np.testing.assert_allclose(crop / 4, cells, atol=1e-9)  # the warp itself
+        kp = classic_decode(_gaussian_heatmaps(cells)[None], center[None], size[None])[0]
+        np.testing.assert_allclose(kp[:, :2], pts, atol=0.01)
+        np.testing.assert_allclose(kp[:, 2], 1.0, atol=1e-6)
+    # off-cell peaks move a quarter cell towards the higher neighbour, as post_process='default'
+    hm = _gaussian_heatmaps([(20.3, 30.0)])
+    kp = classic_decode(hm[None], np.array([[96.0, 128.0]]), np.array([[192.0, 256.0]]))[0, 0]
+    assert kp[0] == pytest.approx(20.25 * 4, abs=1e-9) and kp[1] == pytest.approx(30 * 4, abs=1e-9)
+
+
+@pytest.fixture(scope="module")
+def classic_stage(tiny_zoo):
+    """The tiny stand-in decodes as the real whole-body model: its folder's pose_decoding.json."""
+    return PoseEstimator(PoseConfig(device="cpu", dtype="float32"), models="tiny")
+
+
+def test_tiny_model_records_the_whole_body_decoding(classic_stage):
+    d = classic_stage.backend.decoding
+    assert (d.use_udp, d.flip_test, d.shift_heatmap, d.post_process) == (False, True, True, "default")
+
+
+def test_classic_crop_puts_the_box_centre_at_the_crop_centre(classic_stage):
+    """Non-UDP: the box centre (our pixel (100.5, 120.5) = cv2 index (100, 120)) lands on crop
+    index (96, 128) = (192/2, 256/2), not UDP's (95.5, 127.5)."""
+    a = np.zeros((240, 200, 3), np.uint8)
+    a[120, 100] = 255
+    box = [100.5 - 12, 120.5 - 16, 100.5 + 12, 120.5 + 16]
+    crops, _, _ = classic_stage.backend.classic_crops(Image.fromarray(a), processor_boxes([box]))
+    v = (crops[0, 0] * 0.229 + 0.485).numpy()
+    v = np.clip(v - v.min(), 0, None)
+    ys, xs = np.mgrid[0:256, 0:192]
+    assert (v * xs).sum() / v.sum() == pytest.approx(96, abs=0.3)
+    assert (v * ys).sum() / v.sum() == pytest.approx(128, abs=0.3)
+
+
+def test_classic_stage_lands_peaks_where_the_original_transform_puts_them(classic_stage):
+    cells, values, hm = _peaks(seed=3)
+    img = make_sample(200, 240, num_persons=2, seed=9).image
+    left = [0, 40, 90, 230]
+    canvas = plan_canvas(200, 240, [left], policy="truncated", pad_fraction=0.25, border_margin=0.02)
+    rows = [_row(img, 0, [left], canvas), _row(img, 1, [[30, 5, 190, 235]])]
+    with fixed_heatmaps(classic_stage, hm, PoseConfig(device="cpu", dtype="float32", flip_test=False)):
+        out = _run(classic_stage, rows)
+    for person, box, offset in ((out[0]["persons"][0], left, (canvas.offset_x, 0)),
+                                (out[1]["persons"][0], [30, 5, 190, 235], (0, 0))):
+        got = decode_keypoints(person["keypoints"])
+        want = expected_classic(box, offset, cells, (200, 240))
+        np.testing.assert_allclose(got[:, :2], want, atol=0.01)
+        inside = (want[:, 0] >= 0) & (want[:, 0] < 200) & (want[:, 1] >= 0) & (want[:, 1] < 240)
+        np.testing.assert_allclose(got[:, 2], np.where(inside, values, 0), atol=1e-6)
+
+
+def test_classic_flip_test_flips_back_swaps_and_shifts_one_column(classic_stage):
+    """Flip test as the original: the flipped crop's heatmaps flipped back with left/right swapped
+    and shifted one column right (shift_heatmap). With mirror-symmetric one-cell peaks the average
+    holds v/2 at column j and v/2 at j + 1, which decodes a quarter cell right of j."""
+    from humanverse.skeleton import FLIP_INDEX
+
+    cells, values, _ = _peaks(seed=4)
+    for k in range(K):
+        if FLIP_INDEX[k] > k:
+            cells[FLIP_INDEX[k]] = (HM_W - 1 - cells[k][0], cells[k][1])
+            values[FLIP_INDEX[k]] = values[k]
+    hm = torch.zeros(K, HM_H, HM_W)
+    for k, ((j, i), v) in enumerate(zip(cells, values)):
+        hm[k, i, j] = float(v)
+    img = make_sample(200, 240, seed=10).image
+    box = [40, 20, 160, 220]
+    with fixed_heatmaps(classic_stage, hm):  # flip test on: the model's recorded decoding
+        (r,) = _run(classic_stage, [_row(img, 0, [box])])
+    got = decode_keypoints(r["persons"][0]["keypoints"])
+    paired = (FLIP_INDEX != np.arange(K)) & (cells[:, 0] > 1) & (cells[:, 0] < HM_W - 2)
+    shifted = cells.astype(np.float64) + [0.25, 0.0]
+    want = expected_classic(box, (0, 0), shifted, (200, 240))
+    np.testing.assert_allclose(got[paired, :2], want[paired], atol=0.01)
+    np.testing.assert_allclose(got[paired, 2], values[paired] / 2, atol=1e-6)

@@ -20,12 +20,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipelines.annotators.vitpose_convert import convert_vitpose, convert_vitpose_state_dict
+from pipelines.annotators.vitpose_convert import (
+    convert_vitpose,
+    convert_vitpose_state_dict,
+)
 
 DIM, DEPTH, HEADS, K = 32, 2, 2, 133
 
 
-def original_state_dict(seed: int = 0, *, unsplit: bool = False) -> dict[str, torch.Tensor]:
+def original_state_dict(
+    seed: int = 0, *, unsplit: bool = False
+) -> dict[str, torch.Tensor]:
     """A random ViTPose(++) whole-body state dict in the original key layout (tiny widths).
 
     ``unsplit``: the ViTPose++ layout, where ``mlp.fc2`` holds only the shared rows, six experts
@@ -55,12 +60,20 @@ def original_state_dict(seed: int = 0, *, unsplit: bool = False) -> dict[str, to
             f"{b}.mlp.fc1.weight": r(4 * DIM, DIM), f"{b}.mlp.fc1.bias": r(4 * DIM),
         }  # fmt: skip
         if unsplit:
-            sd[f"{b}.mlp.fc2.weight"], sd[f"{b}.mlp.fc2.bias"] = r(DIM - part, 4 * DIM), r(DIM - part)
+            sd[f"{b}.mlp.fc2.weight"], sd[f"{b}.mlp.fc2.bias"] = (
+                r(DIM - part, 4 * DIM),
+                r(DIM - part),
+            )
             for e in range(6):
-                sd[f"{b}.mlp.experts.{e}.weight"], sd[f"{b}.mlp.experts.{e}.bias"] = r(part, 4 * DIM), r(part)
+                sd[f"{b}.mlp.experts.{e}.weight"], sd[f"{b}.mlp.experts.{e}.bias"] = (
+                    r(part, 4 * DIM),
+                    r(part),
+                )
         else:
             sd[f"{b}.mlp.fc2.weight"], sd[f"{b}.mlp.fc2.bias"] = r(DIM, 4 * DIM), r(DIM)
-            sd[f"{b}.mlp.experts.0.weight"] = r(part, 4 * DIM)  # leftovers of model_split.py: dropped
+            sd[f"{b}.mlp.experts.0.weight"] = r(
+                part, 4 * DIM
+            )  # leftovers of model_split.py: dropped
 
     def head(prefix: str, outputs: int) -> None:
         sd[f"{prefix}.deconv_layers.0.weight"] = r(DIM, 256, 4, 4, scale=0.05)
@@ -69,7 +82,9 @@ def original_state_dict(seed: int = 0, *, unsplit: bool = False) -> dict[str, to
             sd[f"{prefix}.deconv_layers.{j}.weight"] = 1 + r(256)
             sd[f"{prefix}.deconv_layers.{j}.bias"] = r(256)
             sd[f"{prefix}.deconv_layers.{j}.running_mean"] = r(256)
-            sd[f"{prefix}.deconv_layers.{j}.running_var"] = 0.5 + torch.rand(256, generator=g)
+            sd[f"{prefix}.deconv_layers.{j}.running_var"] = 0.5 + torch.rand(
+                256, generator=g
+            )
             sd[f"{prefix}.deconv_layers.{j}.num_batches_tracked"] = torch.tensor(100)
         sd[f"{prefix}.final_layer.weight"] = r(outputs, 256, 1, 1)
         sd[f"{prefix}.final_layer.bias"] = r(outputs)
@@ -84,10 +99,18 @@ def original_state_dict(seed: int = 0, *, unsplit: bool = False) -> dict[str, to
     return sd
 
 
-def reference_forward(sd: dict[str, torch.Tensor], x: torch.Tensor, *, unsplit: bool = False) -> torch.Tensor:
+def reference_forward(
+    sd: dict[str, torch.Tensor], x: torch.Tensor, *, unsplit: bool = False
+) -> torch.Tensor:
     """The original ViTPose forward (backbone + TopdownHeatmapSimpleHead), written independently."""
     B = x.shape[0]
-    t = F.conv2d(x, sd["backbone.patch_embed.proj.weight"], sd["backbone.patch_embed.proj.bias"], stride=16, padding=2)
+    t = F.conv2d(
+        x,
+        sd["backbone.patch_embed.proj.weight"],
+        sd["backbone.patch_embed.proj.bias"],
+        stride=16,
+        padding=2,
+    )
     Hp, Wp = t.shape[2:]
     t = t.flatten(2).transpose(1, 2)
     pos = sd["backbone.pos_embed"]
@@ -95,27 +118,41 @@ def reference_forward(sd: dict[str, torch.Tensor], x: torch.Tensor, *, unsplit: 
     hd = DIM // HEADS
     for i in range(DEPTH):
         b = f"backbone.blocks.{i}"
-        y = F.layer_norm(t, (DIM,), sd[f"{b}.norm1.weight"], sd[f"{b}.norm1.bias"], eps=1e-6)
+        y = F.layer_norm(
+            t, (DIM,), sd[f"{b}.norm1.weight"], sd[f"{b}.norm1.bias"], eps=1e-6
+        )
         qkv = F.linear(y, sd[f"{b}.attn.qkv.weight"], sd[f"{b}.attn.qkv.bias"])
         q, k, v = qkv.reshape(B, -1, 3, HEADS, hd).permute(2, 0, 3, 1, 4)
         attn = ((q * hd**-0.5) @ k.transpose(-2, -1)).softmax(-1)
         y = (attn @ v).transpose(1, 2).reshape(B, -1, DIM)
         t = t + F.linear(y, sd[f"{b}.attn.proj.weight"], sd[f"{b}.attn.proj.bias"])
-        y = F.layer_norm(t, (DIM,), sd[f"{b}.norm2.weight"], sd[f"{b}.norm2.bias"], eps=1e-6)
+        y = F.layer_norm(
+            t, (DIM,), sd[f"{b}.norm2.weight"], sd[f"{b}.norm2.bias"], eps=1e-6
+        )
         y = F.linear(y, sd[f"{b}.mlp.fc1.weight"], sd[f"{b}.mlp.fc1.bias"])
         y = 0.5 * y * (1 + torch.erf(y / math.sqrt(2)))  # exact GELU
         if unsplit:
             shared = F.linear(y, sd[f"{b}.mlp.fc2.weight"], sd[f"{b}.mlp.fc2.bias"])
-            expert = F.linear(y, sd[f"{b}.mlp.experts.5.weight"], sd[f"{b}.mlp.experts.5.bias"])
+            expert = F.linear(
+                y, sd[f"{b}.mlp.experts.5.weight"], sd[f"{b}.mlp.experts.5.bias"]
+            )
             y = torch.cat([shared, expert], dim=-1)
         else:
             y = F.linear(y, sd[f"{b}.mlp.fc2.weight"], sd[f"{b}.mlp.fc2.bias"])
         t = t + y
-    t = F.layer_norm(t, (DIM,), sd["backbone.last_norm.weight"], sd["backbone.last_norm.bias"], eps=1e-6)
+    t = F.layer_norm(
+        t,
+        (DIM,),
+        sd["backbone.last_norm.weight"],
+        sd["backbone.last_norm.bias"],
+        eps=1e-6,
+    )
     f = t.transpose(1, 2).reshape(B, DIM, Hp, Wp)
     h = "associate_keypoint_heads.4" if unsplit else "keypoint_head"
     for deconv, bn in ((0, 1), (3, 4)):
-        f = F.conv_transpose2d(f, sd[f"{h}.deconv_layers.{deconv}.weight"], stride=2, padding=1)
+        f = F.conv_transpose2d(
+            f, sd[f"{h}.deconv_layers.{deconv}.weight"], stride=2, padding=1
+        )
         p = f"{h}.deconv_layers.{bn}"
         f = F.batch_norm(f, sd[f"{p}.running_mean"], sd[f"{p}.running_var"], sd[f"{p}.weight"], sd[f"{p}.bias"],
                          training=False, eps=1e-5)  # fmt: skip
@@ -125,20 +162,39 @@ def reference_forward(sd: dict[str, torch.Tensor], x: torch.Tensor, *, unsplit: 
 
 def _save(sd: dict, path: Path) -> Path:
     # Checkpoints carry metadata next to the weights, numpy scalars included.
-    torch.save({"state_dict": sd, "meta": {"epoch": np.int64(210), "best": np.float64(0.612)}}, path)
+    torch.save(
+        {"state_dict": sd, "meta": {"epoch": np.int64(210), "best": np.float64(0.612)}},
+        path,
+    )
     return path
 
 
-@pytest.mark.parametrize("unsplit", [False, True], ids=["split-wholebody.pth", "unsplit-vitpose++"])
-def test_converted_model_matches_the_original_architecture(tmp_path: Path, unsplit: bool) -> None:
+@pytest.mark.parametrize(
+    "unsplit", [False, True], ids=["split-wholebody.pth", "unsplit-vitpose++"]
+)
+def test_converted_model_matches_the_original_architecture(
+    tmp_path: Path, unsplit: bool
+) -> None:
     from transformers import VitPoseForPoseEstimation
 
     sd = original_state_dict(1, unsplit=unsplit)
-    out = convert_vitpose(_save(sd, tmp_path / "wholebody.pth"), tmp_path / "hf", num_attention_heads=HEADS)
+    out = convert_vitpose(
+        _save(sd, tmp_path / "wholebody.pth"),
+        tmp_path / "hf",
+        num_attention_heads=HEADS,
+    )
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["config.json", "model.safetensors", "pose_decoding.json", "preprocessor_config.json"]
+    assert names == [
+        "config.json",
+        "model.safetensors",
+        "pose_decoding.json",
+        "preprocessor_config.json",
+    ]
     model = VitPoseForPoseEstimation.from_pretrained(out).eval()
-    assert model.config.backbone_config.layer_norm_eps == 1e-6 and model.config.num_labels == K
+    assert (
+        model.config.backbone_config.layer_norm_eps == 1e-6
+        and model.config.num_labels == K
+    )
     x = torch.randn(2, 3, 256, 192, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         ours = model(pixel_values=x).heatmaps
@@ -161,26 +217,38 @@ def test_the_key_map_covers_every_target_key() -> None:
 
 def test_anything_else_is_refused_with_one_sentence(tmp_path: Path) -> None:
     coco = original_state_dict()
-    coco["keypoint_head.final_layer.weight"] = coco["keypoint_head.final_layer.weight"][:17]
+    coco["keypoint_head.final_layer.weight"] = coco["keypoint_head.final_layer.weight"][
+        :17
+    ]
     coco["keypoint_head.final_layer.bias"] = coco["keypoint_head.final_layer.bias"][:17]
-    with pytest.raises(ValueError, match=r"no head predicting 133 COCO-WholeBody keypoints"):
-        convert_vitpose(_save(coco, tmp_path / "coco.pth"), tmp_path / "out", num_attention_heads=HEADS)
+    with pytest.raises(
+        ValueError, match=r"no head predicting 133 COCO-WholeBody keypoints"
+    ):
+        convert_vitpose(
+            _save(coco, tmp_path / "coco.pth"),
+            tmp_path / "out",
+            num_attention_heads=HEADS,
+        )
     torch.save({"model": torch.zeros(3)}, tmp_path / "other.pth")
     with pytest.raises(ValueError, match=r"is not an original ViTPose checkpoint"):
         convert_vitpose(tmp_path / "other.pth", tmp_path / "out")
     with pytest.raises(ValueError, match=r"does not exist"):
         convert_vitpose(tmp_path / "missing.pth", tmp_path / "out")
     with pytest.raises(ValueError, match=r"give its number of attention heads"):
-        convert_vitpose(_save(original_state_dict(), tmp_path / "w.pth"), tmp_path / "out")
+        convert_vitpose(
+            _save(original_state_dict(), tmp_path / "w.pth"), tmp_path / "out"
+        )
 
     cli = [sys.executable, "-m", "humanverse.cli", "zoo", "convert-vitpose", str(tmp_path / "coco.pth"),
            str(tmp_path / "cli-out"), "--heads", str(HEADS)]  # fmt: skip
-    proc = subprocess.run(cli, capture_output=True, text=True)
+    proc = subprocess.run(cli, capture_output=True, text=True, check=False)
     assert proc.returncode == 2, proc.stderr
     assert "no head predicting 133" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_models_paper_accepts_the_converted_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_models_paper_accepts_the_converted_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Once converted into the prepared models folder, ``--models paper`` loads vitpose-wholebody."""
     from humanverse.zoo import resolve
     from pipelines.stages.pose import PoseConfig, PoseEstimator
@@ -192,10 +260,13 @@ def test_models_paper_accepts_the_converted_model(tmp_path: Path, monkeypatch: p
         [sys.executable, "-m", "humanverse.cli", "zoo", "convert-vitpose",
          str(_save(original_state_dict(3), tmp_path / "wholebody.pth")),
          str(tmp_path / "models" / "vitpose-wholebody"), "--heads", str(HEADS)],
-        capture_output=True, text=True,
+        capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     r = resolve("vitpose-wholebody", "paper")
-    assert r.kind == "local" and Path(r.path) == (tmp_path / "models" / "vitpose-wholebody").resolve()
+    assert (
+        r.kind == "local"
+        and Path(r.path) == (tmp_path / "models" / "vitpose-wholebody").resolve()
+    )
     stage = PoseEstimator(PoseConfig(device="cpu"), models="paper")
     assert stage.backend.decoding.use_udp is False and stage.backend.decoding.flip_test
