@@ -728,3 +728,64 @@ def test_shrinking_only_allows_declared_size_fields():
     assert shrunk("vitpose-wholebody", "backbone", hidden_size=32)["layer_norm_eps"] == 1e-6
     with pytest.raises(ValueError, match=r"\['layer_norm_eps'\] are not size fields"):
         shrunk("vitpose-wholebody", "backbone", layer_norm_eps=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------
+# zoo prepare, and what a load failure says
+
+
+def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    import os
+
+    return subprocess.run([sys.executable, "-m", "humanverse.cli", "zoo", *args], capture_output=True, text=True,
+                          check=False, env={**os.environ, **(env or {})})  # fmt: skip
+
+
+def test_prepare_dry_run_lists_every_file_with_its_pin(tmp_path: Path):
+    proc = _cli("prepare", str(tmp_path / "models"), "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    for entry in ZOO.values():
+        if not entry.paper:
+            assert not any(line.split()[:1] == [entry.name] for line in lines)
+            continue
+        rows = [line for line in lines if line.split()[:1] == [entry.name]]
+        assert len(rows) == len(entry.files), entry.name
+        for f in entry.files:
+            row = next(r for r in rows if f"  {f}  " in r)
+            assert (entry.revision or entry.hub_id) in row and zoo.pin_status(entry) in row
+    assert "non-commercial" in proc.stdout and "convert-vitpose" in proc.stdout
+    assert "dry run: nothing fetched." in proc.stdout and not (tmp_path / "models").exists()
+
+
+def test_prepare_offline_says_what_it_would_fetch_and_needs_the_licence(tmp_path: Path):
+    proc = _cli("prepare", str(tmp_path / "m"), "--only", "yolos-tiny,omnidata-normal", env={"HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 2
+    assert "--accept-omnidata-licence" in proc.stderr and "Traceback" not in proc.stderr
+    proc = _cli("prepare", str(tmp_path / "m"), "--only", "yolos-tiny,omnidata-normal", "--accept-omnidata-licence",
+                env={"HF_HUB_OFFLINE": "1"})  # fmt: skip
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "nothing was fetched: the 4 files listed above are what `zoo prepare` would fetch" in proc.stderr
+    assert "hustvl/yolos-tiny@95a90f3c189fbfca3bcfc6d7315b9e84d95dc2de  model.safetensors" in proc.stdout
+    assert "zenodo.org/records/10447888/files/omnidata_dpt_normal_v2.ckpt" in proc.stdout
+    assert _cli("prepare", str(tmp_path / "m"), "--only", "lsdm", "--dry-run").returncode == 2
+
+
+def test_an_offline_load_of_a_missing_model_names_entry_pin_and_zoo_prepare(tmp_path: Path):
+    """Issue 21: a model that is not there says which zoo entry, where from, at which pin, and how
+    to fetch it, in one sentence (exit code 2 through the CLI plumbing)."""
+    code = (
+        "from transformers import YolosForObjectDetection, YolosImageProcessor\n"
+        "from pipelines.stages.detect import DetectConfig\n"
+        "from pipelines.stages.loading import load_pretrained\n"
+        "load_pretrained('yolos-tiny', DetectConfig(device='cpu'), 'paper', YolosForObjectDetection,\n"
+        "                processor_class=YolosImageProcessor)\n"
+    )
+    import os
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "empty-hf-home")}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False, env=env)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("ValueError: Cannot load hustvl/yolos-tiny@95a90f3c189fbfca3bcfc6d7315b9e84d95dc2de (")
+    assert "zoo entry 'yolos-tiny' (hustvl/yolos-tiny@95a90f3c189fbfca3bcfc6d7315b9e84d95dc2de)" in last
+    assert "`humanverse zoo prepare DIR`" in last and "--models DIR" in last
