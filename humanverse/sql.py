@@ -8,6 +8,9 @@ anything that is not exactly one expression), subqueries (which can read any fil
 functions) and window functions are refused, and the query embeds the text of the one parsed
 expression (comments around it dropped), checked once more to make exactly one statement inside
 ``WHERE (…)``. ``humanverse query`` keeps full SQL: it is the user's own console.
+
+The console also has named-keypoint macros (:func:`register_keypoint_macros`): ``kp(persons[1],
+'left_wrist')`` instead of COCO-WholeBody index arithmetic over the flat keypoint array.
 """
 
 from __future__ import annotations
@@ -62,15 +65,6 @@ def _classes(node) -> set[str]:
 # ---------------------------------------------------------------------------------------------
 # Named keypoints in SQL (the ``humanverse query`` console)
 
-#: What :func:`register_keypoint_macros` defines, for docs and ``--help``.
-KEYPOINT_MACROS = {
-    "kp_index(name)": "the COCO-WholeBody index (0-132) of a keypoint name, e.g. kp_index('left_wrist') = 9",
-    "kp(person, name)": "one keypoint of a person as {x, y, score}, e.g. kp(persons[1], 'left_wrist').score",
-    "kp_visible(person, part[, threshold])": "how many of a part's keypoints (body, feet, face, left_hand, "
-                                             "right_hand) score at least threshold (default: the format's "
-                                             "VISIBLE_SCORE, what <part>_visible counts)",
-}
-
 
 def _sql_list(values) -> str:
     return "[" + ", ".join(str(v) if not isinstance(v, str) else "'" + v.replace("'", "''") + "'"
@@ -78,7 +72,14 @@ def _sql_list(values) -> str:
 
 
 def register_keypoint_macros(con) -> None:
-    """Define the SQL macros of :data:`KEYPOINT_MACROS` on the DuckDB connection ``con``.
+    """Define the named-keypoint SQL macros on the DuckDB connection ``con``:
+
+    * ``kp_index(name)``: the COCO-WholeBody index (0-132) of a keypoint name;
+    * ``kp(person, name)``: one keypoint of a person as ``{x, y, score}``;
+    * ``kp_visible(person, part[, threshold])``: how many of a part's keypoints (body, feet, face,
+      left_hand, right_hand) score at least ``threshold`` (default :data:`~humanverse.schema.VISIBLE_SCORE`,
+      what the stored ``<part>_visible`` counts);
+    * ``kp_part(part)``: the part's 1-based position in :data:`~humanverse.schema.KEYPOINT_PARTS` (a helper).
 
     A person is an element of ``persons`` (``persons[1]``: DuckDB lists are 1-based). Keypoints are
     stored flat, ``keypoints[3k : 3k+3] = (x, y, score)`` (0-based ``k``), so point ``k`` is at

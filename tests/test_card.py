@@ -144,6 +144,9 @@ def test_kp_macros_match_the_stored_keypoints():
         con.execute("SELECT kp(persons[1], 'wrist') FROM hv").fetchall()
     with pytest.raises(duckdb.Error, match="unknown keypoint part 'hands'; parts are body, feet, face"):
         con.execute("SELECT kp_visible(persons[1], 'hands') FROM hv").fetchall()
+    from humanverse.cli import query
+
+    assert f"score >= {VISIBLE_SCORE}" in query.__doc__ and "kp_visible(person, part[, threshold])" in query.__doc__
 
 
 def test_query_single_person_both_hands_visible(varied_root, capsys, tmp_path):
