@@ -11,7 +11,7 @@ import contextlib
 import logging
 import os
 import posixpath
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import pyarrow as pa
@@ -21,10 +21,13 @@ import pyarrow.fs as pafs
 from humanverse import fs as hfs
 from humanverse.errors import first_line
 from humanverse.schema import REJECT_SCHEMA, data_schema
-from humanverse.shards import (KINDS, SEALED, STAGING_DIR, CommitRecord, CommitState, DatasetError, read_log,
+from humanverse.shards import (FINAL, KINDS, RECORDS_DIR, SEALED, SEALS_DIR, STAGING_DIR, CommitState, DatasetError, read_log,
                                read_manifest)
 
 log = logging.getLogger(__name__)
+
+#: Logs of up to this many files are checked for missing files at open (one listing per kind).
+EAGER_CHECK_FILES = 20_000
 
 
 @dataclass
@@ -34,14 +37,42 @@ class HumanVerseDataset:
     root: hfs.Root
     manifest: dict
     state: CommitState
-    _published: dict[str, list[str]]
+    #: committed files of live runs that are not in place yet (published by their writer in a moment)
+    _in_flight: frozenset[str] = frozenset()
+    missing: str = "raise"
+    _lost: dict = field(default_factory=dict)
 
     # -- files --------------------------------------------------------------------------------
     def files(self, kind: str = "data") -> list[str]:
         """Absolute paths (on :attr:`root`'s filesystem) of committed, published files."""
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}.")
-        return list(self._published[kind])
+        lost = self._check(kind)
+        return [self.root.join(f) for f in self.state.files(kind) if f not in self._in_flight and f not in lost]
+
+    def _check(self, kind: str) -> dict[str, int]:
+        """Committed files of ``kind`` that are not in place (file -> rows), found by one listing of
+        the kind's folder the first time its files are needed: raises, or (``missing="skip"``)
+        warns once and leaves them out."""
+        if kind in self._lost:
+            return self._lost[kind]
+        present = {e.base_name for e in hfs.list_dir(self.root, self.root.join(kind))
+                   if e.type == pafs.FileType.File}
+        t = self.state.table
+        import pyarrow.compute as pc
+
+        t = t.filter(pc.equal(t["kind"], kind))
+        lost = {f: n for f, n in zip(t["file"].to_pylist(), t["rows"].to_pylist())
+                if posixpath.basename(f) not in present and f not in self._in_flight}
+        if lost:
+            first = next(iter(lost))
+            msg = (f"{self.root.path}: the commit log lists {len(lost)} {kind} file(s) that are missing "
+                   f"({sum(lost.values())} rows), e.g. {first}")
+            if self.missing == "raise":
+                raise DatasetError(msg + "; restore them, or read what remains with missing='skip' (--skip-missing).")
+            log.warning("%s; reading what remains (missing='skip').", msg)
+        self._lost[kind] = lost
+        return lost
 
     def _schema(self, kind: str) -> pa.Schema:
         if kind == "rejects":
@@ -66,7 +97,10 @@ class HumanVerseDataset:
         return self.arrow_dataset(kind).to_table(columns=columns)
 
     def num_rows(self, kind: str = "data") -> int:
-        return self.state.rows(kind)
+        """Committed rows of ``kind``, from the log (no data file is read). With ``missing="skip"``,
+        rows of lost files are left out."""
+        lost = self._check(kind) if self.missing == "skip" else {}
+        return self.state.rows(kind) - sum(lost.values())
 
     # -- SQL ----------------------------------------------------------------------------------
     def connect(self):
@@ -105,7 +139,7 @@ class HumanVerseDataset:
             yield
         except (duckdb.Error, pa.ArrowInvalid, OSError) as e:
             text = str(e)
-            bad = next((f for k in KINDS for f in self._published[k] if f in text), None)
+            bad = next((f for k in KINDS for f in self.files(k) if f in text), None)
             if bad is None:
                 raise
             raise DatasetError(f"the committed file {bad} cannot be read ({first_line(e)}); restore it from a backup "
@@ -130,11 +164,16 @@ class HumanVerseDataset:
 
     def __repr__(self) -> str:
         return (f"HumanVerseDataset({self.root.path!r}, rows={self.num_rows('data')}, "
-                f"rejects={self.num_rows('rejects')}, files={len(self.state.records)})")
+                f"rejects={self.num_rows('rejects')}, files={len(self.state)})")
 
 
 def open(root: "str | os.PathLike[str]", *, missing: Literal["raise", "skip"] = "raise") -> HumanVerseDataset:  # noqa: A001
     """Open a dataset root (local path or URL) for reading.
+
+    Opening reads the commit log (one Parquet snapshot, plus any live run's records), not the data
+    files. Whether every committed file is in place is checked at open for logs of up to
+    ``EAGER_CHECK_FILES`` files, otherwise by one listing of a kind's folder the first time its
+    files are read.
 
     Only files the commit log lists are read. A listed file that is not in place is either still
     being published by a live writer (it is then in that run's staging folder, and is left out
@@ -148,29 +187,35 @@ def open(root: "str | os.PathLike[str]", *, missing: Literal["raise", "skip"] = 
     if manifest is None:
         raise FileNotFoundError(f"{r.path} is not a HumanVerse dataset: it has no humanverse.json.")
     state = read_log(r)
-    published: dict[str, list[str]] = {}
-    lost: list[CommitRecord] = []
-    for kind in KINDS:
-        present = {e.base_name for e in hfs.list_dir(r, r.join(kind)) if e.type == pafs.FileType.File}
-        published[kind] = []
-        for rec in state.records:
-            if rec.kind != kind:
-                continue
-            if posixpath.basename(rec.file) in present:
-                published[kind].append(r.join(rec.file))
-            elif not _in_flight(r, rec):
-                lost.append(rec)
-    if lost:
-        msg = (f"{r.path}: the commit log lists {len(lost)} file(s) that are missing ({sum(x.rows for x in lost)} "
-               f"rows), e.g. {lost[0].file}")
-        if missing == "raise":
-            raise DatasetError(msg + "; restore them, or read what remains with missing='skip' (--skip-missing).")
-        log.warning("%s; reading what remains (missing='skip').", msg)
-    return HumanVerseDataset(r, manifest, state, published)
+    # A file of a run still being written may be between its commit and its publication: it is
+    # then in the run's staging folder and is left out until it lands.
+    t = state.table
+    sealed = {e.base_name for e in hfs.list_dir(r, r.join(SEALS_DIR))
+              if hfs.exists(r, r.join(SEALS_DIR, e.base_name, f"{FINAL}.parquet"))}
+    open_runs = [run for run in state.runs() if run not in sealed and not _compacted(r, run)]
+    in_flight = set()
+    if open_runs:
+        import pyarrow.compute as pc
+
+        live = t.filter(pc.is_in(t["run"], value_set=pa.array(open_runs, pa.string())))
+        files = live["file"].to_pylist()
+        infos = r.fs.get_file_info([r.join(f) for f in files])
+        in_flight = {f for f, run, info in zip(files, live["run"].to_pylist(), infos)
+                     if info.type != pafs.FileType.File and _staged(r, f, run)}
+    ds = HumanVerseDataset(r, manifest, state, frozenset(in_flight), missing)
+    if len(state) <= EAGER_CHECK_FILES:
+        for kind in KINDS:
+            ds._check(kind)
+    return ds
 
 
-def _in_flight(root: hfs.Root, rec: CommitRecord) -> bool:
+def _compacted(root: hfs.Root, run: str) -> bool:
+    """Whether ``run`` is only in the snapshot (sealed and compacted: not live)."""
+    return not hfs.exists(root, root.join(RECORDS_DIR, run)) and not hfs.exists(root, root.join(SEALS_DIR, run))
+
+
+def _staged(root: hfs.Root, file: str, run: str) -> bool:
     """Whether a logged file that is not in place is still in its run's staging folder (published
     by the writer in a moment, or rolled forward by the next writer)."""
-    base = posixpath.basename(rec.file)
-    return any(hfs.exists(root, root.join(STAGING_DIR, run, base)) for run in (rec.run, SEALED + rec.run))
+    base = posixpath.basename(file)
+    return any(hfs.exists(root, root.join(STAGING_DIR, d, base)) for d in (run, SEALED + run))

@@ -1,39 +1,49 @@
 """Exactly-once Parquet commits for a HumanVerse dataset (docs/format.md, the commit protocol).
 
+The protocol uses only what every store offers: whole-object writes, reads, deletes, listings that
+see every finished write, and one-object renames (a local ``rename``, an object store's copy). It
+never renames a folder, so it runs unchanged on local disks, NFS, S3 and GCS.
+
 Layout under the dataset root::
 
-    humanverse.json            format version, pipeline config, model table (the manifest)
-    data/part-<run>-<name>.parquet      accepted rows      (visible only once logged)
-    rejects/part-<run>-<name>.parquet   rejected rows
-    _log/<run>/<kind>-<name>.json       one commit record per published file (live run)
-    _log/sealed-<run>/...               records of finished or killed runs
-    _log/snapshot-<run>.json            compacted records of earlier runs
-    _staging/<run>/                     files being written by a live run (never read)
+    humanverse.json                      format version, pipeline config, model table (the manifest)
+    data/part-<run>-<name>.parquet       accepted rows      (visible only once committed)
+    rejects/part-<run>-<name>.parquet    rejected rows
+    held/part-<run>-<name>.parquet       full rows a refilter moved to rejects (kept to undo it)
+    _log/runs/<run>.json                 one record per run: command, config, models, code, start, end
+    _log/records/<run>/<kind>-<name>.json  one commit object per published file (the commit point)
+    _log/fences/<run>                    written before a run is sealed: its writers stop
+    _log/seals/<run>/<seq>.parquet       a run's commits, columnar (checkpoints, then ``final``)
+    _log/snapshot-<run>.parquet          every sealed run's commits, compacted (one read at open)
+    _lease/<run>.json                    who writes the root now
+    _staging/<run>/                      files being written by a live run (never read)
 
 Protocol, per file (:meth:`ShardWriter.write`):
 
-1. write the Parquet file into ``_staging/<run>/`` (outside ``data/``, so no glob ever sees a
-   partial file) and fsync it;
-2. write its commit record into ``_log/<run>/`` (temp + rename + fsync): **the commit point**;
-3. rename the file into ``data/`` or ``rejects/`` (publish).
+1. stop if the run is fenced; write the Parquet file into ``_staging/<run>/`` (outside ``data/``,
+   so no glob ever sees a partial file);
+2. write its commit object into ``_log/records/<run>/``: **the commit point**;
+3. unless the run was fenced meanwhile, move the file into ``data/`` or ``rejects/`` (publish).
 
-On start (:meth:`ShardSink.open`) the previous runs are *fenced*: their ``_log/<run>`` and
-``_staging/<run>`` folders are renamed to sealed names, so a killed run's straggling writer (Ray
-tasks outlive a SIGKILLed driver by seconds) fails with ``FileNotFoundError`` instead of committing
-behind our back. Then logged-but-unpublished files are rolled forward from sealed staging, files
-in ``data/``/``rejects/`` that no record lists are deleted, and sealed staging is removed.
-A record is the only thing that makes a file count: readers (:func:`humanverse.open`) read the
-log, never a directory listing alone.
+Sealing a run (:func:`_seal`: by the run itself when it closes, or by the next writer when the run
+was killed) writes the fence marker first, then lists the run's commit objects and writes them as
+one Parquet ``final`` seal; later commit objects of that run (a killed driver's Ray tasks live on
+for seconds) are never read. A writer that finds its run fenced after its commit object landed
+does not publish: if the seal lists its file, the sealer rolls it forward from staging, so a file
+reaches ``data/`` only once committed.
 
-One writer per root: :meth:`ShardSink.open` takes a lease (``_lease.json``: host, process, run,
-expiry) that the open sink renews in the background and :meth:`ShardSink.close` gives back. A
-second writer is refused with one sentence naming the holder while the lease is live; a lease
-lapses ``lease_seconds`` after its last renewal, at once when its holder was a process on this
-host that no longer exists, so a killed build never locks its output.
+A live run checkpoints its commit objects into numbered seals (:meth:`ShardSink.checkpoint`), so a
+reader of a live build reads a few Parquet files and the newest objects, never millions. Writers
+compact every finished seal into one snapshot at start. Readers (:func:`read_log`) read snapshot,
+seals and live objects, and retry when a compaction ran under them.
 
-The fence relies on atomic directory renames (local disks, HDFS, NFS). Object stores have none:
-there, run a single writer per root at a time (the commit point still holds) — documented in
-README.
+One writer per root: each writer writes its own lease object, then lists the leases; it goes on
+only when it is the sole live one (two racing writers both back off), and renews its lease in the
+background. A lease lapses ``lease_seconds`` after its last renewal, at once when its holder was a
+process on this host that no longer exists, so a killed build never locks its output.
+
+The log of earlier versions (``_log/<run>/`` folders renamed to ``sealed-<run>`` and JSON
+snapshots) is still read; the first writer folds it into a Parquet snapshot.
 """
 
 from __future__ import annotations
@@ -47,30 +57,51 @@ import socket
 import threading
 import time
 import uuid
-from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 import pyarrow as pa
-import pyarrow.parquet as pq
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
 from humanverse import fs as hfs
 from humanverse.schema import FORMAT_NAME, FORMAT_VERSION, validate_data, validate_rejects
 
 log = logging.getLogger(__name__)
 
+#: The kinds readers see. ``held`` files keep the full rows a refilter rejected, for undoing it.
 KINDS = ("data", "rejects")
+HELD = "held"
+COMMIT_KINDS = (*KINDS, HELD)
 MANIFEST = "humanverse.json"
 LOG_DIR = "_log"
-STAGING_DIR = "_staging"
-SEALED = "sealed-"
+RUNS_DIR = "_log/runs"
+RECORDS_DIR = "_log/records"
+FENCES_DIR = "_log/fences"
+SEALS_DIR = "_log/seals"
 SNAPSHOT = "snapshot-"
-LEASE = "_lease.json"
+FINAL = "final"
+LEASE_DIR = "_lease"
+STAGING_DIR = "_staging"
+#: Prefix of the folders the first log version renamed its runs to (read for old datasets).
+SEALED = "sealed-"
 #: Seconds a writer's lease stays valid after its last renewal (renewed every third of that).
 LEASE_SECONDS = 60.0
-#: Compact the log into one snapshot at start once it holds more record files than this.
-COMPACT_AFTER = 256
+#: A live run writes a checkpoint seal once this many commit objects are not yet in one.
+CHECKPOINT_EVERY = 1024
+
+RECORD_SCHEMA = pa.schema([
+    pa.field("file", pa.string(), nullable=False),
+    pa.field("kind", pa.string(), nullable=False),
+    pa.field("rows", pa.int64(), nullable=False),
+    pa.field("run", pa.string(), nullable=False),
+    pa.field("created", pa.float64(), nullable=False),
+    pa.field("shard_rows", pa.list_(pa.struct([("shard", pa.string()), ("rows", pa.int64())]))),
+    # "add": the file counts from now on; "retire": a refilter replaced it (its rows live elsewhere).
+    pa.field("op", pa.string(), nullable=False),
+])
 
 
 class DatasetError(ValueError):
@@ -79,6 +110,10 @@ class DatasetError(ValueError):
 
 class DataLossError(DatasetError):
     """A logged file can be found neither in place nor in staging, or counts do not add up."""
+
+
+class RunFencedError(DatasetError):
+    """A writer of a run that a later writer has sealed (a killed build's straggling task)."""
 
 
 #: A run name or a file's base name: one path component, no ``..``, no separator.
@@ -92,12 +127,22 @@ def _checked_name(value: object, what: str) -> str:
     return value
 
 
+def _checked_file(file: object, kind: object) -> str:
+    """``<kind>/<plain name>.parquet``: every path the log names stays inside the root."""
+    k, _, base = file.partition("/") if isinstance(file, str) else ("", "", "")
+    if kind not in COMMIT_KINDS or k != kind or not base.endswith(".parquet"):
+        raise DatasetError(f"the commit log names file {file!r} of kind {kind!r}, outside data/, rejects/ and held/; "
+                           "the log is damaged or was crafted, so nothing was read, moved or deleted.")
+    _checked_name(base, "file")
+    return file
+
+
 @dataclass(frozen=True)
 class CommitRecord:
     """One committed file: where it is, how many rows, and how many came from each source shard."""
 
     file: str  # relative to the root, e.g. "data/part-<run>-<name>.parquet"
-    kind: str  # "data" | "rejects"
+    kind: str  # "data" | "rejects" | "held"
     rows: int
     shard_rows: dict[str, int]
     run: str
@@ -116,33 +161,123 @@ class CommitRecord:
                       run=d["run"], created=float(d["created"]))
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise DatasetError(f"a commit record is malformed ({type(e).__name__}: {e}); the log is damaged.") from None
-        kind, _, base = rec.file.partition("/") if isinstance(rec.file, str) else ("", "", "")
-        if rec.kind not in KINDS or kind != rec.kind or not base.endswith(".parquet"):
-            raise DatasetError(f"the commit log names file {rec.file!r} of kind {rec.kind!r}, outside data/ and "
-                               "rejects/; the log is damaged or was crafted, so nothing was read, moved or deleted.")
-        _checked_name(base, "file")
+        _checked_file(rec.file, rec.kind)
         _checked_name(rec.run, "run")
         return rec
 
 
 @dataclass(frozen=True)
-class CommitState:
-    """What the log says is committed: per file and per source shard."""
+class Commit:
+    """One commit object: files that count from now on and files they replace, atomically."""
 
-    records: tuple[CommitRecord, ...]
+    run: str
+    adds: tuple[CommitRecord, ...]
+    retires: tuple[CommitRecord, ...] = ()
+    created: float = field(default_factory=time.time)
+
+    def to_json(self) -> bytes:
+        return json.dumps({"version": 2, "run": self.run, "created": self.created,
+                           "adds": [asdict(r) for r in self.adds],
+                           "retires": [asdict(r) for r in self.retires]}, sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, d: object, where: str) -> "Commit":
+        if not isinstance(d, dict):
+            raise DatasetError(f"commit record {where} is not a JSON object; the log is damaged.")
+        if "version" not in d:  # the first log version: one record per object
+            rec = CommitRecord.from_dict(d)
+            return cls(rec.run, (rec,), (), rec.created)
+        try:
+            adds = tuple(CommitRecord.from_dict(r) for r in d["adds"])
+            retires = tuple(CommitRecord.from_dict(r) for r in d["retires"])
+            return cls(_checked_name(d["run"], "run"), adds, retires, float(d["created"]))
+        except (KeyError, TypeError, ValueError) as e:
+            if isinstance(e, DatasetError):
+                raise
+            raise DatasetError(f"commit record {where} is malformed ({type(e).__name__}: {e}); the log is "
+                               "damaged.") from None
+
+    def table(self) -> pa.Table:
+        return _records_table([(r, "add") for r in self.adds] + [(r, "retire") for r in self.retires])
+
+
+def _records_table(records: Iterable[tuple[CommitRecord, str]]) -> pa.Table:
+    cols: dict[str, list] = {f.name: [] for f in RECORD_SCHEMA}
+    for r, op in records:
+        cols["file"].append(r.file)
+        cols["kind"].append(r.kind)
+        cols["rows"].append(r.rows)
+        cols["run"].append(r.run)
+        cols["created"].append(r.created)
+        cols["shard_rows"].append([{"shard": s, "rows": n} for s, n in r.shard_rows.items()])
+        cols["op"].append(op)
+    return pa.table(cols, schema=RECORD_SCHEMA)
+
+
+class CommitState:
+    """What the log says is committed, as one Arrow table (a row per live file), per source shard.
+
+    Columnar so that a log of millions of files opens in one Parquet read and a few vectorised
+    operations, without a Python object per file.
+    """
+
+    def __init__(self, table: pa.Table | None = None):
+        self.table = (table if table is not None else RECORD_SCHEMA.empty_table()).select(
+            [f.name for f in RECORD_SCHEMA])
+
+    @classmethod
+    def combine(cls, tables: list[pa.Table]) -> "CommitState":
+        """Live files of several record tables: first ``add`` of each file, minus retired files."""
+        tables = [t for t in tables if t.num_rows]
+        if not tables:
+            return cls()
+        t = pa.concat_tables([t.cast(RECORD_SCHEMA) for t in tables])
+        retire = pc.equal(t["op"], "retire")
+        if len(tables) > 1 or pc.any(retire).as_py():
+            retired = pc.filter(t["file"], retire)
+            adds = t.filter(pc.invert(retire))
+            if retired.length():
+                adds = adds.filter(pc.invert(pc.is_in(adds["file"], value_set=retired)))
+            if len(tables) > 1:
+                idx = adds.append_column("_i", pa.array(range(adds.num_rows), pa.int64()))
+                first = idx.group_by("file", use_threads=False).aggregate([("_i", "min")])["_i_min"]
+                adds = adds.take(pc.sort_indices(first))
+            t = adds
+        return cls(t)
+
+    @property
+    def records(self) -> tuple[CommitRecord, ...]:
+        """The live files as records, oldest first (a Python object each: for small logs and tests)."""
+        t = self.table.take(pc.sort_indices(self.table, [("created", "ascending"), ("file", "ascending")]))
+        return tuple(CommitRecord(file=d["file"], kind=d["kind"], rows=d["rows"],
+                                  shard_rows={s["shard"]: s["rows"] for s in d["shard_rows"] or []},
+                                  run=d["run"], created=d["created"]) for d in t.to_pylist())
+
+    def __len__(self) -> int:
+        return self.table.num_rows
+
+    def _of(self, kind: str | None) -> pa.Table:
+        if kind is None:
+            return self.table.filter(pc.is_in(self.table["kind"], value_set=pa.array(KINDS)))
+        return self.table.filter(pc.equal(self.table["kind"], kind))
 
     def files(self, kind: str | None = None) -> list[str]:
-        return [r.file for r in self.records if kind is None or r.kind == kind]
+        return self._of(kind)["file"].to_pylist()
 
     def rows(self, kind: str | None = None) -> int:
-        return sum(r.rows for r in self.records if kind is None or r.kind == kind)
+        return int(pc.sum(self._of(kind)["rows"]).as_py() or 0)
+
+    def runs(self) -> list[str]:
+        """Runs that built the live files."""
+        return sorted(pc.unique(self.table["run"]).to_pylist())
 
     def rows_per_shard(self, kind: str | None = None) -> dict[str, int]:
-        c: Counter[str] = Counter()
-        for r in self.records:
-            if kind is None or r.kind == kind:
-                c.update(r.shard_rows)
-        return dict(c)
+        flat = pc.list_flatten(self._of(kind)["shard_rows"])
+        if not len(flat):
+            return {}
+        t = pa.table({"shard": pc.struct_field(flat, "shard"), "rows": pc.struct_field(flat, "rows")})
+        g = t.group_by("shard", use_threads=False).aggregate([("rows", "sum")])
+        return dict(zip(g["shard"].to_pylist(), g["rows_sum"].to_pylist()))
 
     def complete_shards(self, shard_sizes: Mapping[str, int]) -> set[str]:
         """Source shards whose committed rows (data + rejects) add up to their size."""
@@ -152,63 +287,183 @@ class CommitState:
             raise DataLossError(f"source shards hold more committed rows than their size: {over}.")
         return {s for s, n in shard_sizes.items() if got.get(s, 0) == n}
 
+    def with_commit(self, commit: Commit) -> "CommitState":
+        new = commit.table()
+        if commit.retires or pc.any(pc.is_in(self.table["file"], value_set=new["file"])).as_py():
+            return CommitState.combine([self.table, new])
+        return CommitState(pa.concat_tables([self.table, new]))
+
 
 # ---------------------------------------------------------------------------------------------
-# The log
+# Reading the log
 
 
 def _read_json(root: hfs.Root, path: str) -> object:
     try:
         return json.loads(hfs.read_bytes(root, path))
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DataLossError(f"commit log file {path} is not valid JSON ({e}); the log is damaged.") from e
 
 
-def read_log(root: "str | hfs.Root", attempts: int = 20) -> CommitState:
-    """Read every commit record (snapshots, sealed runs and live runs), deduplicated by file.
+def _read_parquet(root: hfs.Root, path: str) -> pa.Table:
+    try:
+        t = pq.read_table(path, filesystem=root.fs)
+    except (pa.ArrowInvalid, OSError) as e:
+        if isinstance(e, FileNotFoundError):
+            raise
+        raise DataLossError(f"commit log file {path} cannot be read ({e}); the log is damaged.") from e
+    if set(t.schema.names) != set(RECORD_SCHEMA.names):
+        raise DatasetError(f"commit log file {path} is not a table of commit records; the log is damaged.")
+    t = t.select(RECORD_SCHEMA.names).cast(RECORD_SCHEMA)
+    if not pc.all(pc.is_in(t["op"], value_set=pa.array(["add", "retire"]))).as_py() if t.num_rows else False:
+        raise DatasetError(f"commit log file {path} holds an unknown operation; the log is damaged.")
+    return t
 
-    A writer starting up renames run folders (fencing) and compacts them into snapshots while
-    readers may be reading; the read is retried until the top of ``_log/`` is unchanged across
-    it, so a reader never sees a log with a run folder missing.
+
+def _check_table(t: pa.Table) -> pa.Table:
+    """Apply the record path checks to a whole table at once (vectorised; names a bad file)."""
+    if not t.num_rows:
+        return t
+    ok = pc.and_(pc.match_substring_regex(t["file"], r"^(data|rejects|held)/[A-Za-z0-9][A-Za-z0-9_.+=-]*\.parquet$"),
+                 pc.invert(pc.match_substring(t["file"], "..")))
+    ok = pc.and_(ok, pc.equal(pc.list_element(pc.split_pattern(t["file"], "/", max_splits=1), 0), t["kind"]))
+    ok = pc.and_(ok, pc.match_substring_regex(t["run"], r"^[A-Za-z0-9][A-Za-z0-9_.+=-]*$"))
+    ok = pc.and_(ok, pc.invert(pc.match_substring(t["run"], "..")))
+    if not pc.all(ok).as_py():
+        bad = t.filter(pc.invert(ok)).slice(0, 1).to_pylist()[0]
+        _checked_file(bad["file"], bad["kind"])
+        _checked_name(bad["run"], "run")
+        raise DatasetError(f"the commit log names file {bad['file']!r} of kind {bad['kind']!r}; the log is damaged "
+                           "or was crafted, so nothing was read, moved or deleted.")
+    return t
+
+
+def _names(root: hfs.Root, path: str, kind: pafs.FileType | None = None) -> list[str]:
+    return sorted(e.base_name for e in hfs.list_dir(root, path) if kind is None or e.type == kind)
+
+
+def _signature(root: hfs.Root) -> tuple:
+    """What a compaction or a seal changes: the snapshots and every run's seal files."""
+    runs = _names(root, root.join(SEALS_DIR), pafs.FileType.Directory)
+    return (tuple(_names(root, root.join(LOG_DIR))),
+            tuple((r, tuple(_names(root, root.join(SEALS_DIR, r)))) for r in runs))
+
+
+def _read_commits(root: hfs.Root, run: str, skip: set[str] = frozenset()) -> list[tuple[str, Commit]]:
+    """A run's commit objects (name, commit), except the names in ``skip``, read in parallel."""
+    folder = root.join(RECORDS_DIR, run)
+    names = [n for n in _names(root, folder, pafs.FileType.File) if n.endswith(".json") and n not in skip]
+
+    def one(name: str) -> tuple[str, Commit] | None:
+        path = posixpath.join(folder, name)
+        try:
+            return name, Commit.from_json(_read_json(root, path), path)
+        except FileNotFoundError:  # checkpointed and removed since the listing: the seal holds it
+            return None
+
+    if len(names) > 16 and not root.is_local:
+        with ThreadPoolExecutor(16) as pool:
+            got = list(pool.map(one, names))
+    else:
+        got = [one(n) for n in names]
+    return [g for g in got if g is not None]
+
+
+@dataclass
+class _RunLog:
+    """One run's part of the log: its seal files and (while it is live) its commit objects."""
+
+    name: str
+    seals: list[str]
+    final: bool
+    fenced: bool
+
+
+def _run_logs(root: hfs.Root) -> dict[str, _RunLog]:
+    runs: dict[str, _RunLog] = {}
+    fences = set(_names(root, root.join(FENCES_DIR), pafs.FileType.File))
+    for run in _names(root, root.join(SEALS_DIR), pafs.FileType.Directory):
+        seals = [n for n in _names(root, root.join(SEALS_DIR, run), pafs.FileType.File) if n.endswith(".parquet")]
+        runs[run] = _RunLog(run, seals, f"{FINAL}.parquet" in seals, run in fences)
+    for run in _names(root, root.join(RECORDS_DIR), pafs.FileType.Directory):
+        runs.setdefault(run, _RunLog(run, [], False, run in fences))
+    for run in runs:
+        _checked_name(run, "run")
+    return runs
+
+
+def read_log(root: "str | hfs.Root", attempts: int = 20) -> CommitState:
+    """Read every committed file: snapshots, seals and live runs' commit objects.
+
+    A writer seals, checkpoints and compacts while readers read; the read is retried until the
+    snapshot and seal listings are unchanged across it, so a reader never misses a run.
     """
     root = hfs.resolve_root(root)
     for _ in range(attempts):
-        before = sorted(e.base_name for e in hfs.list_dir(root, root.join(LOG_DIR)))
+        before = _signature(root)
         try:
             state = _read_log_once(root)
         except FileNotFoundError:
             time.sleep(0.01)
             continue
-        if before == sorted(e.base_name for e in hfs.list_dir(root, root.join(LOG_DIR))):
+        if before == _signature(root):
             return state
         time.sleep(0.01)
     raise RuntimeError(f"the commit log of {root.path} kept changing during {attempts} reads; retry later.")
 
 
 def _read_log_once(root: hfs.Root) -> CommitState:
-    by_file: dict[str, CommitRecord] = {}
-    log_dir = root.join(LOG_DIR)
-    entries = hfs.list_dir(root, log_dir)
-    snaps = sorted(e.path for e in entries if e.type == pafs.FileType.File
-                   and e.base_name.startswith(SNAPSHOT) and e.base_name.endswith(".json"))
-    for p in snaps:
-        snap = _read_json(root, p)
-        if not isinstance(snap, dict) or not isinstance(snap.get("records"), list):
-            raise DatasetError(f"commit log snapshot {p} holds no record list; the log is damaged.")
-        for d in snap["records"]:
-            rec = CommitRecord.from_dict(d)
-            by_file[rec.file] = rec
-    for e in entries:
-        if e.type != pafs.FileType.Directory:
-            continue
-        for f in hfs.list_dir(root, e.path):
-            if f.type == pafs.FileType.File and f.base_name.endswith(".json"):
-                d = _read_json(root, f.path)
-                if not isinstance(d, dict):
-                    raise DatasetError(f"commit record {f.path} is not a JSON object; the log is damaged.")
-                rec = CommitRecord.from_dict(d)
-                by_file[rec.file] = rec
-    return CommitState(tuple(sorted(by_file.values(), key=lambda r: (r.created, r.file))))
+    tables: list[pa.Table] = []
+    top = hfs.list_dir(root, root.join(LOG_DIR))
+    for name in sorted(e.base_name for e in top if e.type == pafs.FileType.File):
+        if name.startswith(SNAPSHOT) and name.endswith(".parquet"):
+            tables.append(_read_parquet(root, root.join(LOG_DIR, name)))
+    tables += _read_legacy(root, top)
+    for run in _run_logs(root).values():
+        for s in run.seals:
+            tables.append(_read_parquet(root, root.join(SEALS_DIR, run.name, s)))
+        if not run.final:  # live, or killed and not yet sealed: its commit objects count too
+            tables += [c.table() for _, c in _read_commits(root, run.name, _checkpointed(root, run))]
+    return CommitState.combine([_check_table(t) for t in tables])
+
+
+def _checkpointed(root: hfs.Root, run: _RunLog) -> set[str]:
+    """Names of the commit objects a live run's checkpoint seals already hold (in their metadata)."""
+    names: set[str] = set()
+    for s in run.seals:
+        meta = pq.read_schema(root.join(SEALS_DIR, run.name, s), filesystem=root.fs).metadata or {}
+        names.update(json.loads(meta.get(b"humanverse_commits", b"[]")))
+    return names
+
+
+def _read_legacy(root: hfs.Root, top: list[pafs.FileInfo]) -> list[pa.Table]:
+    """The first log version: JSON snapshots and one folder of JSON records per run."""
+    tables = []
+    for e in sorted(top, key=lambda e: e.base_name):
+        if e.type == pafs.FileType.File and e.base_name.startswith(SNAPSHOT) and e.base_name.endswith(".json"):
+            snap = _read_json(root, e.path)
+            if not isinstance(snap, dict) or not isinstance(snap.get("records"), list):
+                raise DatasetError(f"commit log snapshot {e.path} holds no record list; the log is damaged.")
+            tables.append(_records_table((CommitRecord.from_dict(d), "add") for d in snap["records"]))
+        elif e.type == pafs.FileType.Directory and e.base_name not in ("runs", "records", "fences", "seals"):
+            recs = []
+            for f in hfs.list_dir(root, e.path):
+                if f.type == pafs.FileType.File and f.base_name.endswith(".json"):
+                    recs += [(r, "add") for r in Commit.from_json(_read_json(root, f.path), f.path).adds]
+            tables.append(_records_table(recs))
+    return tables
+
+
+def read_runs(root: "str | hfs.Root") -> list[dict]:
+    """Every run's record (command, config, models, code version, start, end, status), oldest first."""
+    root = hfs.resolve_root(root)
+    out = []
+    for name in _names(root, root.join(RUNS_DIR), pafs.FileType.File):
+        if name.endswith(".json"):
+            d = _read_json(root, root.join(RUNS_DIR, name))
+            if isinstance(d, dict):
+                out.append(d)
+    return sorted(out, key=lambda d: (d.get("started") or 0, d.get("run") or ""))
 
 
 def read_manifest(root: "str | hfs.Root") -> dict | None:
@@ -236,8 +491,25 @@ def write_manifest(root: "str | hfs.Root", manifest: Mapping) -> None:
     """Write ``humanverse.json`` atomically, stamping the format name and version."""
     root = hfs.resolve_root(root)
     m = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **manifest}
-    hfs.write_bytes_atomic(root, root.join(MANIFEST), json.dumps(m, indent=2, sort_keys=True).encode(),
-                           tmp_suffix=uuid.uuid4().hex)
+    _put(root, root.join(MANIFEST), json.dumps(m, indent=2, sort_keys=True).encode())
+
+
+def _put(root: hfs.Root, path: str, data: bytes, fsync: bool = True) -> None:
+    """Write one whole object: a temp file and a rename on a local disk; one PUT on an object store
+    (a PUT is atomic there: readers see the old object or the new one)."""
+    if root.is_local:
+        hfs.write_bytes_atomic(root, path, data, tmp_suffix=uuid.uuid4().hex, fsync=fsync)
+    else:
+        with root.fs.open_output_stream(path) as f:
+            f.write(data)
+
+
+def _write_parquet(root: hfs.Root, path: str, table: pa.Table, metadata: Mapping[bytes, bytes] | None = None) -> None:
+    if metadata:
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    _put(root, path, sink.getvalue().to_pybytes())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -255,6 +527,10 @@ class ParquetWriteOptions:
     #: survive an OS crash or power loss on a local disk; process kills (the usual failure in a
     #: Ray job) are safe either way, since renames are atomic. Costs disk bandwidth: see BENCHMARKS.md.
     fsync: bool = True
+
+
+def _fenced(root: hfs.Root, run: str) -> bool:
+    return hfs.exists(root, root.join(FENCES_DIR, run))
 
 
 @dataclass(frozen=True)
@@ -278,35 +554,76 @@ class ShardWriter:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}.")
         if table.num_rows == 0:
             return None
-        if self.options.validate:
-            (validate_data if kind == "data" else validate_rejects)(table)
-        name = name or uuid.uuid4().hex
-        root = hfs.resolve_root(self.root_uri)
-        rel = self.file_name(kind, name)
-        base = posixpath.basename(rel)
-        staged = root.join(STAGING_DIR, self.run, base)
-        # 1. stage (the run's staging folder must exist: if it was sealed, this raises).
-        if root.is_local:
-            import os
+        commit = self.commit({kind: table}, name or uuid.uuid4().hex)
+        return commit.adds[0]
 
-            with open(staged, "wb") as f:
-                pq.write_table(table, f, compression=self.options.compression,
-                               row_group_size=self.options.row_group_size)
-                if self.options.fsync:
+    def commit(self, tables: Mapping[str, pa.Table], name: str, retires: Iterable[CommitRecord] = ()) -> Commit:
+        """Commit one file per kind in ``tables`` (and retire ``retires``) in one commit object."""
+        for kind, table in tables.items():
+            if kind not in COMMIT_KINDS:
+                raise ValueError(f"kind must be one of {COMMIT_KINDS}, got {kind!r}.")
+            if self.options.validate:
+                (validate_rejects if kind == "rejects" else validate_data)(table)
+        _checked_name(name, "file")
+        root = hfs.resolve_root(self.root_uri)
+        if _fenced(root, self.run):
+            raise RunFencedError(f"run {self.run} was sealed by a later writer of {root.path}; this late task "
+                                 "committed nothing.")
+        adds, staged = [], []
+        for kind, table in tables.items():
+            rel = self.file_name(kind, name)
+            path = root.join(STAGING_DIR, self.run, posixpath.basename(rel))
+            self._stage(root, table, path)
+            staged.append((path, root.join(rel)))
+            shard_rows: dict[str, int] = {}
+            for s, n in zip(*pc.value_counts(table["source_shard"]).flatten()):
+                shard_rows[s.as_py()] = n.as_py()
+            adds.append(CommitRecord(file=rel, kind=kind, rows=table.num_rows, shard_rows=shard_rows, run=self.run))
+        commit = Commit(self.run, tuple(adds), tuple(retires))
+        kinds = "+".join(sorted(tables))
+        path = root.join(RECORDS_DIR, self.run, f"{kinds}-{name}.json")
+        _put(root, path, commit.to_json(), fsync=self.options.fsync)  # the commit point
+        if _fenced(root, self.run) and not _in_final_seal(root, self.run, path):
+            raise RunFencedError(f"run {self.run} was sealed by a later writer of {root.path} while this task "
+                                 "committed; its files were not published.")
+        for src, dst in staged:  # publish (a crash here is rolled forward from staging at the next open)
+            _publish(root, src, dst)
+        return commit
+
+    def _stage(self, root: hfs.Root, table: pa.Table, path: str) -> None:
+        opts = self.options
+        if root.is_local:  # the run's staging folder must exist: a sealed run's was removed, so this raises
+            with open(path, "wb") as f:
+                pq.write_table(table, f, compression=opts.compression, row_group_size=opts.row_group_size)
+                if opts.fsync:
                     f.flush()
                     os.fsync(f.fileno())
         else:
-            with root.fs.open_output_stream(staged) as f:
-                pq.write_table(table, f, compression=self.options.compression,
-                               row_group_size=self.options.row_group_size)
-        # 2. commit
-        shard_rows = Counter(table.column("source_shard").to_pylist())
-        rec = CommitRecord(file=rel, kind=kind, rows=table.num_rows, shard_rows=dict(shard_rows), run=self.run)
-        hfs.write_bytes_atomic(root, root.join(LOG_DIR, self.run, f"{kind}-{name}.json"), rec.to_json(),
-                               tmp_suffix=uuid.uuid4().hex, fsync=self.options.fsync)
-        # 3. publish (no fsync needed: if the rename is lost in a crash, recovery rolls it forward)
-        root.fs.move(staged, root.join(rel))
-        return rec
+            with root.fs.open_output_stream(path) as f:
+                pq.write_table(table, f, compression=opts.compression, row_group_size=opts.row_group_size)
+
+
+def _in_final_seal(root: hfs.Root, run: str, record_path: str) -> bool:
+    """Whether the final seal of a fenced ``run`` holds the commit object at ``record_path``."""
+    seal = root.join(SEALS_DIR, run, f"{FINAL}.parquet")
+    try:
+        meta = pq.read_schema(seal, filesystem=root.fs).metadata or {}
+    except FileNotFoundError:
+        return False
+    return posixpath.basename(record_path) in json.loads(meta.get(b"humanverse_commits", b"[]"))
+
+
+def _publish(root: hfs.Root, src: str, dst: str) -> None:
+    """Move a staged file to its place; a file already there (rolled forward by a sealer) is fine."""
+    try:
+        root.fs.move(src, dst)
+    except FileNotFoundError:
+        if not hfs.exists(root, dst):
+            raise
+
+
+# ---------------------------------------------------------------------------------------------
+# One writer per root
 
 
 @dataclass(frozen=True)
@@ -341,125 +658,182 @@ class Lease:
         return True
 
 
-def _read_lease(root: hfs.Root) -> Lease | None:
-    path = root.join(LEASE)
-    try:
-        d = json.loads(hfs.read_bytes(root, path))
-        return Lease(str(d["host"]), int(d["pid"]), str(d["run"]), float(d["renewed"]), float(d["expires"]))
-    except FileNotFoundError:
-        return None
-    except (ValueError, KeyError, TypeError):  # a torn or foreign file: nobody holds the root
-        return None
+def lease_path(root: hfs.Root, run: str) -> str:
+    return root.join(LEASE_DIR, f"{run}.json")
 
 
-def _write_lease(root: hfs.Root, lease: Lease) -> None:
-    hfs.write_bytes_atomic(root, root.join(LEASE), json.dumps(asdict(lease)).encode(),
-                           tmp_suffix=uuid.uuid4().hex, fsync=False)
+def _read_leases(root: hfs.Root) -> list[Lease]:
+    out = []
+    for e in hfs.list_dir(root, root.join(LEASE_DIR)):
+        if e.type != pafs.FileType.File or not e.base_name.endswith(".json"):
+            continue
+        try:
+            d = json.loads(hfs.read_bytes(root, e.path))
+            out.append(Lease(str(d["host"]), int(d["pid"]), str(d["run"]), float(d["renewed"]), float(d["expires"])))
+        except FileNotFoundError:
+            continue
+        except (ValueError, KeyError, TypeError):  # a torn or foreign file: nobody holds the root with it
+            continue
+    return out
+
+
+def write_lease(root: hfs.Root, lease: Lease) -> None:
+    _put(root, lease_path(root, _checked_name(lease.run, "run")), json.dumps(asdict(lease)).encode(), fsync=False)
 
 
 def _acquire_lease(root: hfs.Root, run: str, seconds: float) -> Lease:
-    """Take the root's lease, or raise :class:`DatasetError` naming the live holder."""
-    held = _read_lease(root)
-    if held is not None and held.is_live() and not held.is_mine():
-        raise DatasetError(
+    """Take the root's lease, or raise :class:`DatasetError` naming the live holder.
+
+    Write our lease object, then list: go on only if no other live lease is there. Of two writers
+    racing, each sees the other's object (written before its own listing), so both back off;
+    never do both go on. Lapsed leases are removed.
+    """
+    def others() -> list[Lease]:
+        live = []
+        for held in _read_leases(root):
+            if held.run == run:
+                continue
+            if held.is_live() and not held.is_mine():  # this process's own older session: a killed driver
+                live.append(held)
+            else:
+                with _quiet_missing():
+                    root.fs.delete_file(lease_path(root, held.run))
+        return live
+
+    def refuse(held: Lease) -> DatasetError:
+        return DatasetError(
             f"{root.path} is being written by another build (run {held.run}, process {held.pid} on {held.host}, "
             f"lease renewed {max(0.0, time.time() - held.renewed):.0f} s ago); wait for it to finish, or, if that "
             f"process is gone, retry once its lease lapses at "
             f"{time.strftime('%H:%M:%S', time.localtime(held.expires))}.")
+
+    live = others()
+    if live:
+        raise refuse(live[0])
     lease = Lease.mine(run, seconds)
-    _write_lease(root, lease)
-    got = _read_lease(root)  # two writers racing: the last write wins, the other backs off here
-    if got is None or got.run != run:
-        raise DatasetError(f"{root.path} was taken by another build (run {got.run if got else '?'}) at the same "
-                           "moment; run one build per output at a time.")
+    write_lease(root, lease)
+    live = others()
+    if live:
+        with _quiet_missing():
+            root.fs.delete_file(lease_path(root, run))
+        raise DatasetError(f"{root.path} was taken by another build (run {live[0].run}) at the same moment; run one "
+                           "build per output at a time.")
     return lease
 
 
-class _LeaseKeeper:
-    """Renews a lease every third of its lifetime until stopped, then gives it back."""
+class _quiet_missing:
+    def __enter__(self):
+        return self
 
-    def __init__(self, root: hfs.Root, lease: Lease, seconds: float):
-        self.root, self.run, self.seconds = root, lease.run, seconds
+    def __exit__(self, typ, value, tb):
+        return typ is not None and issubclass(typ, FileNotFoundError)
+
+
+class _LeaseKeeper:
+    """Renews a lease every third of its lifetime, and runs a periodic task, until stopped."""
+
+    def __init__(self, root: hfs.Root, lease: Lease, seconds: float, tick=None):
+        self.root, self.run, self.seconds, self.tick = root, lease.run, seconds, tick
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._renew, name=f"lease-{lease.run}", daemon=True)
         self._thread.start()
 
     def _renew(self) -> None:
         while not self._stop.wait(self.seconds / 3):
-            held = _read_lease(self.root)
-            if held is not None and held.run != self.run:
-                log.warning("the lease of %s was taken by run %s; this run no longer holds it", self.root.path,
-                            held.run)
-                return
             try:
-                _write_lease(self.root, Lease.mine(self.run, self.seconds))
+                write_lease(self.root, Lease.mine(self.run, self.seconds))
+                if self.tick is not None:
+                    self.tick()
             except OSError as e:  # the root went away (a test's temp folder), or a transient error
                 log.debug("lease renewal failed: %s", e)
+            except DatasetError as e:
+                log.warning("checkpointing the commit log failed: %s", e)
 
     def release(self) -> None:
         self._stop.set()
         self._thread.join()
-        held = _read_lease(self.root)
-        if held is not None and held.run == self.run:
-            try:
-                self.root.fs.delete_file(self.root.join(LEASE))
-            except OSError:
-                pass
+        with _quiet_missing():
+            self.root.fs.delete_file(lease_path(self.root, self.run))
+
+
+# ---------------------------------------------------------------------------------------------
+# A writing session
+
+
+def code_version() -> str:
+    """The library version and, when run from a git checkout, its commit."""
+    from humanverse import __version__
+
+    head = None
+    try:
+        here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        ref = open(os.path.join(here, ".git", "HEAD")).read().strip()  # noqa: SIM115
+        if ref.startswith("ref: "):
+            ref_path = os.path.join(here, ".git", *ref[5:].split("/"))
+            head = open(ref_path).read().strip() if os.path.exists(ref_path) else None  # noqa: SIM115
+        else:
+            head = ref
+    except OSError:
+        pass
+    return f"{__version__}+git.{head[:12]}" if head else __version__
 
 
 class ShardSink:
-    """A writing session on a dataset root: fences earlier runs, recovers, then hands out writers.
+    """A writing session on a dataset root: seals earlier runs, recovers, then hands out writers.
 
-    >>> sink = ShardSink.open("out/ds", manifest={"config": {...}})
+    >>> sink = ShardSink.open("out/ds", manifest={"config": {...}}, provenance={"command": "build"})
     >>> done = sink.state.complete_shards({"shard-0": 100})
     >>> sink.write(table, "data", name="shard-0-0")
+    >>> sink.close()
     """
 
     def __init__(self, root: hfs.Root, run: str, state: CommitState, options: ParquetWriteOptions,
-                 lease: "_LeaseKeeper | None" = None):
+                 record: dict, lease: "_LeaseKeeper | None" = None):
         self.root = root
         self.run = run
         self._state = state
         self.options = options
+        self.record = record
         self._lease = lease
+        self._lock = threading.Lock()
 
     @classmethod
     def open(cls, root: "str | hfs.Root", *, manifest: Mapping | None = None, run: str | None = None,
-             options: ParquetWriteOptions = ParquetWriteOptions(),
-             lease_seconds: float = LEASE_SECONDS) -> "ShardSink":
-        """Take the root's lease (refused while another writer holds it), write the manifest, fence
-        earlier runs, recover, and start run ``run``."""
+             options: ParquetWriteOptions = ParquetWriteOptions(), lease_seconds: float = LEASE_SECONDS,
+             provenance: Mapping | None = None) -> "ShardSink":
+        """Take the root's lease (refused while another writer holds it), write the manifest, seal
+        earlier runs, recover, and start run ``run``, recording ``provenance`` (command, config,
+        models) with the code version and start time in ``_log/runs/<run>.json``."""
         root = hfs.resolve_root(root)
         run = _checked_name(run, "run") if run else time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
         info = root.fs.get_file_info(root.path)
         if info.type == pafs.FileType.File:
             raise DatasetError(f"the output {root.path} is a file, not a folder; give a new or existing dataset "
                                "folder.")
-        for d in (root.path, root.join("data"), root.join("rejects"), root.join(LOG_DIR), root.join(STAGING_DIR)):
+        for d in (root.path, root.join("data"), root.join("rejects"), root.join(STAGING_DIR), root.join(LEASE_DIR),
+                  root.join(RUNS_DIR), root.join(RECORDS_DIR), root.join(FENCES_DIR), root.join(SEALS_DIR)):
             root.fs.create_dir(d, recursive=True)
         lease = _acquire_lease(root, run, lease_seconds)
-        return cls._open(root, run, manifest, options, _LeaseKeeper(root, lease, lease_seconds))
-
-    @classmethod
-    def _open(cls, root: hfs.Root, run: str, manifest: Mapping | None, options: ParquetWriteOptions,
-              keeper: "_LeaseKeeper") -> "ShardSink":
+        sink: ShardSink | None = None
+        keeper = _LeaseKeeper(root, lease, lease_seconds, tick=lambda: sink is not None and sink.checkpoint())
         try:
             existing = read_manifest(root)
             if manifest is not None:
                 write_manifest(root, manifest)
             elif existing is None:
                 write_manifest(root, {})
-            _fence(root)
-            state = _recover(root)
-            _compact(root, state, run)
-            root.fs.create_dir(root.join(LOG_DIR, run), recursive=False)
-            root.fs.create_dir(root.join(STAGING_DIR, run), recursive=False)
+            state = _recover(root, run)
+            for d in (root.join(RECORDS_DIR, run), root.join(STAGING_DIR, run)):
+                root.fs.create_dir(d, recursive=True)
+            record = {"run": run, "status": "running", "started": time.time(), "host": socket.gethostname(),
+                      "pid": os.getpid(), "code_version": code_version(), **(provenance or {})}
+            _put(root, root.join(RUNS_DIR, f"{run}.json"), json.dumps(record, sort_keys=True, default=str).encode())
         except BaseException:
             keeper.release()
             raise
-        log.info("opened %s as run %s: %d committed files, %d rows", root.path, run,
-                 len(state.records), state.rows())
-        return cls(root, run, state, options, keeper)
+        log.info("opened %s as run %s: %d committed files, %d rows", root.path, run, len(state), state.rows())
+        sink = cls(root, run, state, options, record, keeper)
+        return sink
 
     @property
     def state(self) -> CommitState:
@@ -476,14 +850,20 @@ class ShardSink:
     def write(self, table: pa.Table, kind: str, name: str | None = None) -> CommitRecord | None:
         rec = self.writer().write(table, kind, name)
         if rec is not None:
-            self._state = CommitState(self._state.records + (rec,))
+            self._state = self._state.with_commit(Commit(self.run, (rec,)))
         return rec
+
+    def commit(self, tables: Mapping[str, pa.Table], name: str, retires: Iterable[CommitRecord] = ()) -> Commit:
+        """Several files and retirements as one commit (see :meth:`ShardWriter.commit`)."""
+        commit = self.writer().commit(tables, name, retires)
+        self._state = self._state.with_commit(commit)
+        return commit
 
     def committed_tables(self, columns: Mapping[str, list[str]],
                          shards: Iterable[str] | None = None) -> "Iterator[tuple[CommitRecord, pa.Table]]":
         """Each committed file of a kind in ``columns`` (kind -> the columns to read), one at a time,
-        with its record; only files holding rows of ``shards`` when given. Paths come from records,
-        which :meth:`CommitRecord.from_dict` has checked to lie inside the root."""
+        with its record; only files holding rows of ``shards`` when given. Paths come from the log,
+        whose records were checked to lie inside the root."""
         want = None if shards is None else set(shards)
         for rec in self._state.records:
             if rec.kind in columns and (want is None or want & rec.shard_rows.keys()):
@@ -502,77 +882,149 @@ class ShardSink:
                     out[shard].add(key)
         return out
 
-    def close(self) -> None:
-        """Seal this run's log, remove its (now empty) staging folder and give the lease back."""
-        log_dir = self.root.join(LOG_DIR, self.run)
-        if hfs.exists(self.root, log_dir):
-            self.root.fs.move(log_dir, self.root.join(LOG_DIR, SEALED + self.run))
-        staging = self.root.join(STAGING_DIR, self.run)
-        if hfs.exists(self.root, staging):
-            self.root.fs.delete_dir(staging)
+    def checkpoint(self, every: int = CHECKPOINT_EVERY) -> bool:
+        """Fold this run's commit objects into a numbered seal once ``every`` are not in one yet, so
+        readers of a live build read Parquet, not millions of objects. Returns whether it wrote one."""
+        with self._lock:
+            return _checkpoint(self.root, self.run, every)
+
+    def close(self, status: str = "finished", **summary) -> None:
+        """Seal this run, remove its staging folder, record its end and give the lease back."""
+        if self._lease is not None:
+            self._lease._stop.set()  # no checkpoint may run while the run is sealed
+            self._lease._thread.join()
+        with self._lock:
+            _seal(self.root, self.run)
+            staging = self.root.join(STAGING_DIR, self.run)
+            if hfs.exists(self.root, staging):
+                self.root.fs.delete_dir(staging)
+            self.record.update(status=status, ended=time.time(), **summary)
+            _put(self.root, self.root.join(RUNS_DIR, f"{self.run}.json"),
+                 json.dumps(self.record, sort_keys=True, default=str).encode())
         if self._lease is not None:
             self._lease.release()
             self._lease = None
 
 
-def _fence(root: hfs.Root) -> None:
-    """Seal every live run's log and staging folder so straggling writers cannot commit."""
-    for parent in (LOG_DIR, STAGING_DIR):
-        for e in hfs.list_dir(root, root.join(parent)):
-            if e.type == pafs.FileType.Directory and not e.base_name.startswith(SEALED):
-                root.fs.move(e.path, root.join(parent, SEALED + e.base_name))
-                log.info("sealed %s/%s of an earlier run", parent, e.base_name)
-        hfs.fsync_dir(root, root.join(parent))
+def _checkpoint(root: hfs.Root, run: str, every: int) -> bool:
+    logs = _run_logs(root)
+    me = logs.get(run) or _RunLog(run, [], False, False)
+    done = _checkpointed(root, me)
+    commits = _read_commits(root, run, done)
+    if len(commits) < max(1, every):
+        return False
+    seq = len([s for s in me.seals if s != f"{FINAL}.parquet"])
+    table = pa.concat_tables([c.table() for _, c in commits])
+    _write_parquet(root, root.join(SEALS_DIR, run, f"{seq:06d}.parquet"), table,
+                   {b"humanverse_commits": json.dumps(sorted(n for n, _ in commits)).encode()})
+    for n, _ in commits:  # the seal holds them now; readers that listed them tolerate the removal
+        with _quiet_missing():
+            root.fs.delete_file(root.join(RECORDS_DIR, run, n))
+    return True
 
 
-def _recover(root: hfs.Root) -> CommitState:
-    """Roll logged files forward from sealed staging; delete unlogged files; drop sealed staging."""
-    state = read_log(root)
-    present = {k: {e.base_name for e in hfs.list_dir(root, root.join(k))} for k in KINDS}
-    for rec in state.records:
-        base = posixpath.basename(rec.file)
-        if base in present[rec.kind]:
-            continue
-        staged = root.join(STAGING_DIR, SEALED + rec.run, base)
-        if not hfs.exists(root, staged):
-            raise DataLossError(
-                f"commit log lists {rec.file} ({rec.rows} rows) but the file is neither in place nor in "
-                f"staging; restore it or remove its record from {LOG_DIR}/."
-            )
-        root.fs.move(staged, root.join(rec.file))
-        present[rec.kind].add(base)
-        log.info("rolled forward %s", rec.file)
-    listed = {posixpath.basename(r.file) for r in state.records}
-    for k in KINDS:
-        for e in hfs.list_dir(root, root.join(k)):
-            if e.base_name not in listed:
-                if e.type == pafs.FileType.Directory:
-                    root.fs.delete_dir(e.path)
-                else:
-                    root.fs.delete_file(e.path)
-                log.info("removed uncommitted %s/%s", k, e.base_name)
-        hfs.fsync_dir(root, root.join(k))
-    for e in hfs.list_dir(root, root.join(STAGING_DIR)):
-        if e.type == pafs.FileType.Directory and e.base_name.startswith(SEALED):
-            root.fs.delete_dir(e.path)
-    return state
+def _seal(root: hfs.Root, run: str) -> None:
+    """Fence ``run``, put every file it committed in place, and write its final seal: the commit
+    objects there now, and no later one. Idempotent.
+
+    Files are rolled forward before the final seal is written, so a sealed run's files are all
+    in place; until then readers treat the run as live and look for its files in staging."""
+    _put(root, root.join(FENCES_DIR, run), b"")
+    final = root.join(SEALS_DIR, run, f"{FINAL}.parquet")
+    if not hfs.exists(root, final):
+        me = _run_logs(root).get(run) or _RunLog(run, [], False, True)
+        commits = _read_commits(root, run, _checkpointed(root, me))
+        table = pa.concat_tables([RECORD_SCHEMA.empty_table()] + [c.table() for _, c in commits])
+        earlier = [_read_parquet(root, root.join(SEALS_DIR, run, s)) for s in me.seals]
+        _roll_forward(root, CommitState.combine([*earlier, _check_table(table)]).table)
+        root.fs.create_dir(root.join(SEALS_DIR, run), recursive=True)
+        _write_parquet(root, final, table, {b"humanverse_commits": json.dumps(sorted(n for n, _ in commits)).encode()})
+    records = root.join(RECORDS_DIR, run)
+    if hfs.exists(root, records):
+        root.fs.delete_dir(records)
 
 
-def _compact(root: hfs.Root, state: CommitState, run: str) -> None:
-    """Merge sealed record folders into one snapshot once there are many record files."""
-    sealed = [e for e in hfs.list_dir(root, root.join(LOG_DIR))
-              if e.type == pafs.FileType.Directory and e.base_name.startswith(SEALED)]
-    n_files = sum(len(hfs.list_dir(root, e.path)) for e in sealed)
-    if n_files <= COMPACT_AFTER:
+def _roll_forward(root: hfs.Root, table: pa.Table) -> None:
+    """Move committed files that are not in place yet from their run's staging folder (one listing
+    of each kind's folder); a committed file found nowhere is data loss."""
+    if not table.num_rows:
         return
-    old_snaps = [e for e in hfs.list_dir(root, root.join(LOG_DIR))
-                 if e.type == pafs.FileType.File and e.base_name.startswith(SNAPSHOT)]
-    body = json.dumps({"records": [asdict(r) for r in state.records]}).encode()
-    # Write the snapshot first: until the old folders are gone, records are duplicated, and
-    # read_log deduplicates by file, so a crash at any point leaves a correct log.
-    hfs.write_bytes_atomic(root, root.join(LOG_DIR, f"{SNAPSHOT}{run}.json"), body, tmp_suffix=uuid.uuid4().hex)
-    for e in sealed:
-        root.fs.delete_dir(e.path)
-    for e in old_snaps:
-        root.fs.delete_file(e.path)
-    log.info("compacted %d commit records into %s%s.json", len(state.records), SNAPSHOT, run)
+    present = {f"{k}/{e.base_name}" for k in COMMIT_KINDS for e in hfs.list_dir(root, root.join(k))}
+    for file, run, rows in zip(table["file"].to_pylist(), table["run"].to_pylist(), table["rows"].to_pylist()):
+        if file in present:
+            continue
+        base = posixpath.basename(file)
+        for staged in (root.join(STAGING_DIR, run, base), root.join(STAGING_DIR, SEALED + run, base)):
+            if hfs.exists(root, staged):
+                root.fs.create_dir(root.join(file.partition("/")[0]), recursive=True)
+                _publish(root, staged, root.join(file))
+                log.info("rolled forward %s", file)
+                break
+        else:
+            if not hfs.exists(root, root.join(file)):
+                raise DataLossError(f"commit log lists {file} ({rows} rows) but the file is neither in place nor in "
+                                    f"staging; restore it or remove its record from {LOG_DIR}/.")
+
+
+def _recover(root: hfs.Root, me: str) -> CommitState:
+    """Seal runs that were killed (rolling their logged files forward from staging), remove what
+    no record lists, compact the log into one snapshot, and clean staging."""
+    logs = _run_logs(root)
+    top = hfs.list_dir(root, root.join(LOG_DIR))
+    legacy = _read_legacy(root, top)
+    killed = [r.name for r in logs.values() if not r.final and r.name != me]
+    for run in killed:
+        _seal(root, run)
+        log.info("sealed run %s, which ended without closing", run)
+    state = read_log(root)
+    if legacy:
+        _roll_forward(root, CommitState.combine(legacy).table)
+    # Files in place that no record lists (a killed writer's, or a foreign one's): listed on local
+    # disks always, on object stores (where a listing of millions of files costs minutes) only
+    # after a killed run.
+    if killed or legacy or root.is_local:
+        listed = set(state.table["file"].to_pylist())
+        for k in COMMIT_KINDS:
+            for e in hfs.list_dir(root, root.join(k)):
+                if f"{k}/{e.base_name}" not in listed:
+                    (root.fs.delete_dir if e.type == pafs.FileType.Directory else root.fs.delete_file)(e.path)
+                    log.info("removed uncommitted %s/%s", k, e.base_name)
+    _compact(root, state, me, legacy=bool(legacy))
+    for e in hfs.list_dir(root, root.join(STAGING_DIR)):
+        if e.base_name != me:
+            (root.fs.delete_dir if e.type == pafs.FileType.Directory else root.fs.delete_file)(e.path)
+    return read_log(root)
+
+
+def _compact(root: hfs.Root, state: CommitState, me: str, legacy: bool) -> None:
+    """Fold every finished run's seals (and an old-version log) into one Parquet snapshot, delete
+    the files refilters retired, and remove what the snapshot replaces. A crash at any point leaves
+    a correct log: the snapshot is written first and readers drop duplicates."""
+    logs = [r for r in _run_logs(root).values() if r.final and r.name != me]
+    old = [e for e in hfs.list_dir(root, root.join(LOG_DIR)) if e.type == pafs.FileType.File
+           and e.base_name.startswith(SNAPSHOT)]
+    if not logs and not legacy and len(old) <= 1:
+        return
+    retired = _retired(root, logs)
+    _write_parquet(root, root.join(LOG_DIR, f"{SNAPSHOT}{me}.parquet"), state.table)
+    for file in retired:
+        with _quiet_missing():
+            root.fs.delete_file(root.join(file))
+    for r in logs:  # (fence markers stay: a straggler of a compacted run must still stop)
+        root.fs.delete_dir(root.join(SEALS_DIR, r.name))
+    for e in old:
+        if e.base_name != f"{SNAPSHOT}{me}.parquet":
+            root.fs.delete_file(e.path)
+    for e in hfs.list_dir(root, root.join(LOG_DIR)):  # the old version's run folders
+        if e.type == pafs.FileType.Directory and e.base_name not in ("runs", "records", "fences", "seals"):
+            root.fs.delete_dir(e.path)
+    log.info("compacted the commit log: %d live files in %s%s.parquet", len(state), SNAPSHOT, me)
+
+
+def _retired(root: hfs.Root, logs: list[_RunLog]) -> list[str]:
+    out = []
+    for r in logs:
+        for s in r.seals:
+            t = _read_parquet(root, root.join(SEALS_DIR, r.name, s))
+            out += pc.filter(t["file"], pc.equal(t["op"], "retire")).to_pylist()
+    return out

@@ -17,7 +17,8 @@ import pyarrow.parquet as pq
 import pytest
 
 import humanverse
-from humanverse.shards import LOG_DIR, SEALED, STAGING_DIR, DataLossError, ShardSink, read_log
+from humanverse.shards import (LOG_DIR, RECORDS_DIR, STAGING_DIR, DataLossError, RunFencedError, ShardSink,
+                               read_log)
 from humanverse.testing.synthetic import synthetic_table
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -60,7 +61,7 @@ def test_fence_stops_a_killed_runs_late_writer(tmp_path):
     late_writer = old.writer()  # as held by a Ray task of a driver that has been SIGKILLed
     ShardSink.open(root)  # the re-run fences the old run
     d, _ = make_rows("s", [1, 2])
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(RunFencedError):
         late_writer.write(d, "data", name="late")
     assert humanverse.open(root).num_rows("data") == 0
     assert not list((root / "data").iterdir())
@@ -206,4 +207,5 @@ def test_sigkill_and_resume_exactly_once(tmp_path):
     # nothing left behind: no unlogged files, no live staging of dead runs once a new run opens
     sink = ShardSink.open(root)
     assert sorted(os.listdir(root / STAGING_DIR)) == [sink.run]
-    assert all(n.startswith((SEALED, "snapshot-")) for n in os.listdir(root / LOG_DIR) if n != sink.run)
+    assert sorted(os.listdir(root / RECORDS_DIR)) == [sink.run]
+    assert [n for n in os.listdir(root / LOG_DIR) if n.startswith("snapshot-")] == [f"snapshot-{sink.run}.parquet"]
