@@ -209,6 +209,7 @@ def build(input: str, output: str, cfg: BuildConfig, *, models: str = "paper", a
                             add_input=add_input)
     work = plan.work
     run = _GraphRun()
+    status = "failed"
     try:
         if work.todo:
             run = _run_graph(cfg, plan, sink, models, address)
@@ -217,11 +218,14 @@ def build(input: str, output: str, cfg: BuildConfig, *, models: str = "paper", a
                             "dataset", name, len(keys), ", ".join(keys[:3]))
             if run.cfg is not None and run.cfg.resources != cfg.resources:  # the CPU layout: recorded as run
                 plan.manifest["config"]["resources"] = to_dict(run.cfg.resources)
+                sink.record["config"] = plan.manifest["config"]
             # every write committed: the shards read to their end are recorded as they are now
             write_manifest(sink.root, finish_manifest(plan.manifest, list(work.todo), run.finished, run.vanished,
                                                       input))
+        status = "finished"
     finally:
-        sink.close()
+        sink.close(status=status, data_rows=run.data_rows, reject_rows=run.reject_rows,
+                   failed_shards=sorted({**work.failed, **run.failed}))
     failed = {**work.failed, **run.failed}
     ds_read = humanverse.open(output)
     stats = ds_read.stats()

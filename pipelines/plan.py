@@ -25,6 +25,7 @@ Re-running the same command after any crash ends every source row exactly once i
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -33,7 +34,7 @@ from dataclasses import dataclass
 
 from humanverse.card import write_card
 from humanverse.config import ConfigError, to_dict
-from humanverse.shards import ShardSink, read_manifest, write_manifest
+from humanverse.shards import ShardSink, read_manifest, read_runs, write_manifest
 from pipelines.config import BuildConfig
 from pipelines.readers import Discovery, SourceShard, discover
 from pipelines.readers.base import FOLDER
@@ -327,12 +328,19 @@ def open_build(input: str, output: str, cfg: BuildConfig, *, models: str,  # noq
         log.warning("source shard %s is left out of this run and stays to do (a rerun retries it): %s", name, reason)
     clip_dim = stored_clip_dim(cfg, models)
     tags = model_tags(cfg, models)  # resolving the models may fail: before anything is written
-    sink = ShardSink.open(output)
+    fingerprint = config_fingerprint(cfg, models)
+    sink = ShardSink.open(output, provenance={
+        "command": "build", "input": input, "models": tags, "config": to_dict(cfg),
+        "config_sha": hashlib.sha256(json.dumps(fingerprint, sort_keys=True, default=str).encode()).hexdigest()[:16]})
     try:
         committed = sink.state.rows_per_shard()
         _log_gone(existing, input, found, committed)
         work = WorkPlan.of(shards, sink, existing, found.failed)
         manifest = make_manifest(cfg, models, input, shards, clip_dim, existing, committed, tags)
+        manifest["built_by"] = built_by(sink)
+        if len(manifest["built_by"]) > 1:
+            log.warning("the dataset's rows are built under %d different configs (manifest built_by; each run's "
+                        "config is in _log/runs/)", len(manifest["built_by"]))
         write_manifest(sink.root, manifest)
         write_card(sink.root, manifest)  # README.md: the dataset card (humanverse.card)
     except BaseException:
@@ -342,6 +350,18 @@ def open_build(input: str, output: str, cfg: BuildConfig, *, models: str,  # noq
              "%d unreadable", len(shards), work.rows, len(work.done), len(work.todo), len(work.skip),
              len(work.changed), len(found.failed))
     return sink, BuildPlan(manifest, clip_dim, work, input)
+
+
+def built_by(sink: ShardSink) -> dict[str, list[str]]:
+    """Config digest -> the runs built under it whose rows are in the dataset, this run included:
+    what the manifest claims about the rows, per config (each run's full config is its run record)."""
+    digests = {r.get("run"): r.get("config_sha") or "unrecorded" for r in read_runs(sink.root)}
+    out: dict[str, list[str]] = {}
+    for run in [*sink.state.runs(), sink.run]:
+        runs = out.setdefault(digests.get(run, "unrecorded"), [])
+        if run not in runs:
+            runs.append(run)
+    return out
 
 
 def _log_gone(existing: dict | None, input: str, found: Discovery, committed: dict[str, int]) -> None:  # noqa: A002
