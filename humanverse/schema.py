@@ -235,6 +235,7 @@ REJECT_SCHEMA = pa.schema(
     metadata=_METADATA,
 )
 
+
 def person_parts(keypoints: np.ndarray) -> dict[str, np.ndarray]:
     """The derived person fields for keypoints of shape (P, 133, 3): per part of
     :data:`KEYPOINT_PARTS`, ``<part>_visible`` (int8, points with score >= :data:`VISIBLE_SCORE`) and
@@ -263,15 +264,16 @@ def _flat_keypoints(kp_col: pa.FixedSizeListArray) -> tuple[np.ndarray, np.ndarr
 
 def with_person_parts(table: pa.Table) -> pa.Table:
     """``table`` with its ``persons`` column in :data:`PERSON_TYPE`, the derived fields computed
-    from the keypoints by :func:`person_parts` (null where keypoints is null). Vectorised; any
-    derived values already present are replaced. The one place that fills these fields: the
-    builder's writer (``pipelines.rows.split_for_writing``) and the synthetic data call it."""
+    from the keypoints by :func:`person_parts` (null where keypoints is null). Vectorised; derived
+    values already present are recomputed. The builder's writer (``pipelines.rows.split_for_writing``)
+    and the synthetic test data call it."""
     i = table.schema.get_field_index("persons")
     if i < 0:
         raise ValueError(f"table has no persons column; its columns are {table.column_names}.")
     persons = table.column(i).combine_chunks()
     offsets = persons.offsets.to_numpy()
-    flat = persons.flatten()  # the person structs of the (possibly sliced) list array
+    # the person structs of the (possibly sliced) list array, null lists' slots included
+    flat = persons.values.slice(offsets[0], offsets[-1] - offsets[0])
     n = len(flat)
     by_name = {f.name: c for f, c in zip(flat.type, flat.flatten())}
     kp_col = by_name.get("keypoints")
