@@ -281,6 +281,8 @@ def test_eval_end_to_end_with_tiny_models(tmp_path, eval_zoo, capsys):
         assert key in m and (m[key] is None or 0.0 <= m[key] <= 100.0), key
     assert report["tiny"] is True
     assert report["extractors"]["clip"] == "tiny:clip-vit-l14"
+    # FID-CLIP on clean-fid's CLIP ViT-B/32 by default (a tiny stand-in here), named as such
+    assert report["extractors"]["fid_clip"].startswith("tiny:clip-vit-b32 (random stand-in for clean-fid's CLIP ViT-B/32")
     assert report["extractors"]["pose"] == "tiny:yolos-tiny + tiny:vitpose-wholebody"
     assert report["counts"]["generated"] == 4 and report["counts"]["testset"] == 4
     assert report["paper_reference"]["FID"] == 17.18
@@ -290,8 +292,8 @@ def test_eval_end_to_end_with_tiny_models(tmp_path, eval_zoo, capsys):
     assert table == printed
     for value in ("17.18", "4.11", "7.82", "32.17", "30.38", "37.84", "38.84", "48.70"):
         assert value in table
-    assert "HyperHuman (paper, Table 1)" in table and "this run (tiny models)" in table
-    assert "meaningless" in table
+    assert "HyperHuman (paper, Table 1)" in table and "this run: generated images (output not stated) (tiny models)" in table
+    assert "meaningless" in table and "clean-fid's CLIP ViT-B/32" in table
 
     # the same folders, evaluated against themselves through the CLI entry: FID ~ 0
     code = cli_main(["eval", "--real", str(tmp_path / "real"), "--generated", str(tmp_path / "real"), "--models", "tiny",
@@ -397,3 +399,50 @@ def test_coco_testset_on_a_synthetic_fixture(tmp_path):
 
     with pytest.raises(ValueError, match="does not exist; download annotations_trainval2014.zip"):
         build_coco_testset(CocoTestsetConfig(coco=str(tmp_path), out=str(tmp_path / "o5")))
+
+
+def test_eval_scores_stage1_for_table1_and_refined_beside_table7(tmp_path, eval_zoo):
+    """A `humanverse sample --testset` folder: stage1/ is the Table-1 row, refined/ a second row
+    beside Table 7; each row names its output and extractors; the real features are computed once."""
+    rows = _sample_set(tmp_path / "real", 3, [(512, 512), (640, 480)], seed=1)
+    _sample_set(tmp_path / "gen" / "stage1", 3, [(512, 512)], seed=2)
+    _sample_set(tmp_path / "gen" / "refined", 3, [(384, 384)], seed=3)
+    testset = _write_jsonl(tmp_path / "testset.jsonl", rows)
+    weights = _tiny_inception_file(tmp_path, 32)
+    cfg = E.EvalConfig(models="tiny", metrics=("fid", "kid", "fid_clip", "clip"), batch_size=3, device="cpu",
+                       inception_weights=str(weights), kid_subset_size=2)
+    calls = []
+
+    class CountingInception:
+        name = "counting tiny inception"
+
+        def __init__(self):
+            self.inner = E.CleanFIDInception(weights, "cpu")
+
+        def __call__(self, images):
+            calls.append(len(images))
+            return self.inner(images)
+
+    report = E.evaluate_outputs(tmp_path / "real", tmp_path / "gen", testset, cfg, inception=CountingInception())
+    assert [r["output"] for r in report["rows"]] == ["stage1", "refined"]
+    first, second = report["rows"]
+    assert report["metrics"] == first["metrics"] and first["generated_dir"].endswith("stage1")
+    assert first["paper_reference"]["method"] == "HyperHuman (paper, Table 1: stage-1 RGB)"
+    assert second["paper_reference"] == {"method": "HyperHuman (paper, Table 7: refiner at 512)", "FID": 12.38,
+                                         "KID_x1k": 2.55, "FID_CLIP": 6.76, "CLIP": 32.23}
+    assert first["metrics"]["FID"] != second["metrics"]["FID"]
+    assert sum(calls) == 3 + 3 + 3  # real once, then each output
+    table = E.format_table(report)
+    for needle in ("this run: stage-1 RGB (LSDM) (tiny models)", "this run: refined image (stage 2) (tiny models)",
+                   "12.38", "6.76", "**stage-1 RGB (LSDM)**: 3 images", "fid_clip: tiny:clip-vit-b32"):
+        assert needle in table, needle
+    with pytest.raises(ValueError, match="no refined/ folder"):
+        E.evaluate_outputs(tmp_path / "real", tmp_path / "gen" / "stage1", testset, cfg, outputs=["refined"])
+    assert [r["output"] for r in E.evaluate_outputs(tmp_path / "real", tmp_path / "gen", testset, cfg,
+                                                    outputs=["refined"])["rows"]] == ["refined"]
+
+
+def test_fid_clip_backbone_choice():
+    assert E.EvalConfig().fid_clip_backbone == "vit-b32"
+    with pytest.raises(ValueError, match="fid_clip_backbone must be one of vit-b32, vit-l14"):
+        E.EvalConfig(fid_clip_backbone="vit-h14")

@@ -123,6 +123,15 @@ def test_pipeline_batches_seeds_and_trained_weights(tiny_zoo, tmp_path):
     assert not np.array_equal(np.asarray(c[0].stage1_rgb), np.asarray(a[0].stage1_rgb))
     with pytest.raises(ValueError, match="one prompt per pose"):
         pipe(prompts[:2], poses, FAST_CFG)
+    assert pipe.sources["stage2_weights"] == "EMA" and pipe.sources["stage1_weights"].startswith("raw")
+
+    # a run trained on one pose-map style refuses to sample with the other
+    (tmp_path / "run1" / "conditioning.json").write_text(json.dumps({"stage": "stage1", "pose_style": "wholebody"}))
+    pipe = HyperHumanPipeline.from_pretrained("tiny", stage1=str(tmp_path / "run1"), refine=False)
+    no_refine = SampleConfig(**{**FAST_CFG.__dict__, "refine": False})
+    with pytest.raises(ValueError, match="trained on 'wholebody' pose maps but sampling would draw 'humansd'"):
+        pipe(prompts[:1], poses[:1], no_refine)
+    assert len(pipe(prompts[:1], poses[:1], SampleConfig(**{**no_refine.__dict__, "pose_style": "wholebody"}))) == 1
 
 
 def test_pose_from_row_and_testset_mode(tiny_zoo, tmp_path):
@@ -150,8 +159,12 @@ def test_pose_from_row_and_testset_mode(tiny_zoo, tmp_path):
     gen = tmp_path / "gen"
     assert cli_main(["sample", "--models", "tiny", "--testset", str(ts), "--out", str(gen), *FAST,
                      "--set", "batch_size=2"]) == 0
-    assert sorted(p.name for p in gen.glob("*.png")) == ["img0.png", "img1.png", "img2.png"]
-    assert json.loads((gen / "settings.json").read_text())["count"] == 3
+    # the stage-1 RGB (what Table 1 scores) and the refined image, each in its own folder
+    for folder in ("stage1", "refined"):
+        assert sorted(p.name for p in (gen / folder).glob("*.png")) == ["img0.png", "img1.png", "img2.png"]
+    settings = json.loads((gen / "settings.json").read_text())
+    assert settings["count"] == 3 and set(settings["outputs"]) == {"stage1", "refined"}
+    assert not list(gen.glob("*.png"))
 
 
 def test_testset_from_humanverse_rows(tmp_path):

@@ -14,7 +14,7 @@ from PIL import Image
 import humanverse
 from humanverse import codecs
 from humanverse.schema import NUM_KEYPOINTS
-from humanverse.skeleton import flip_keypoints, render_skeleton
+from humanverse.skeleton import flip_keypoints, render_pose, render_skeleton
 from humanverse.testing.synthetic import synthetic_table
 from model.training import data as D
 from helpers import assert_batches_equal, local_ray
@@ -135,7 +135,7 @@ def _centroid(w: torch.Tensor) -> tuple[float, float]:
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_same_window_for_every_modality(fmt, W, H, mw, mh, seed):
     row, (x0, x1, y0, y1), kp = _planted_row(fmt, W, H, mw, mh)
-    cfg = D.TrainDataConfig(resolution=R, crop="random", flip_prob=0.0)
+    cfg = D.TrainDataConfig(resolution=R, crop="random", flip_prob=0.0, pose_style="wholebody")  # a lone wrist dot
     ex = D.make_example(row, cfg, np.random.default_rng(seed))
     top, left = ex["crop_top_left"]
     s = R / min(W, H)
@@ -159,8 +159,9 @@ def test_same_window_for_every_modality(fmt, W, H, mw, mh, seed):
 @pytest.mark.parametrize("seed", [0, 5])
 def test_flip_mirrors_everything_and_swaps_left_right(seed):
     row, _, kp = _planted_row("PNG", 300, 200, 150, 100)
-    plain = D.make_example(row, D.TrainDataConfig(resolution=R, flip_prob=0.0), np.random.default_rng(seed))
-    flip = D.make_example(row, D.TrainDataConfig(resolution=R, flip_prob=1.0), np.random.default_rng(seed))
+    wb = {"pose_style": "wholebody"}  # the OpenPose wrist colours are checked below
+    plain = D.make_example(row, D.TrainDataConfig(resolution=R, flip_prob=0.0, **wb), np.random.default_rng(seed))
+    flip = D.make_example(row, D.TrainDataConfig(resolution=R, flip_prob=1.0, **wb), np.random.default_rng(seed))
     assert flip["flipped"] is True and plain["flipped"] is False
     assert torch.equal(flip["image"], plain["image"].flip(-1))
     assert torch.equal(flip["depth"], plain["depth"].flip(-1))
@@ -184,8 +185,10 @@ def test_flip_mirrors_everything_and_swaps_left_right(seed):
     assert abs(cx - (R - pcx)) < 0.5
 
 
-def test_skeleton_follows_keypoints_on_synthetic_rows(root):
-    cfg = D.TrainDataConfig(resolution=R, flip_prob=0.5, skeleton_threshold=0.3)
+@pytest.mark.parametrize("style", ["humansd", "wholebody"])
+def test_skeleton_follows_keypoints_on_synthetic_rows(root, style):
+    cfg = D.TrainDataConfig(resolution=R, flip_prob=0.5, skeleton_threshold=0.3, pose_style=style)
+    assert D.TrainDataConfig().pose_style == "humansd"  # the paper's (App. A.13)
     for row in _rows(root):
         rng = D.sample_rng(cfg.seed, 3, row["source_shard"], row["source_index"])
         ex = D.make_example(row, cfg, rng)
@@ -196,7 +199,7 @@ def test_skeleton_follows_keypoints_on_synthetic_rows(root):
         kp[..., 1] = kp[..., 1] * rh / row["height"] - top
         if flip:
             kp = flip_keypoints(kp, R)
-        expect = np.asarray(render_skeleton(kp, R, R, 0.3))
+        expect = np.asarray(render_pose(kp, R, R, 0.3, style))
         got = ((ex["pose"] + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
         assert np.array_equal(got, expect)
         assert ex["flipped"] == flip

@@ -12,7 +12,7 @@ NAME = "latents"
 HELP = "build the VAE-latent cache of a dataset (a Ray job)"
 
 #: options that are ``LatentCacheConfig`` fields; one left out keeps the config's default
-FIELDS = ("vae", "resolution", "where", "batch_size", "dtype", "files_per_chunk", "skeleton_threshold")
+FIELDS = ("vae", "resolution", "where", "batch_size", "dtype", "files_per_chunk", "skeleton_threshold", "pose_style")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -27,6 +27,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", help="VAE compute dtype: float32 (default), float16 or bfloat16")
     p.add_argument("--files-per-chunk", type=int, help="source data files per unit of work (default 32)")
     p.add_argument("--skeleton-threshold", type=float, help="keypoints scoring below this are not drawn (default 0.3)")
+    p.add_argument("--pose-style", choices=["humansd", "wholebody"],
+                   help="pose map drawing: humansd (default, the paper's) or wholebody; training checks it")
     p.add_argument("--no-ray", action="store_true", help="encode in this process (no Ray)")
     add_address(p)
     p.add_argument("--encoders", type=int, help="VAE actors (default: one per GPU)")

@@ -16,7 +16,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--pose", help="POSE.json: 133 x (x, y, score) keypoints per person (see the README)")
     src.add_argument("--pose-from", metavar="ROOT[#ID]", help="take the pose (and caption) from a HumanVerse row")
-    src.add_argument("--testset", help="an evaluation test set (JSONL): writes OUT/<id>.png for every row")
+    src.add_argument("--testset", help="an evaluation test set (JSONL): writes OUT/stage1/<id>.png (stage-1 RGB, "
+                     "what the paper's Table 1 scores) and OUT/refined/<id>.png for every row")
     add_models(p, "frozen parts")
     p.add_argument("--stage1", help="stage-1 run, checkpoint or lsdm/ folder (default: the zoo's lsdm)")
     p.add_argument("--stage2", help="stage-2 run, checkpoint or refiner/ folder (default: a fresh refiner)")

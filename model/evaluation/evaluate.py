@@ -30,11 +30,16 @@ Feature extractors are injected through three small protocols (:class:`Inception
   offline, pass the file with ``--inception-weights`` (or pre-place it there). The file is
   TorchScript (code + weights), the one load in the project that is not safetensors /
   ``weights_only``: it is the reference network and exists in no other format.
-* :class:`OpenClipExtractor` -- the zoo's ``clip-vit-l14`` (OpenAI CLIP ViT-L/14, QuickGELU, via
-  open_clip; ``--models tiny`` gives the tiny random CLIP, which works offline). FID-CLIP uses its
-  unnormalised ``encode_image`` features as clean-fid's ``clip_vit_b_32`` mode does (clean-fid
-  uses ViT-B/32; the paper does not name its CLIP, so ViT-L/14 -- also torchmetrics'
-  ``CLIPScore`` default -- is used for both FID-CLIP and the CLIP score).
+* FID-CLIP: :class:`CleanFIDClipB32` by default -- clean-fid's ``clip_vit_b_32`` features (the
+  paper cites clean-fid for FID-CLIP): OpenAI CLIP ViT-B/32, bicubic shortest-side resize to 224 +
+  centre crop, OpenAI mean/std, unnormalised ``encode_image`` features. Loaded through open_clip
+  (``ViT-B-32-quickgelu``, ``openai`` weights, the same network as clean-fid's ``clip.load``), or
+  from a local open_clip snapshot (``--fid-clip-weights DIR``); ``--models tiny`` gives a tiny random
+  stand-in of the same geometry. ``fid_clip_backbone: vit-l14`` uses the CLIP-score model instead
+  (the scale of FID-CLIP then differs from the paper's 7.82).
+* CLIP score: :class:`OpenClipExtractor` -- the zoo's ``clip-vit-l14`` (OpenAI CLIP ViT-L/14,
+  QuickGELU, via open_clip; ``--models tiny`` gives the tiny random CLIP, which works offline; the
+  paper does not name its CLIP for this score, ViT-L/14 is torchmetrics' ``CLIPScore`` default).
 * pose: ``humanverse eval`` passes :class:`pipelines.eval_pose.BuilderPoseEstimator`, the dataset
   builder's own stages run directly on a batch outside Ray (person detection, YOLOS, then
   whole-body pose, ViTPose, 133 keypoints), so generated images are annotated exactly as the
@@ -55,6 +60,13 @@ Coordinates are pixels of the 512 x 512 resized + centre-cropped frame, with a p
 ``i + 0.5`` (the builder's convention, which the pose stage writes). Unknown keys are ignored.
 The generated folder holds ``<id>.png`` (any size; it is resized and cropped like the real
 images). Without a test set only FID, KID and FID-CLIP are computed (unpaired folders).
+
+Which output is scored (:func:`evaluate_outputs`): ``humanverse sample --testset`` writes the
+stage-1 RGB to ``OUT/stage1/<id>.png`` and the refined image to ``OUT/refined/<id>.png``. The paper's
+Table 1 scores "the RGB output of the first-stage Latent Structural Diffusion Model", so the
+stage-1 folder gives the Table-1 row; the refined folder gives a second row, set beside the paper's
+Table 7 (its refiner at 512: FID 12.38, KID×1k 2.55, FID-CLIP 6.76, CLIP 32.23). A plain folder of
+``<id>.png`` is scored as one row of unknown output.
 """
 
 from __future__ import annotations
@@ -84,6 +96,7 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "METRICS",
     "PAPER_TABLE1",
+    "CleanFIDClipB32",
     "CleanFIDInception",
     "ClipExtractor",
     "CropGeometry",
@@ -94,6 +107,7 @@ __all__ = [
     "TestImage",
     "crop_geometry",
     "evaluate",
+    "evaluate_outputs",
     "format_table",
     "list_images",
     "load_eval_image",
@@ -107,11 +121,21 @@ METRICS = ("fid", "kid", "fid_clip", "clip", "pose")
 #: Metrics that need the test set (captions, input poses).
 PAIRED_METRICS = ("clip", "pose")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-REPORT_FORMAT = "humanverse-eval/1"
+REPORT_FORMAT = "humanverse-eval/2"
 
-#: HyperHuman's row of Table 1 (paper §5.1); pose AP/AR in percent.
+#: HyperHuman's row of Table 1 (paper §5.1, the stage-1 RGB output); pose AP/AR in percent.
 PAPER_TABLE1: dict[str, float] = {"FID": 17.18, "KID_x1k": 4.11, "FID_CLIP": 7.82, "CLIP": 32.17,
                                   "AP": 30.38, "AR": 37.84, "AP_clean": 38.84, "AR_clean": 48.70}
+#: HyperHuman's refiner at 512 px, paper Table 7 (appendix); no pose metrics reported there.
+PAPER_TABLE7_512: dict[str, float] = {"FID": 12.38, "KID_x1k": 2.55, "FID_CLIP": 6.76, "CLIP": 32.23}
+#: The outputs ``humanverse sample --testset`` writes: folder -> (what it holds, the paper row beside it).
+OUTPUTS: dict[str, tuple[str, str]] = {
+    "stage1": ("stage-1 RGB (LSDM)", "HyperHuman (paper, Table 1: stage-1 RGB)"),
+    "refined": ("refined image (stage 2)", "HyperHuman (paper, Table 7: refiner at 512)"),
+}
+PAPER_ROWS: dict[str, dict[str, float]] = {"stage1": PAPER_TABLE1, "refined": PAPER_TABLE7_512}
+#: FID-CLIP backbones: clean-fid's ViT-B/32 (default, the paper's scale) or the CLIP-score ViT-L/14.
+FID_CLIP_BACKBONES = ("vit-b32", "vit-l14")
 #: Table columns: report key, header, better direction.
 TABLE_COLUMNS = (("FID", "FID", "↓"), ("KID_x1k", "KID×1k", "↓"), ("FID_CLIP", "FID-CLIP", "↓"),
                  ("CLIP", "CLIP", "↑"), ("AP", "AP", "↑"), ("AR", "AR", "↑"),
@@ -132,7 +156,11 @@ class EvalConfig:
         metrics: metric groups to compute (subset of :data:`METRICS`); None computes all that the
             inputs allow (``clip`` and ``pose`` need a test set).
         models: zoo spec for the CLIP and pose models: ``paper``, ``tiny`` or a directory.
-        clip_model: zoo spec overriding ``models`` for ``clip-vit-l14``.
+        clip_model: zoo spec overriding ``models`` for ``clip-vit-l14`` (the CLIP score).
+        fid_clip_backbone: FID-CLIP features: ``vit-b32`` (clean-fid's CLIP ViT-B/32, the paper's
+            FID-CLIP) or ``vit-l14`` (the CLIP-score model).
+        fid_clip_weights: a local open_clip ViT-B/32 snapshot (``open_clip_config.json`` +
+            weights) for ``vit-b32``; None loads OpenAI's weights through open_clip (downloaded).
         inception_weights: local ``inception-2015-12-05.pt`` (clean-fid's TorchScript Inception);
             None downloads it into ``/tmp`` on first use.
         kid_subsets, kid_subset_size: KID's random subsets (clean-fid defaults 100 x 1000).
@@ -155,6 +183,8 @@ class EvalConfig:
     kid_subsets: int = 100
     kid_subset_size: int = 1000
     seed: int = 0
+    fid_clip_backbone: Literal["vit-b32", "vit-l14"] = "vit-b32"
+    fid_clip_weights: str | None = None
     pose_score_threshold: float = 0.5
     max_people: int = 20
     salient_people: int = 3
@@ -176,6 +206,9 @@ class EvalConfig:
         if self.kid_subsets < 1 or self.kid_subset_size < 2:
             raise ValueError(f"KID needs kid_subsets >= 1 and kid_subset_size >= 2, got {self.kid_subsets} "
                              f"and {self.kid_subset_size}.")
+        if self.fid_clip_backbone not in FID_CLIP_BACKBONES:
+            raise ValueError(f"fid_clip_backbone must be one of {', '.join(FID_CLIP_BACKBONES)}, got "
+                             f"{self.fid_clip_backbone!r}.")
         if not 0.0 <= self.pose_score_threshold <= 1.0:
             raise ValueError(f"pose_score_threshold must be in [0, 1], got {self.pose_score_threshold}.")
         if self.max_people < 1 or self.salient_people < 1:
@@ -540,12 +573,97 @@ class OpenClipExtractor:
             return self.model.encode_text(tokens).float().cpu().numpy()
 
 
+def write_tiny_clip_b32(folder: str | os.PathLike, seed: int = 0) -> Path:
+    """A tiny random open_clip CLIP with ViT-B/32's image geometry (patch 32, 224 px, QuickGELU,
+    OpenAI mean/std, bicubic resize + centre crop) in open_clip's ``local-dir:`` layout: the offline
+    stand-in for clean-fid's CLIP ViT-B/32. Meaningless features; deterministic in ``seed``."""
+    import open_clip
+    import torch
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    if (folder / "open_clip_model.safetensors").is_file():
+        return folder
+    model_cfg = {"embed_dim": 32, "quick_gelu": True,
+                 "vision_cfg": {"image_size": 224, "layers": 2, "width": 64, "head_width": 32, "patch_size": 32},
+                 "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 2}}
+    preprocess_cfg = {"mean": [0.48145466, 0.4578275, 0.40821073], "std": [0.26862954, 0.26130258, 0.27577711],
+                      "interpolation": "bicubic", "resize_mode": "shortest"}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = open_clip.CLIP(**model_cfg).eval()
+    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
+    tmp.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()},
+              str(tmp / "open_clip_model.safetensors"), metadata={"format": "pt"})
+    (tmp / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg}))
+    try:
+        os.replace(tmp, folder)
+    except OSError:  # another process wrote it first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+class CleanFIDClipB32:
+    """clean-fid's ``clip_vit_b_32`` FID features (``cleanfid.clip_features``): OpenAI CLIP
+    ViT-B/32, bicubic shortest-side resize to 224, centre crop, OpenAI mean/std, unnormalised
+    ``encode_image``. open_clip's ``ViT-B-32-quickgelu`` with the ``openai`` weights is the same
+    network and preprocessing; ``weights`` is a local open_clip snapshot folder instead."""
+
+    def __init__(self, weights: str | os.PathLike | None = None, device: str = "auto", tiny: bool = False):
+        import open_clip
+        import torch
+
+        try:
+            if weights is not None:
+                name = f"local-dir:{weights}"
+                self.model, _, self.preprocess = open_clip.create_model_and_transforms(name)
+                self.name = f"clean-fid CLIP ViT-B/32 ({'tiny random stand-in, ' if tiny else ''}{weights})"
+            else:
+                self.model, _, self.preprocess = open_clip.create_model_and_transforms(
+                    "ViT-B-32-quickgelu", pretrained="openai")
+                self.name = "clean-fid CLIP ViT-B/32 (OpenAI weights via open_clip ViT-B-32-quickgelu)"
+        except (OSError, RuntimeError, ValueError) as e:
+            raise FileNotFoundError(
+                f"the CLIP ViT-B/32 for FID-CLIP could not be loaded ({_first_line(e)}); pass --fid-clip-weights DIR "
+                f"(a downloaded open_clip ViT-B-32 snapshot) or --fid-clip-backbone vit-l14.") from None
+        if tiny:
+            self.name = f"tiny:clip-vit-b32 (random stand-in for clean-fid's CLIP ViT-B/32, {weights})"
+        self.device = _torch_device(device)
+        self.model.to(self.device).eval()
+        self._torch = torch
+
+    def image_features(self, images: Sequence[Image.Image]) -> np.ndarray:
+        torch = self._torch
+        x = torch.stack([self.preprocess(im) for im in images]).to(self.device)
+        with torch.inference_mode():
+            return self.model.encode_image(x).float().cpu().numpy()
+
+    def text_features(self, texts: Sequence[str]) -> np.ndarray:
+        raise NotImplementedError("CleanFIDClipB32 computes FID-CLIP image features only; the CLIP score "
+                                  "uses OpenClipExtractor.")
+
+
+def fid_clip_extractor(cfg: "EvalConfig", score_clip=None):
+    """The FID-CLIP extractor ``cfg`` asks for (``score_clip`` is reused for ``vit-l14``)."""
+    if cfg.fid_clip_backbone == "vit-l14":
+        return score_clip if score_clip is not None else OpenClipExtractor(cfg.clip_model or cfg.models, cfg.device)
+    weights, tiny = cfg.fid_clip_weights, False
+    if weights is None and cfg.models.strip().startswith("tiny"):
+        from humanverse.zoo import tiny_root
+
+        weights, tiny = write_tiny_clip_b32(tiny_root() / "cleanfid-clip-vit-b32-tiny"), True
+        log.warning("eval: --models tiny: FID-CLIP uses a tiny random stand-in for CLIP ViT-B/32 (meaningless numbers)")
+    return CleanFIDClipB32(weights, cfg.device, tiny=tiny)
+
+
 # ----------------------------------------------------------------------------- evaluation
 
 
 @dataclass
 class _Features:
     inception: list[np.ndarray] = field(default_factory=list)
+    fid_clip: list[np.ndarray] = field(default_factory=list)
     clip: list[np.ndarray] = field(default_factory=list)
     poses: list[list[PersonPose]] = field(default_factory=list)
 
@@ -556,7 +674,8 @@ def _batches(items: Sequence, n: int) -> Iterable[Sequence]:
 
 
 def _extract(paths: Sequence[Path], cfg: EvalConfig, what: str, *, inception: InceptionExtractor | None,
-             clip: ClipExtractor | None, pose: PoseExtractor | None) -> _Features:
+             clip: ClipExtractor | None, pose: PoseExtractor | None, fid_clip: ClipExtractor | None = None
+             ) -> _Features:
     feats = _Features()
     done, every = 0, max(1, 1000 // cfg.batch_size) * cfg.batch_size
     for batch in _batches(list(paths), cfg.batch_size):
@@ -565,6 +684,9 @@ def _extract(paths: Sequence[Path], cfg: EvalConfig, what: str, *, inception: In
             feats.inception.append(_check_features(inception(images), len(images), f"{what} Inception"))
         if clip is not None:
             feats.clip.append(_check_features(clip.image_features(images), len(images), f"{what} CLIP image"))
+        if fid_clip is not None:
+            feats.fid_clip.append(feats.clip[-1] if fid_clip is clip else _check_features(
+                fid_clip.image_features(images), len(images), f"{what} FID-CLIP image"))
         if pose is not None:
             people = [[_as_person(q) for q in ps] for ps in pose(images)]
             if len(people) != len(images):
@@ -618,7 +740,9 @@ def _pct(x: float) -> float | None:
 def evaluate(real_dir: str | os.PathLike, generated_dir: str | os.PathLike,
              testset: str | os.PathLike | Sequence[TestImage] | None = None, cfg: EvalConfig | None = None, *,
              inception: InceptionExtractor | None = None, clip: ClipExtractor | None = None,
-             pose: PoseExtractor | None = None, pose_factory=None) -> dict[str, Any]:
+             pose: PoseExtractor | None = None, pose_factory=None, fid_clip: ClipExtractor | None = None,
+             output: str | None = None, real_cache: dict | None = None, _extractors: dict | None = None
+             ) -> dict[str, Any]:
     """Run the HyperHuman §5 evaluation and return the report (a JSON-ready dict).
 
     Args:
@@ -627,7 +751,11 @@ def evaluate(real_dir: str | os.PathLike, generated_dir: str | os.PathLike,
         testset: the test-set JSONL (or rows from :func:`load_testset`); needed for the CLIP score
             and the pose metrics, and then only the test ids' generated images are evaluated.
         cfg: the :class:`EvalConfig` (default: the paper's settings).
-        inception, clip, pose: extractors overriding the defaults (built only for metrics asked for).
+        inception, clip, pose, fid_clip: extractors overriding the defaults (built only for metrics
+            asked for); ``fid_clip`` defaults to :func:`fid_clip_extractor` (clean-fid's ViT-B/32).
+        output: which sampler output ``generated_dir`` holds (a key of :data:`OUTPUTS`); names the
+            row and picks the paper row set beside it (None: unknown, Table 1 beside it).
+        real_cache: a dict kept across calls on the same real folder: its features are computed once.
         pose_factory: ``(models, device, score_threshold, max_people) -> PoseExtractor``, used when
             ``pose`` is None (``humanverse eval`` passes :class:`pipelines.eval_pose.BuilderPoseEstimator`).
 
@@ -656,7 +784,13 @@ def evaluate(real_dir: str | os.PathLike, generated_dir: str | os.PathLike,
                          f"{len(gen_paths)} generated.")
 
     need_inception = bool({"fid", "kid"} & set(wanted))
-    need_clip = bool({"fid_clip", "clip"} & set(wanted))
+    need_clip = "clip" in wanted
+    need_fid_clip = "fid_clip" in wanted
+    built = _extractors if _extractors is not None else {}
+    inception = inception or built.get("inception")
+    clip = clip or built.get("clip")
+    fid_clip = fid_clip or built.get("fid_clip")
+    pose = pose or built.get("pose")
     if need_inception and inception is None:
         weights = cfg.inception_weights
         if weights is None and cfg.models.strip().startswith("tiny"):  # everything tiny: a random stand-in
@@ -670,6 +804,8 @@ def evaluate(real_dir: str | os.PathLike, generated_dir: str | os.PathLike,
         inception = CleanFIDInception(weights, cfg.device)
     if need_clip and clip is None:
         clip = OpenClipExtractor(cfg.clip_model or cfg.models, cfg.device)
+    if need_fid_clip and fid_clip is None:
+        fid_clip = fid_clip_extractor(cfg, clip)
     if "pose" in wanted and pose is None:
         if pose_factory is None:
             raise ValueError("the pose metrics need a pose estimator: run `humanverse eval` (it supplies the "
@@ -677,10 +813,18 @@ def evaluate(real_dir: str | os.PathLike, generated_dir: str | os.PathLike,
         pose = pose_factory(cfg.models, cfg.device, cfg.pose_score_threshold, cfg.max_people)
     log.info("eval: %d real, %d generated images; metrics %s", len(real), len(gen_paths), ", ".join(wanted))
 
-    real_f = _extract(list(real.values()), cfg, "real", inception=inception if need_inception else None,
-                      clip=clip if "fid_clip" in wanted else None, pose=None)
+    built.update(inception=inception, clip=clip, fid_clip=fid_clip, pose=pose)
+    key = (str(real_dir), need_inception, need_fid_clip)
+    if real_cache is not None and key in real_cache:
+        real_f = real_cache[key]
+    else:
+        real_f = _extract(list(real.values()), cfg, "real", inception=inception if need_inception else None,
+                          clip=None, pose=None, fid_clip=fid_clip if need_fid_clip else None)
+        if real_cache is not None:
+            real_cache[key] = real_f
     gen_f = _extract(gen_paths, cfg, "generated", inception=inception if need_inception else None,
-                     clip=clip if need_clip else None, pose=pose if "pose" in wanted else None)
+                     clip=clip if need_clip else None, pose=pose if "pose" in wanted else None,
+                     fid_clip=fid_clip if need_fid_clip else None)
 
     metrics: dict[str, float | None] = {}
     if need_inception:
@@ -691,7 +835,7 @@ def evaluate(real_dir: str | os.PathLike, generated_dir: str | os.PathLike,
             metrics["KID_x1k"], metrics["KID_x1k_std"] = kid_x1000(
                 fa, fb, num_subsets=cfg.kid_subsets, subset_size=cfg.kid_subset_size, seed=cfg.seed)
     if "fid_clip" in wanted:
-        metrics["FID_CLIP"] = fid_from_features(np.concatenate(real_f.clip), np.concatenate(gen_f.clip))
+        metrics["FID_CLIP"] = fid_from_features(np.concatenate(real_f.fid_clip), np.concatenate(gen_f.fid_clip))
     if "clip" in wanted:
         text = np.concatenate([_check_features(clip.text_features(list(b)), len(b), "CLIP text")
                                for b in _batches([r.caption for r in rows], cfg.batch_size)])
@@ -710,6 +854,7 @@ def evaluate(real_dir: str | os.PathLike, generated_dir: str | os.PathLike,
                        AP_clean=_pct(clean["AP"]), AR_clean=_pct(clean["AR"]))
 
     names = {"inception": getattr(inception, "name", None) if need_inception else None,
+             "fid_clip": getattr(fid_clip, "name", None) if need_fid_clip else None,
              "clip": getattr(clip, "name", None) if need_clip else None,
              "pose": getattr(pose, "name", None) if "pose" in wanted else None}
     tiny = cfg.models.strip().startswith("tiny") or any(
@@ -717,7 +862,10 @@ def evaluate(real_dir: str | os.PathLike, generated_dir: str | os.PathLike,
     report = {
         "format": REPORT_FORMAT,
         "metrics": {k: (None if v is None or not math.isfinite(v) else float(v)) for k, v in metrics.items()},
-        "paper_reference": {"method": "HyperHuman (paper, Table 1)", **PAPER_TABLE1},
+        "output": output,
+        "output_description": OUTPUTS[output][0] if output in OUTPUTS else "generated images (output not stated)",
+        "paper_reference": {"method": OUTPUTS[output][1] if output in OUTPUTS else "HyperHuman (paper, Table 1)",
+                            **PAPER_ROWS.get(output, PAPER_TABLE1)},
         "counts": {"real": len(real), "generated": len(gen_paths), "testset": len(rows) if rows is not None else None,
                    "missing": missing, "extra": extra, "persons": num_persons},
         "extractors": names,
@@ -731,27 +879,75 @@ def evaluate(real_dir: str | os.PathLike, generated_dir: str | os.PathLike,
     return report
 
 
+def output_folders(generated_dir: str | os.PathLike) -> dict[str, Path]:
+    """The sampler's output folders under ``generated_dir`` (:data:`OUTPUTS` order) that hold images."""
+    root = Path(generated_dir)
+    found = {}
+    for name in OUTPUTS:
+        d = root / name
+        if d.is_dir() and any(p.suffix.lower() in IMAGE_SUFFIXES for p in d.iterdir()):
+            found[name] = d
+    return found
+
+
+def evaluate_outputs(real_dir: str | os.PathLike, generated_dir: str | os.PathLike,
+                     testset: str | os.PathLike | Sequence[TestImage] | None = None, cfg: EvalConfig | None = None,
+                     *, outputs: Sequence[str] | None = None, **extractors) -> dict[str, Any]:
+    """Score each sampler output under ``generated_dir`` as its own row (paper §5 protocol).
+
+    ``generated_dir`` is a ``humanverse sample --testset`` folder: ``stage1/`` (the stage-1 RGB, the
+    Table-1 row) and ``refined/`` (the refined image, set beside Table 7); ``outputs`` picks among
+    them (default: every one present). A plain folder of images is one row of unstated output.
+    The real images' features are computed once for all rows. Returns the first row's report
+    with ``rows`` holding every row's report."""
+    cfg = cfg or EvalConfig()
+    found = output_folders(generated_dir)
+    if outputs:
+        bad = [o for o in outputs if o not in OUTPUTS]
+        if bad:
+            raise ValueError(f"outputs {bad} are not sampler outputs; choose from {', '.join(OUTPUTS)}.")
+        missing = [o for o in outputs if o not in found]
+        if missing:
+            raise ValueError(f"the generated folder {str(generated_dir)!r} has no {'/, '.join(missing)}/ folder of "
+                             f"images (humanverse sample --testset writes stage1/ and, when refining, refined/).")
+        found = {o: found[o] for o in outputs}
+    if not found:
+        return evaluate(real_dir, generated_dir, testset, cfg, **extractors)
+    cache: dict = {}
+    built: dict = {}
+    rows = [evaluate(real_dir, d, testset, cfg, output=name, real_cache=cache, _extractors=built, **extractors)
+            for name, d in found.items()]
+    return {**rows[0], "rows": rows, "generated_dir": str(generated_dir)}
+
+
 def _cell(v: float | None, digits: int = 2) -> str:
     return "–" if v is None else f"{v:.{digits}f}"
 
 
 def format_table(report: dict[str, Any]) -> str:
-    """A Markdown table in the layout of the paper's Table 1, the paper's HyperHuman row beside ours."""
-    m = report["metrics"]
+    """A Markdown table in the layout of the paper's Table 1: per scored output, the paper's row
+    (Table 1 for the stage-1 RGB, Table 7 for the refined image) and ours beneath it."""
+    rows = report.get("rows") or [report]
     head = "| Method | " + " | ".join(f"{h} {d}" for _, h, d in TABLE_COLUMNS) + " |"
     sep = "|---|" + "---:|" * len(TABLE_COLUMNS)
-    paper = "| HyperHuman (paper, Table 1) | " + " | ".join(_cell(PAPER_TABLE1[k]) for k, _, _ in TABLE_COLUMNS) + " |"
-    ours_name = "this run (tiny models)" if report.get("tiny") else "this run"
-    ours = f"| {ours_name} | " + " | ".join(_cell(m.get(k)) for k, _, _ in TABLE_COLUMNS) + " |"
+    lines = [head, sep]
+    for r in rows:
+        paper = r["paper_reference"]
+        lines.append(f"| {paper['method']} | " + " | ".join(_cell(paper.get(k)) for k, _, _ in TABLE_COLUMNS) + " |")
+        ours_name = f"this run: {r.get('output_description', 'generated images')}" + (
+            " (tiny models)" if report.get("tiny") else "")
+        lines.append(f"| {ours_name} | " + " | ".join(_cell(r["metrics"].get(k)) for k, _, _ in TABLE_COLUMNS) + " |")
     c = report["counts"]
-    lines = [head, sep, paper, ours, ""]
-    lines.append(f"{c['generated']} generated vs {c['real']} real images at {report['config']['resolution']}² "
-                 f"(resize + centre crop); pose AP/AR in %, COCO OKS with 133 COCO-WholeBody keypoints; "
-                 f"'–' = not computed.")
+    lines.append("")
+    lines.append(f"Images at {report['config']['resolution']}² (resize + centre crop); pose AP/AR in %, COCO OKS "
+                 f"with 133 COCO-WholeBody keypoints; '–' = not computed or not reported.")
+    for r in rows:
+        rc = r["counts"]
+        ex = "; ".join(f"{k}: {v}" for k, v in r["extractors"].items() if v)
+        lines.append(f"- **{r.get('output_description', 'generated images')}**: {rc['generated']} images in "
+                     f"{r['generated_dir']} vs {rc['real']} real. Extractors: {ex}.")
     if c.get("missing"):
         lines.append(f"{c['missing']} test ids had no generated image and were skipped.")
-    ex = report["extractors"]
-    lines.append("Extractors: " + "; ".join(f"{k}: {v}" for k, v in ex.items() if v) + ".")
     if report.get("tiny"):
         lines.append("**Tiny random stand-in models were used: these numbers are meaningless "
                      "(a smoke test of the pipeline, not a result).**")

@@ -19,8 +19,10 @@ of a HumanVerse row (the first one without ``#ID``). A wrong number of values, a
 or a pose with no keypoint above the threshold is refused with one sentence.
 
 Batched: :class:`HyperHumanPipeline` takes lists of prompts and poses; ``humanverse sample
---testset FILE.jsonl`` generates ``OUT/<id>.png`` for every row of an evaluation test set (the
-format :mod:`model.evaluation.evaluate` reads), which ``humanverse eval --generated OUT`` scores.
+--testset FILE.jsonl`` generates, for every row of an evaluation test set (the format
+:mod:`model.evaluation.evaluate` reads), the stage-1 RGB as ``OUT/stage1/<id>.png`` (what the
+paper's Table 1 scores) and the refined image as ``OUT/refined/<id>.png``; ``humanverse eval
+--generated OUT`` scores each as its own row.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ class SampleConfig:
     stage2_guidance: float = 7.5
     conditioning_scale: float = 1.0
     skeleton_threshold: float = 0.3
+    pose_style: str = "humansd"  # the pose map drawing the models were trained on (checked)
     negative_prompt: str = ""
     seed: int = 0
     batch_size: int = 4
@@ -72,6 +75,10 @@ class SampleConfig:
                 raise ValueError(f"{k} must be a positive integer, got {getattr(self, k)!r}.")
         if self.seed < 0:
             raise ValueError(f"seed must be >= 0, got {self.seed}.")
+        from humanverse.skeleton import POSE_STYLES
+
+        if self.pose_style not in POSE_STYLES:
+            raise ValueError(f"pose_style must be one of {', '.join(POSE_STYLES)}, got {self.pose_style!r}.")
         if not 0.0 <= self.stage1_guidance_rescale <= 1.0:
             raise ValueError(f"stage1_guidance_rescale must be in [0, 1], got {self.stage1_guidance_rescale}.")
 
@@ -219,6 +226,29 @@ def _load_trained(cls, path: str | Path, weights: str, use_ema: bool):
     return model, d, used
 
 
+def read_conditioning(d: Path) -> dict | None:
+    """The conditioning record a training run wrote beside its checkpoint (or in the run folder);
+    None for weights from elsewhere."""
+    from model.training.tasks import CONDITIONING_FILE
+
+    for folder in (d, d.parent.parent, d.parent):  # checkpoint, its run (RUN/checkpoints/step-N), weights' parent
+        f = folder / CONDITIONING_FILE
+        if f.is_file():
+            return json.loads(f.read_text())
+    return None
+
+
+def check_conditioning(records: dict[str, dict | None], cfg: "SampleConfig") -> None:
+    """Refuse (one sentence) to sample with a pose-map style other than the one a stage trained on."""
+    for stage, rec in records.items():
+        if rec is None:
+            continue
+        trained = rec.get("pose_style", "wholebody")  # runs from before pose styles drew whole-body maps
+        if trained != cfg.pose_style:
+            raise ValueError(f"the {stage} weights were trained on {trained!r} pose maps but sampling would draw "
+                             f"{cfg.pose_style!r}; pass --set pose_style={trained} (or retrain).")
+
+
 @dataclass
 class HyperHumanResult:
     prompt: str
@@ -231,11 +261,12 @@ class HyperHumanResult:
     timings: dict = field(default_factory=dict)
 
 
-def _render_poses(poses: list[PoseInput], size: int, threshold: float) -> tuple[list[Image.Image], torch.Tensor]:
-    """Skeleton images at ``size``² and the (B, 3, size, size) tensor in [−1, 1] the models take."""
-    from humanverse.skeleton import render_skeleton
+def _render_poses(poses: list[PoseInput], size: int, threshold: float, style: str = "humansd"
+                  ) -> tuple[list[Image.Image], torch.Tensor]:
+    """Pose maps at ``size``² in ``style`` and the (B, 3, size, size) tensor in [−1, 1] the models take."""
+    from humanverse.skeleton import render_pose
 
-    ims = [render_skeleton(p.fitted(size), size, size, threshold) for p in poses]
+    ims = [render_pose(p.fitted(size), size, size, threshold, style) for p in poses]
     t = torch.stack([torch.from_numpy(np.array(im)).permute(2, 0, 1) for im in ims]).float() / 127.5 - 1
     return ims, t
 
@@ -250,6 +281,7 @@ class HyperHumanPipeline:
         self.device = torch.device(device or "cpu")
         self.tiny = tiny
         self.sources = sources or {}
+        self.conditioning: dict[str, dict | None] = {}  # stage -> its training run's conditioning record
 
     @classmethod
     def from_pretrained(cls, models: str = "paper", *, stage1: str | None = None, stage2: str | None = None,
@@ -264,11 +296,13 @@ class HyperHumanPipeline:
 
         dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         sources = {"models": models}
+        conditioning: dict[str, dict | None] = {}
         frozen1 = load_frozen_parts(models, dev)
         if stage1:
             lsdm, d, sources["stage1_weights"] = _load_trained(LatentStructuralUNet, stage1, "lsdm", use_ema)
             stats_file = d / "latent_stats.json"
             sources["stage1"] = str(d)
+            conditioning["stage1"] = read_conditioning(d)
         else:
             r = resolve("lsdm", models, builders={"lsdm": make_tiny_lsdm})
             lsdm, stats_file = LatentStructuralUNet.from_pretrained(r.path), Path(r.path) / "latent_stats.json"
@@ -290,6 +324,7 @@ class HyperHumanPipeline:
                 refiner, d, sources["stage2_weights"] = _load_trained(StructureGuidedControlNet, stage2, "refiner",
                                                                       use_ema)
                 sources["stage2"] = str(d)
+                conditioning["stage2"] = read_conditioning(d)
             else:
                 log.warning("no --stage2 weights: the refiner starts fresh from SDXL, i.e. plain SDXL without "
                             "structure guidance")
@@ -297,7 +332,9 @@ class HyperHumanPipeline:
                 sources["stage2"] = "fresh (untrained)"
             refiner.to(dev).eval()
         tiny = models == "tiny" or models.startswith("tiny:")
-        return cls(lsdm, frozen1, stats, refiner, frozen2, device=dev, tiny=tiny, sources=sources)
+        pipe = cls(lsdm, frozen1, stats, refiner, frozen2, device=dev, tiny=tiny, sources=sources)
+        pipe.conditioning = conditioning
+        return pipe
 
     @torch.no_grad()
     def __call__(self, prompts: list[str], poses: list[PoseInput], cfg: SampleConfig = SampleConfig()) -> list[HyperHumanResult]:
@@ -311,6 +348,7 @@ class HyperHumanPipeline:
             raise ValueError(f"got {len(prompts)} prompts for {len(poses)} poses; give one prompt per pose.")
         if cfg.refine and self.refiner is None:
             raise ValueError("this pipeline was loaded without the refiner (refine=False); set cfg.refine=False.")
+        check_conditioning({k: v for k, v in self.conditioning.items() if cfg.refine or k == "stage1"}, cfg)
         r1, r2 = cfg.stage1_resolution, cfg.stage2_resolution
         amp = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda")
         results: list[HyperHumanResult] = []
@@ -319,7 +357,7 @@ class HyperHumanPipeline:
         for start in tqdm(starts, desc="sample", disable=len(starts) <= 1):
             ps, pz = prompts[start:start + cfg.batch_size], poses[start:start + cfg.batch_size]
             seed = cfg.seed + start
-            renders, pose_t = _render_poses(pz, r1, cfg.skeleton_threshold)
+            renders, pose_t = _render_poses(pz, r1, cfg.skeleton_threshold, cfg.pose_style)
             added = torch.tensor([[r1, r1, 0, 0]] * len(ps), dtype=torch.float32)
             t0 = time.perf_counter()
             with amp:
@@ -328,7 +366,7 @@ class HyperHumanPipeline:
             t1 = time.perf_counter()
             finals: list[Image.Image | None] = [None] * len(ps)
             if cfg.refine:
-                _, pose2_t = _render_poses(pz, r2, cfg.skeleton_threshold)
+                _, pose2_t = _render_poses(pz, r2, cfg.skeleton_threshold, cfg.pose_style)
                 depth, normal = upsample_maps(out1.depth_maps, out1.normal_maps, (r2, r2))
                 cond = structure_inputs(pose2_t, depth, normal, self.refiner.conditions)
                 with amp:
@@ -423,14 +461,22 @@ def run_sample(cfg: SampleConfig, out: str | Path, *, models: str = "paper", pro
     t0 = time.perf_counter()
     results = pipe([j[1] for j in jobs], [j[2] for j in jobs], cfg)
     if testset:
-        out.mkdir(parents=True, exist_ok=True)
+        # the stage-1 RGB (what the paper's Table 1 scores) and the refined image, kept apart
+        folders = {"stage1": out / "stage1"} | ({"refined": out / "refined"} if cfg.refine else {})
+        for d in (*folders.values(), out / "sheets"):
+            d.mkdir(parents=True, exist_ok=True)
         for (name, _, _), res in zip(jobs, results):
-            (res.final or res.stage1_rgb).save(out / f"{name}.png")
-            (out / "sheets").mkdir(exist_ok=True)
+            res.stage1_rgb.save(folders["stage1"] / f"{name}.png")
+            if res.final is not None:
+                res.final.save(folders["refined"] / f"{name}.png")
             side_by_side(res, banner).save(out / "sheets" / f"{name}.png")
-        (out / "settings.json").write_text(json.dumps({**settings, "testset": str(testset), "count": len(jobs),
-                                                       "seconds": time.perf_counter() - t0}, indent=2))
-        log.info("wrote %d images to %s (score them with `humanverse eval --generated %s`)", len(jobs), out, out)
+        (out / "settings.json").write_text(json.dumps({
+            **settings, "testset": str(testset), "count": len(jobs), "seconds": time.perf_counter() - t0,
+            "outputs": {k: f"{v.name}/: " + ("the stage-1 RGB (paper Table 1 scores this)" if k == "stage1"
+                                            else "the refined image (stage 2)") for k, v in folders.items()}},
+            indent=2))
+        log.info("wrote %d test images to %s (%s; score them with `humanverse eval --generated %s`)", len(jobs), out,
+                 " and ".join(f"{k}/" for k in folders), out)
     else:
         paths = save_result(results[0], out, {**settings, "pose": results and jobs[0][2].source}, banner)
         sys.stdout.write("\n".join([f"{k:11s} {v}" for k, v in paths.items()]

@@ -101,7 +101,7 @@ import humanverse
 from humanverse.codecs import decode_keypoints
 from humanverse.errors import first_line
 from humanverse.schema import data_schema
-from humanverse.skeleton import flip_keypoints, render_skeleton
+from humanverse.skeleton import POSE_STYLES, flip_keypoints, render_pose
 from humanverse.sql import where_expression
 
 log = logging.getLogger(__name__)
@@ -161,6 +161,9 @@ class TrainDataConfig:
         crop: ``"random"`` (training) or ``"center"`` (evaluation, latent caches).
         flip_prob: probability of a horizontal flip (keypoints swap left/right, normal x negated).
         skeleton_threshold: keypoints scoring below this are not drawn.
+        pose_style: how the pose map is drawn (:data:`humanverse.skeleton.POSE_STYLES`): ``"humansd"``
+            (the paper's, App. A.13: HumanSD's 17-joint body skeleton) or ``"wholebody"`` (OpenPose
+            body, feet, hands and face). Sampling refuses a run trained with the other style.
         shuffle_buffer: rows held by the shuffle buffer (0 or 1: no shuffling within files).
         seed: seeds the file order, the shuffle buffer and every per-sample draw.
         reader: who decodes the rows: ``"local"`` (:func:`iter_examples`, in the training process)
@@ -178,6 +181,7 @@ class TrainDataConfig:
     crop: Literal["random", "center"] = "random"
     flip_prob: float = 0.5
     skeleton_threshold: float = 0.3
+    pose_style: Literal["humansd", "wholebody"] = "humansd"
     shuffle_buffer: int = 256
     seed: int = 0
     reader: Literal["local", "ray"] = "local"
@@ -197,6 +201,8 @@ class TrainDataConfig:
         if isinstance(self.skeleton_threshold, bool) or not isinstance(self.skeleton_threshold, (int, float)) \
                 or not math.isfinite(self.skeleton_threshold):
             raise ValueError(f"skeleton_threshold must be a finite number, got {self.skeleton_threshold!r}.")
+        if self.pose_style not in POSE_STYLES:
+            raise ValueError(f"pose_style must be one of {', '.join(POSE_STYLES)}, got {self.pose_style!r}.")
         if isinstance(self.shuffle_buffer, bool) or not isinstance(self.shuffle_buffer, int) or self.shuffle_buffer < 0:
             raise ValueError(f"shuffle_buffer must be a non-negative integer, got {self.shuffle_buffer!r}.")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
@@ -435,7 +441,7 @@ def _finish(dec: _Decoded, cfg: TrainDataConfig, flip: bool) -> dict[str, Any]:
         if kp is not None:
             kp = flip_keypoints(kp, r)  # x -> R - x, left <-> right
     if kp is not None:
-        pose = _rgb_u8(render_skeleton(kp, r, r, cfg.skeleton_threshold))
+        pose = _rgb_u8(render_pose(kp, r, r, cfg.skeleton_threshold, cfg.pose_style))
         pose = pose.permute(2, 0, 1).contiguous()  # (3, R, R) uint8
     else:
         pose = torch.zeros(3, r, r, dtype=torch.uint8)

@@ -131,6 +131,8 @@ class LatentCacheConfig:
         dtype: VAE compute dtype (``"float32"``, ``"float16"``, ``"bfloat16"``); storage is float16.
         where: SQL row predicate on ``hv`` selecting the rows to cache (as in TrainDataConfig).
         skeleton_threshold: keypoints scoring below this are not drawn.
+        pose_style: how the pose map is drawn (``"humansd"``, the paper's, or ``"wholebody"``); recorded,
+            and training refuses a cache drawn in another style than its config's.
         files_per_chunk: source data files per unit of work and resume.
     """
 
@@ -142,6 +144,7 @@ class LatentCacheConfig:
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     where: str | None = None
     skeleton_threshold: float = 0.3
+    pose_style: str = "humansd"
     files_per_chunk: int = 32
 
     def __post_init__(self) -> None:
@@ -170,12 +173,14 @@ class LatentCacheConfig:
     def data_config(self) -> D.TrainDataConfig:
         """The reader config that produces exactly the cached (unflipped) examples."""
         return D.TrainDataConfig(resolution=self.resolution, where=self.where, crop="center", flip_prob=0.0,
-                                 skeleton_threshold=self.skeleton_threshold, shuffle_buffer=0, seed=0)
+                                 skeleton_threshold=self.skeleton_threshold, pose_style=self.pose_style,
+                                 shuffle_buffer=0, seed=0)
 
     def content(self) -> dict[str, Any]:
         """The fields that define what the cache holds."""
         return {"resolution": self.resolution, "crop": self.crop, "flips": self.flips, "vae": self.vae,
-                "where": self.where, "skeleton_threshold": float(self.skeleton_threshold)}
+                "where": self.where, "skeleton_threshold": float(self.skeleton_threshold),
+                "pose_style": self.pose_style}
 
 
 @dataclass(frozen=True)
@@ -507,7 +512,8 @@ def check_cache(out, root, cfg: LatentCacheConfig, models: str | None = None) ->
     ``cfg`` (and, when ``models`` is given, the same VAE id@revision) from the dataset's current
     committed files. Returns the manifest."""
     m = read_cache_manifest(out)
-    diffs = _differences(m["config"], cfg.content())
+    built = {"pose_style": "wholebody", **m["config"]}  # caches from before pose styles drew whole-body maps
+    diffs = _differences(built, cfg.content())
     if models is not None:
         tag = vae_identity(cfg.vae, models)["tag"]
         if m["vae"]["tag"] != tag:

@@ -33,7 +33,7 @@ import torch
 from humanverse.config import to_dict
 from model.training.checkpoints import EMA, latest_checkpoint, save_checkpoint, usable_checkpoint
 from model.training.data import TrainDataConfig
-from model.training.stage1 import Stage1LossConfig
+from model.training.stage1 import LSDMLayout, Stage1LossConfig
 from model.training.stage2 import Stage2LossConfig
 
 log = logging.getLogger("model.training.loop")
@@ -102,6 +102,7 @@ class Stage1TrainConfig(TrainerConfig):
     stage: ClassVar[str] = "stage1"
     data: TrainDataConfig = TrainDataConfig()
     loss: Stage1LossConfig = Stage1LossConfig()
+    lsdm: LSDMLayout = LSDMLayout()  # Table-2 ablation knobs (model.training.stage1.LSDMLayout)
     latent_stats_samples: int = 64
 
 
@@ -398,7 +399,8 @@ def check_latent_cache(latents: str, data_root: str, cfg: TrainerConfig, models:
     built = read_cache_manifest(latents)["config"]
     known = {f.name for f in dc.fields(LatentCacheConfig)}
     want = LatentCacheConfig(**{**{k: v for k, v in built.items() if k in known},
-                                "resolution": cfg.data.resolution, "where": cfg.data.where})
+                                "resolution": cfg.data.resolution, "where": cfg.data.where,
+                                "pose_style": cfg.data.pose_style})
     check_cache(latents, data_root, want, models=models)
 
 

@@ -53,6 +53,30 @@ class Stage1LossConfig:
                 raise ValueError(f"loss.{k} must be a probability in [0, 1], got {v}.")
 
 
+@dataclass(frozen=True)
+class LSDMLayout:
+    """Which LSDM stage 1 trains (HyperHuman Table 2's ablation knobs; defaults: the paper's model).
+
+    ``expert_depth``: how much of the UNet each modality's expert branch owns at each end,
+    ``"half"`` (half of the first down block's layers), ``"one"`` (the first down and last up
+    block) or ``"two"`` (two down and two up blocks). ``modalities``: ``("rgb",)``,
+    ``("rgb", "depth")`` or ``("rgb", "depth", "normal")``; the loss sums over these.
+    """
+
+    expert_depth: str = "one"
+    modalities: tuple[str, ...] = ("rgb", "depth", "normal")
+
+    def __post_init__(self):
+        from model.models.lsdm import BRANCH_NAMES, EXPERT_DEPTHS
+
+        if self.expert_depth not in EXPERT_DEPTHS:
+            raise ValueError(f"lsdm.expert_depth must be one of {', '.join(EXPERT_DEPTHS)}, got {self.expert_depth!r}.")
+        mods = tuple(self.modalities)
+        if mods not in (BRANCH_NAMES[:1], BRANCH_NAMES[:2], BRANCH_NAMES):
+            raise ValueError(f"lsdm.modalities must be [rgb], [rgb, depth] or [rgb, depth, normal], got {list(mods)}.")
+        object.__setattr__(self, "modalities", mods)
+
+
 class Stage1Objective:
     """Computes Eq. 4's loss for a batch; owns nothing trainable (the LSDM is passed in)."""
 
@@ -92,15 +116,17 @@ class Stage1Objective:
         pose = z["pose"] * (~drop_pose).to(z["pose"]).view(-1, 1, 1, 1)
         # one timestep per sample for all modalities, independent noise per modality
         t = torch.randint(0, self.scheduler.config.num_train_timesteps, (b,), generator=gen)
-        noise = {m: torch.randn(z[m].shape, generator=gen).to(z[m]) for m in MODALITIES}
-        noisy = {m: diffusion.add_noise(self.alphas_cumprod, z[m], noise[m], t.to(device)) for m in MODALITIES}
-        target = {m: diffusion.velocity(self.alphas_cumprod, z[m], noise[m], t.to(device)) for m in MODALITIES}
+        mods = getattr(unet, "module", unet).modalities  # DDP wraps the LSDM; Table-2 ablations model fewer
+        noise = {m: torch.randn(z[m].shape, generator=gen).to(z[m]) for m in MODALITIES}  # drawn for all: same RNG
+        noisy = {m: diffusion.add_noise(self.alphas_cumprod, z[m], noise[m], t.to(device)) for m in mods}
+        target = {m: diffusion.velocity(self.alphas_cumprod, z[m], noise[m], t.to(device)) for m in mods}
         added = batch.get("added_cond")
-        out = unet(noisy["rgb"], noisy["depth"], noisy["normal"], pose, t.to(device), context,
+        out = unet(noisy["rgb"], noisy.get("depth"), noisy.get("normal"), pose, t.to(device), context,
                    added_cond=None if added is None else added.to(device))
         w = self.weighting(self.alphas_cumprod, t).to(device)
-        losses = {m: diffusion.v_loss(getattr(out, m), target[m], w) for m in MODALITIES}
-        losses["loss"] = sum(losses[m] for m in MODALITIES)
+        losses = {m: diffusion.v_loss(getattr(out, m), target[m], w) if m in mods else torch.zeros((), device=device)
+                  for m in MODALITIES}
+        losses["loss"] = sum(losses[m] for m in mods)
         losses["text_dropped"] = drop_text.float().mean()
         losses["pose_dropped"] = drop_pose.float().mean()
         losses["all_dropped"] = (drop_text & drop_pose).float().mean()

@@ -24,6 +24,30 @@ import torch
 log = logging.getLogger("model.training.loop")
 
 
+#: Written beside the weights of every checkpoint (and in the run folder): how the conditions were
+#: made, which sampling must reproduce (:func:`model.sampling.hyperhuman.check_conditioning`).
+CONDITIONING_FILE = "conditioning.json"
+
+
+def conditioning_record(cfg) -> dict:
+    """The conditioning a run trains on: pose-map style and threshold, and (stage 1) the layout
+    of the LSDM it trains."""
+    rec = {"stage": cfg.stage, "pose_style": cfg.data.pose_style, "skeleton_threshold": cfg.data.skeleton_threshold}
+    loss = getattr(cfg, "loss", None)
+    if hasattr(loss, "all_dropout"):
+        rec["all_dropout"] = loss.all_dropout
+    layout = getattr(cfg, "lsdm", None)
+    if layout is not None:
+        rec["expert_depth"], rec["modalities"] = layout.expert_depth, list(layout.modalities)
+    return rec
+
+
+def write_conditioning(cfg, d: Path) -> None:
+    import json
+
+    (d / CONDITIONING_FILE).write_text(json.dumps(conditioning_record(cfg), indent=2))
+
+
 def frozen_dtype(cfg, device: torch.device) -> torch.dtype:
     """The frozen encoders' (and stage 2's frozen UNet's) dtype: bf16 where the step runs in bf16
     autocast on a GPU (halves their memory; SDXL's VAE decodes upcast), else float32."""
@@ -52,7 +76,9 @@ class Stage1Task:
             self.model = LatentStructuralUNet.from_pretrained(ck / self.weights_dir)
             self.stats = LatentStats.from_json((ck / "latent_stats.json").read_text())
         else:
-            self.model = LatentStructuralUNet.from_sd2(load_sd2_unet(self.models))
+            layout = self.cfg.lsdm
+            self.model = LatentStructuralUNet.from_sd2(load_sd2_unet(self.models), expert_depth=layout.expert_depth,
+                                                       num_branches=len(layout.modalities))
             self.stats = estimate_latent_stats(self.frozen, stats_batches(), self.device,
                                                self.cfg.latent_stats_samples, self.cfg.seed)
         self.objective = Stage1Objective(self.frozen, self.stats, self.cfg.loss)
@@ -64,9 +90,11 @@ class Stage1Task:
     def save(self, d: Path) -> None:
         self.model.save_pretrained(d / self.weights_dir, safe_serialization=True)
         (d / "latent_stats.json").write_text(self.stats.to_json())
+        write_conditioning(self.cfg, d)
 
     def run_files(self, run_dir: Path) -> None:
         (run_dir / "latent_stats.json").write_text(self.stats.to_json())
+        write_conditioning(self.cfg, run_dir)
 
     def describe(self, m: dict) -> str:
         return f"loss {m['loss']:.4f} (rgb {m['rgb']:.4f} depth {m['depth']:.4f} normal {m['normal']:.4f})"
@@ -80,7 +108,7 @@ class Stage1Task:
         out = Stage1Sampler(self.model, self.frozen, self.stats)(
             list(cfg.validation_prompts[:n]), batch["pose"][:n], steps=cfg.sample_steps,
             guidance_scale=cfg.guidance_scale, seed=cfg.seed, added_cond=batch["added_cond"][:n])
-        return save_grid(out, batch["pose"][:n], path, title=title)
+        return save_grid(out, batch["pose"][:n], path, title=title, prompts=cfg.validation_prompts[:n])
 
 
 class Stage2Task:
@@ -115,9 +143,10 @@ class Stage2Task:
 
     def save(self, d: Path) -> None:
         self.model.save_pretrained(d / self.weights_dir, safe_serialization=True)
+        write_conditioning(self.cfg, d)
 
     def run_files(self, run_dir: Path) -> None:
-        pass
+        write_conditioning(self.cfg, run_dir)
 
     def describe(self, m: dict) -> str:
         drops = " ".join(f"{k.split('_')[0]} {m[k]:.2f}" for k in self.scalars[1:])
@@ -138,7 +167,8 @@ class Stage2Task:
                                                       guidance_scale=cfg.guidance_scale, seed=cfg.seed)
         cols = [to_uint8(batch["pose"][:n]), to_uint8(batch["depth"][:n]), to_uint8(batch["normal"][:n])]
         rows = [tuple(Image.fromarray(c[i]) for c in cols) + (out.images[i],) for i in range(n)]
-        return write_grid(rows, path, f"{title}  |  pose  depth  normal  refined")
+        return write_grid(rows, path, title, columns=("pose", "depth", "normal", "refined"),
+                          prompts=cfg.validation_prompts[:n])
 
 
 def task_for(cfg) -> type:
