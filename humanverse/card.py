@@ -8,9 +8,10 @@ them. The body describes every column (from :data:`humanverse.schema.COLUMN_DESC
 table the Parquet field descriptions come from), the reject reasons, the keypoint parts and their
 visibility threshold, and the models and inputs the manifest records.
 
-The card depends on the manifest only (format version, ``clip_dim``, models, inputs, banner), so it
-is rewritten whenever ``humanverse.json`` is: :func:`write_card` is the one hook. Pure pyarrow and
-PyYAML: no ``datasets`` import (the tests check the features against ``datasets`` itself).
+The card depends on the manifest only (format version, ``clip_dim``, acceptance settings, models,
+inputs, banner), so it is rewritten whenever ``humanverse.json`` is: :func:`write_card` is the one
+hook. Pure pyarrow and PyYAML: no ``datasets`` import (the tests check the features against
+``datasets`` itself).
 
 The ``data_files`` globs (``data/part-*.parquet``) never match the manifest, ``_log/``,
 ``_staging/`` or anything that is not a published file of that kind. Like any glob they see what is
@@ -85,6 +86,33 @@ def card_metadata(manifest: Mapping) -> dict:
         ],
         "dataset_info": [{"config_name": kind, "features": card_features(schemas[kind])} for kind in DATA_FILES],
     }
+
+
+#: The config settings that decide which rows are accepted, as the card lists them:
+#: (section, key, what an accepted row satisfied).
+_FILTERS = (
+    ("resolution", "min_side", "shorter side of the original at least {} px"),
+    ("detect", "score_threshold", "persons are detections scoring at least {}"),
+    ("person_filter", "min_persons", "at least {} person(s)"),
+    ("person_filter", "max_persons", "at most {} persons"),
+    ("person_filter", "min_area", "person boxes cover at least {} of the image"),
+    ("aesthetic", "threshold", "aesthetic score at least {}"),
+    ("outpaint", "policy", "outpainting policy {!r}"),
+)
+
+
+def _filters(config: Mapping) -> list[str]:
+    """One Markdown bullet per acceptance setting the build ``config`` holds, for the stages it ran
+    (all of them when it does not list its stages)."""
+    stages = config.get("stages")
+    out = []
+    for section, key, text in _FILTERS:
+        if isinstance(stages, list) and section not in stages:
+            continue
+        value = (config.get(section) or {}).get(key) if isinstance(config.get(section), Mapping) else None
+        if value is not None:
+            out.append(f"- {_md(text.format(value))} (`{section}.{key}`)")
+    return out
 
 
 def _md(text: str) -> str:
@@ -189,6 +217,15 @@ def card_text(manifest: Mapping) -> str:
         "|---|---|",
         *(f"| `{k}` | {_md(v)} |" for k, v in REJECT_REASONS.items()),
     ]
+    config = manifest.get("config") if isinstance(manifest.get("config"), Mapping) else {}
+    filters = _filters(config)
+    if filters:
+        stages = config.get("stages")
+        out += ["", "## Acceptance", "",
+                ("Rows in `data` passed these settings of the build config (rows that did not are in `rejects` "
+                 "with the reason):"), "", *filters]
+        if isinstance(stages, list):
+            out += ["", "Stages run: " + ", ".join(f"`{_md(str(x))}`" for x in stages) + "."]
     models = manifest.get("models") or {}
     if models:
         out += ["", "## Models", "", "| entry | model |", "|---|---|",

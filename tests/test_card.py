@@ -103,6 +103,17 @@ def test_card_text_front_matter_and_columns():
     assert BOTH_HANDS.split(" AND ")[1] in body  # the filter example uses the documented columns
 
 
+def test_card_lists_the_acceptance_settings_of_the_stages_run():
+    config = {"stages": ["decode", "resolution", "detect", "person_filter"], "resolution": {"min_side": 200},
+              "person_filter": {"min_persons": 1, "max_persons": 3, "min_area": 0.15},
+              "aesthetic": {"threshold": 4.5}, "detect": {"score_threshold": 0.5}}
+    text = card.card_text({"config": config})
+    assert "- at most 3 persons (`person_filter.max_persons`)" in text and "`resolution.min_side`" in text
+    assert "aesthetic.threshold" not in text  # the aesthetic stage did not run: no such filter
+    config["stages"].append("aesthetic")
+    assert "- aesthetic score at least 4.5 (`aesthetic.threshold`)" in card.card_text({"config": config})
+
+
 def test_write_card_follows_the_manifest(tmp_path):
     card.write_card(tmp_path, {"models": {"pose": "tiny:vitpose"}})
     assert "`tiny:vitpose`" in (tmp_path / card.CARD).read_text()
