@@ -3,14 +3,13 @@
 Its YAML front matter declares two configs, ``data`` (the default) and ``rejects``, each a glob over
 the published Parquet files of that kind, and their features, with the encoded-image columns
 (``image``, ``depth``, ``depth_omnidata``, ``normal``) typed as ``Image``. With it,
-``datasets.load_dataset(ROOT, "data")`` returns decoded PIL images, and the Hub's viewer shows
-them. The body describes every column (from :data:`humanverse.schema.COLUMN_DESCRIPTIONS`, the
+``datasets.load_dataset(ROOT, "data")`` returns decoded PIL images. The body describes every column (from :data:`humanverse.schema.COLUMN_DESCRIPTIONS`, the
 table the Parquet field descriptions come from), the reject reasons, the keypoint parts and their
 visibility threshold, and the models and inputs the manifest records.
 
 The card depends on the manifest only (format version, ``clip_dim``, acceptance settings, models,
-inputs, banner), so it is rewritten whenever ``humanverse.json`` is: :func:`write_card` is the one
-hook. Pure pyarrow and PyYAML: no ``datasets`` import (the tests check the features against
+inputs, banner): :func:`write_card` is the one hook, called with the manifest wherever a command
+writes ``humanverse.json`` with new settings (the builder's :func:`pipelines.plan.open_build`). Pure pyarrow and PyYAML: no ``datasets`` import (the tests check the features against
 ``datasets`` itself).
 
 The ``data_files`` globs (``data/part-*.parquet``) never match the manifest, ``_log/``,
