@@ -9,8 +9,9 @@ visibility threshold, and the models and inputs the manifest records.
 
 The card depends on the manifest only (format version, ``clip_dim``, acceptance settings, models,
 inputs, banner): :func:`write_card` is the one hook, called with the manifest wherever a command
-writes ``humanverse.json`` with new settings (the builder's :func:`pipelines.plan.open_build`). Pure pyarrow and PyYAML: no ``datasets`` import (the tests check the features against
-``datasets`` itself).
+writes ``humanverse.json`` with new settings (the builder's :func:`pipelines.plan.open_build`).
+Pure pyarrow and PyYAML: no ``datasets`` import (the tests check the features against ``datasets``
+itself).
 
 The ``data_files`` globs (``data/part-*.parquet``) never match the manifest, ``_log/``,
 ``_staging/`` or anything that is not a published file of that kind. Like any glob they see what is
