@@ -69,6 +69,13 @@ def format_duration(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
+def _count(name: str, value) -> str:
+    """A count as ``"21 accepted"``; a measurement as ``"loss 0.1234"``."""
+    if isinstance(value, float):
+        return f"{name} {value:.4g}"
+    return f"{value} {name}"
+
+
 def _rate(n: float, seconds: float, unit: str) -> str:
     if seconds <= 0 or n <= 0:
         return f"- {unit}/s"
@@ -131,7 +138,7 @@ class Progress:
         of = f"/{self.total}" if self.total is not None else ""
         pct = f" ({100 * self.done / self.total:.0f}%)" if self.total else ""
         parts = [f"{self.what}: {self.done}{of} {self.unit}{pct}"]
-        parts += [f"{v} {k}" for k, v in self.counts.items()]
+        parts += [_count(k, v) for k, v in self.counts.items()]
         parts.append(_rate(self.done - self.initial, self.elapsed, self.unit))
         if final:
             parts.append(f"in {format_duration(self.elapsed)}")
@@ -139,8 +146,9 @@ class Progress:
             parts.append(f"elapsed {format_duration(self.elapsed)}, ETA {format_duration(self.eta())}")
         return ", ".join(parts)
 
-    def update(self, done: int | None = None, advance: int = 0, **counts: int) -> None:
-        """Set ``done`` (absolute) or add ``advance``; set the named counts (absolute)."""
+    def update(self, done: int | None = None, advance: int = 0, **counts: float) -> None:
+        """Set ``done`` (absolute) or add ``advance``; set the named counts (absolute; an int shows as
+        ``"21 accepted"``, a float as ``"loss 0.1234"``)."""
         with self._lock:
             if self._closed:
                 return
@@ -199,11 +207,48 @@ class Progress:
     def _draw(self) -> None:
         if self._bar is not None:
             self._bar.n = self.done
-            self._bar.set_postfix_str(", ".join(f"{v} {k}" for k, v in self.counts.items()), refresh=False)
+            self._bar.set_postfix_str(", ".join(_count(k, v) for k, v in self.counts.items()), refresh=False)
             self._bar.refresh()
         else:
             self.stream.write("\r" + self.line())
             self.stream.flush()
+
+
+class Poller:
+    """While a block runs: calls ``read()`` every ``every`` seconds on a thread and hands what it
+    returns (``{"done": n, **counts}``, or None for nothing new) to ``progress``; reads once more
+    and closes ``progress`` at the end. A failing read is logged at DEBUG and never stops the work.
+
+    How the driver shows the progress of work done elsewhere (Ray tasks, Train workers)."""
+
+    def __init__(self, progress: Progress, read: Callable[[], dict | None], every: float = 0.5):
+        self.progress, self.read, self.every = progress, read, every
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="humanverse-progress", daemon=True)
+
+    def _once(self) -> None:
+        try:
+            state = self.read()
+        except Exception:  # noqa: BLE001 - the display must never stop the work
+            log.debug("progress read failed", exc_info=True)
+            return
+        if state:
+            self.progress.update(**state)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every):
+            self._once()
+
+    def __enter__(self) -> Poller:
+        self._thread.start()
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        if exc_type is None:
+            self._once()
+        self.progress.close()
 
 
 def stage_totals(title: str, rows: Iterable[tuple[str, ...]], headers: tuple[str, ...]) -> str:
@@ -340,5 +385,5 @@ def quiet_ray() -> None:
             detectors.detectors = []
 
 
-__all__ = ["NOISE", "NoiseFilter", "Progress", "format_duration", "keep_worker_line", "quiet_python", "quiet_ray",
+__all__ = ["NOISE", "NoiseFilter", "Poller", "Progress", "format_duration", "keep_worker_line", "quiet_python", "quiet_ray",
            "set_verbose", "stage_totals", "verbose"]

@@ -28,7 +28,6 @@ import logging
 import math
 import os
 import sys
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -311,7 +310,7 @@ def _run_graph(cfg: BuildConfig, plan: BuildPlan, sink: ShardSink, models: str, 
         ds = ds.map_batches(_tally_rows, fn_kwargs={"tally": tally}, batch_size=None, batch_format="pyarrow",
                             num_cpus=res.write.num_cpus, compute=ray.data.TaskPoolStrategy(size=res.write.concurrency))
         datasink = make_datasink(sink.writer(), plan.clip_dim, cfg.write.rows_per_file)
-        with _ProgressPoller(tally, plan.work):
+        with _progress(tally, plan.work):
             ds.write_datasink(datasink, ray_remote_args={"num_cpus": res.write.num_cpus},
                               concurrency=res.write.concurrency)
         read = ray.get(ledger.report.remote())
@@ -357,46 +356,19 @@ def rows_to_do(work) -> int:
     return sum(max(s.size - len(work.skip.get(s.name, ())), 0) for s in work.todo)
 
 
-class _ProgressPoller:
-    """While the graph runs: reads the :class:`RowTally` every half second into one
-    :class:`humanverse.progress.Progress` display (rows of the run's total, accepted, rejected,
-    rate, ETA); its final line when the graph ends."""
+def _progress(tally, work):
+    """The build's progress display, fed from the :class:`RowTally` every half second: rows of the
+    run's total, read, accepted, rejected, rate and ETA (:class:`humanverse.progress.Progress`)."""
+    import ray
 
-    def __init__(self, tally, work, every: float = 0.5):
-        from humanverse.progress import Progress
+    from humanverse.progress import Poller, Progress
 
-        self.tally, self.every = tally, every
-        self.progress = Progress("build", total=rows_to_do(work), unit="rows",
-                                 counts=("read", "accepted", "rejected"), logger=log)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._poll, name="build-progress", daemon=True)
+    def read() -> dict:
+        rows_read, accepted, rejected = ray.get(tally.counts.remote(), timeout=10)
+        return {"done": accepted + rejected, "read": rows_read, "accepted": accepted, "rejected": rejected}
 
-    def _read(self) -> None:
-        import ray
-
-        read, accepted, rejected = ray.get(self.tally.counts.remote(), timeout=10)
-        self.progress.update(done=accepted + rejected, read=read, accepted=accepted, rejected=rejected)
-
-    def _poll(self) -> None:
-        while not self._stop.wait(self.every):
-            try:
-                self._read()
-            except Exception:  # noqa: BLE001 - the display must never stop the build
-                log.debug("progress poll failed", exc_info=True)
-
-    def __enter__(self) -> _ProgressPoller:
-        self._thread.start()
-        return self
-
-    def __exit__(self, exc_type, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        if exc_type is None:
-            try:
-                self._read()
-            except Exception:  # noqa: BLE001
-                log.debug("progress poll failed", exc_info=True)
-        self.progress.close()
+    show = Progress("build", total=rows_to_do(work), unit="rows", counts=("read", "accepted", "rejected"), logger=log)
+    return Poller(show, read)
 
 
 def _failed_note(failed: dict[str, str]) -> str:

@@ -4,6 +4,7 @@ progress line, end-of-build report and GPU-less default."""
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 import pty
@@ -250,3 +251,78 @@ def test_build_without_gpus_uses_cpus_by_itself(tmp_path, tiny_zoo, caplog):
     recorded = json.loads((tmp_path / "out" / "humanverse.json").read_text())["config"]["resources"]
     assert recorded["detect"]["num_gpus"] == 0  # the manifest records the layout that ran
     assert load_config(None).resources.detect.num_gpus > 0 and callable(build)
+
+
+# -- training you can watch: validation loss, reporters, readable grids -----------------------------
+
+
+@pytest.fixture(scope="module")
+def train_root(tmp_path_factory):
+    import humanverse
+    from humanverse.testing.synthetic import synthetic_table
+
+    root = tmp_path_factory.mktemp("watch") / "ds"
+    sink = humanverse.ShardSink.open(root)
+    for s in range(2):
+        sink.write(synthetic_table(8, shard=f"s{s}", seed=s, width=96, height=128), "data", f"s{s}")
+    sink.close()
+    return root
+
+
+def test_report_to_is_checked_before_anything_runs(tmp_path, caplog):
+    from humanverse.cli import main as cli_main
+    from model.training.report import parse_report_to
+
+    assert parse_report_to("none") == () and parse_report_to("tensorboard, wandb") == ("tensorboard", "wandb")
+    with pytest.raises(ValueError, match="is not a list of"):
+        parse_report_to("comet")
+    with pytest.raises(ValueError, match="cannot be combined"):
+        parse_report_to("none,wandb")
+    import importlib.util
+
+    if importlib.util.find_spec("mlflow") is None:
+        t0 = time.perf_counter()
+        code = cli_main(["train", "stage1", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "run"),
+                         "--report-to", "mlflow"])
+        assert code == 2 and "pip install mlflow" in caplog.text
+        assert time.perf_counter() - t0 < 5 and not (tmp_path / "run").exists()
+
+
+def test_validation_loss_reporters_and_a_readable_grid(tiny_zoo, train_root, tmp_path, monkeypatch):
+    """val/* on a fixed batch every validate_every steps, to TensorBoard and W&B (offline), and a
+    validation grid with labelled columns and the prompts, tiles of at least 256 px."""
+    pytest.importorskip("wandb")
+    from PIL import Image
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from model.training.data import TrainDataConfig
+    from model.training.loop import ScalingConfig, Stage1TrainConfig, train_loop
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    cfg = Stage1TrainConfig(data=TrainDataConfig(resolution=32, shuffle_buffer=8), scaling=ScalingConfig(use_ray=False),
+                            batch_size=4, max_steps=4, checkpoint_every=4, validate_every=2, log_every=2,
+                            sample_steps=2, latent_stats_samples=8, ema_decay=None,
+                            report_to=("tensorboard", "wandb"))
+    run = tmp_path / "run"
+    out = train_loop(cfg, str(train_root), str(run), "tiny")
+    vals = {h["step"]: h["val_loss"] for h in out["history"] if "val_loss" in h}
+    assert sorted(vals) == [2, 4] and all(v > 0 for v in vals.values())
+
+    acc = EventAccumulator(str(run / "tensorboard"))
+    acc.Reload()
+    tags = acc.Tags()["scalars"]
+    assert {"val/loss", "val/rgb", "val/depth", "val/normal", "train/loss"} <= set(tags), tags
+    assert [e.step for e in acc.Scalars("val/loss")] == [2, 4]
+    assert [e.value for e in acc.Scalars("val/loss")] == pytest.approx([vals[2], vals[4]])
+    assert acc.Tags()["images"] == ["validation"]
+
+    (record,) = (run / "wandb").glob("offline-run-*/run-*.wandb")  # the offline run's record log
+    assert b"val/loss" in record.read_bytes() and b"train/loss" in record.read_bytes()
+    assert len(list(record.parent.glob("files/media/images/validation_*.png"))) == 2
+
+    grid = Image.open(run / "samples" / "step-00000004.png")
+    n = len(cfg.validation_prompts)
+    assert grid.width >= 4 * 256 and grid.height >= n * 256 + 40, grid.size  # 32-px samples scaled up
+    with (run / "history.jsonl").open() as f:
+        assert any("val_loss" in json.loads(line) for line in f)

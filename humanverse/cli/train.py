@@ -21,16 +21,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-steps", type=int, help="stop after N optimizer steps (the config's max_steps)")
     p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in --out")
     p.add_argument("--out", required=True, help="run folder (checkpoints, tensorboard, samples)")
+    p.add_argument("--report-to", metavar="tensorboard|wandb|mlflow|none",
+                   help="where scalars (train/*, val/*) and validation grids go, comma-separated (default: "
+                        "tensorboard; wandb honours WANDB_MODE=offline)")
     add_address(p)
     add_set(p, "--set data.where=\"num_persons = 1\"")
 
 
 def run(args: argparse.Namespace) -> int:
-    from model.training.loop import load_train_config, run_training
-
     overrides = parse_sets(args.set)
     if args.max_steps is not None:
         overrides["max_steps"] = args.max_steps
+    if args.report_to is not None:  # checked before torch is imported: a missing package fails fast
+        from model.training.report import parse_report_to
+
+        overrides["report_to"] = list(parse_report_to(args.report_to))
+    from model.training.loop import load_train_config, run_training
+
     cfg = load_train_config(args.config, overrides, args.stage)
     run_training(cfg, absolute(args.data), absolute(args.out), args.models, absolute(args.latents), args.resume,
                  args.address)

@@ -4,8 +4,9 @@ Stage 1 trains the Latent Structural Diffusion Model (§3.2), stage 2 the Struct
 (§3.3); what differs lives in :mod:`model.training.tasks`. A loop you can read top to bottom (nanoGPT
 style): build the frozen parts and the trainable model, restore the newest complete checkpoint
 when ``--resume``, then per step: gather ``grad_accum`` micro-batches, compute the objective,
-backward, clip, AdamW step, EMA update; log, checkpoint (atomic, rotated) and render validation
-samples every N steps.
+backward, clip, AdamW step, EMA update; log, checkpoint (atomic, rotated), and every
+``validate_every`` steps the validation loss on a fixed batch (``val/*``) and validation grids;
+scalars and grids go to the ``report_to`` reporters (:mod:`model.training.report`).
 
 Step-exact resume: the data stream is deterministic in (seed, epoch) and its position (epoch,
 batches consumed in the epoch) is saved with the checkpoint; every random draw of a step
@@ -80,6 +81,12 @@ class TrainerConfig:
     log_every: int = 10
     validate_every: int = 500
     validation_prompts: tuple[str, ...] = ("a person standing in a park", "two people talking on a street")
+    #: rows of the validation batch (the loss logged as val/*, and the poses of the grids): a SQL
+    #: predicate on the dataset, e.g. "substr(id, 1, 1) = '0'" with data.where "substr(id, 1, 1) <> '0'"
+    #: for a held-out split; None: the first rows of the training selection (centre crops, no flips)
+    validation_where: str | None = None
+    #: where scalars and validation grids go: tensorboard, wandb, mlflow (model.training.report); () for none
+    report_to: tuple[str, ...] = ("tensorboard",)
     sample_steps: int = 50  # paper: DDIM 50 steps, CFG 7.5
     guidance_scale: float = 7.5
     seed: int = 0
@@ -93,6 +100,12 @@ class TrainerConfig:
             raise ValueError(f"ema_decay must be in (0, 1) or null, got {self.ema_decay}.")
         if not self.validation_prompts:
             raise ValueError("validation_prompts must hold at least one prompt.")
+        from model.training.report import REPORTERS
+
+        bad = [r for r in self.report_to if r not in REPORTERS or r == "none"]
+        if bad:
+            raise ValueError(f"report_to: {bad} are not reporters; use a list of tensorboard, wandb, mlflow "
+                             "(or [] for none).")
 
 
 @dataclass(frozen=True)
@@ -222,6 +235,27 @@ class DataStream:
         raise ValueError("the training data selection yields no batch (empty selection or batch_size too large).")
 
 
+#: seeds the validation loss's noise, timesteps and dropout draws (the same at every validation)
+VAL_SEED = 0x5641_4C
+
+
+def write_progress(run_dir: Path, step: int, total: int, loss: float) -> None:
+    """``RUN/progress.json`` (step, total, loss; atomic): how rank 0 of a Ray Train run tells the
+    driver where it is (:func:`read_progress`)."""
+    tmp = run_dir / ".progress.json.tmp"
+    tmp.write_text(json.dumps({"step": step, "total": total, "loss": loss}))
+    os.replace(tmp, run_dir / "progress.json")
+
+
+def read_progress(run_dir: Path) -> dict | None:
+    """What :func:`write_progress` wrote, as :class:`humanverse.progress.Progress` updates (None before)."""
+    try:
+        d = json.loads((Path(run_dir) / "progress.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    return {"done": int(d["step"]), "loss": float(d["loss"])}
+
+
 def train_loop(cfg: TrainerConfig, data_root: str, run: str, models: str, latents: str | None = None,
                resume: bool = False, rank: int = 0, world: int = 1, report=None) -> dict:
     """One worker's training loop for either stage. Returns the final metrics and the history
@@ -273,14 +307,17 @@ def train_loop(cfg: TrainerConfig, data_root: str, run: str, models: str, latent
         last_epoch=state["step"] - 1 if state["step"] else -1)
     stream = DataStream(data_root, latents, cfg, rank, world, state["epoch"], state["step_in_epoch"],
                         reader=cfg.data.reader)
-    writer = None
+    reporters = None
     if rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps({"stage": task.name, **to_dict(cfg)}, indent=2))
-        task.run_files(run_dir)
-        from tensorboardX import SummaryWriter
+        from model.training.report import Reporters
 
-        writer = SummaryWriter(str(run_dir / "tensorboard"))
+        run_dir.mkdir(parents=True, exist_ok=True)
+        config = {"stage": task.name, **to_dict(cfg)}
+        (run_dir / "config.json").write_text(json.dumps(config, indent=2))
+        log.info("%s: config in %s; reporting to %s", task.name, run_dir / "config.json",
+                 ", ".join(cfg.report_to) or "the run folder only")
+        task.run_files(run_dir)
+        reporters = Reporters(cfg.report_to, run_dir, config, f"{task.name}-{run_dir.name}")
 
     def write_checkpoint(step: int) -> None:
         def write(d: Path) -> None:
@@ -295,9 +332,34 @@ def train_loop(cfg: TrainerConfig, data_root: str, run: str, models: str, latent
                  "world_size": world}))
         save_checkpoint(run_dir, step, write, keep=cfg.keep_checkpoints)
 
+    val_batch: dict | None = None
+
+    def validation_rows() -> dict:
+        """The fixed validation batch: the ``validation_where`` rows (else the selection's first), centre crops."""
+        nonlocal val_batch
+        if val_batch is None:
+            val_cfg = cfg if cfg.validation_where is None else dataclasses.replace(
+                cfg, data=dataclasses.replace(cfg.data, where=cfg.validation_where))
+            val_batch = validation_batch(data_root, val_cfg, max(cfg.batch_size, len(cfg.validation_prompts)))
+        return val_batch
+
+    def validation_loss(step: int) -> dict[str, float]:
+        """The objective on the fixed validation batch with fixed noise, timesteps and dropout draws
+        (the training weights, no gradient): comparable from one validation to the next."""
+        net.eval()
+        try:
+            with torch.no_grad(), _autocast(cfg, device):
+                losses = task.loss(net, validation_rows(), torch.Generator().manual_seed(_seed_for(cfg.seed, VAL_SEED)))
+        finally:
+            net.train()
+        out = {k: float(v) for k, v in losses.items() if k in task.scalars and not k.endswith("_dropped")}
+        reporters.scalars({f"val/{k}": v for k, v in out.items()}, step)
+        log.info("%s step %d validation loss %.4f", task.name, step, out["loss"])
+        return out
+
     def validate(step: int) -> None:
         """Sample with the EMA weights (then restore the training weights)."""
-        batch = validation_batch(data_root, cfg, len(cfg.validation_prompts))
+        batch = validation_rows()
         backup = [p.detach().clone() for p in params] if ema is not None else None
         if ema is not None:
             ema.copy_to(params)
@@ -306,10 +368,7 @@ def train_loop(cfg: TrainerConfig, data_root: str, run: str, models: str, latent
             path = run_dir / "samples" / f"step-{step:08d}.png"
             tiny = "TINY RANDOM MODELS (meaningless) " if models.strip().startswith("tiny") else ""
             grid = task.validate(batch, path, f"{tiny}{task.name} step {step}" + (" (EMA)" if ema else ""))
-            if writer is not None:
-                import numpy as np
-
-                writer.add_image("validation", np.asarray(grid), step, dataformats="HWC")
+            reporters.image("validation", grid, step, caption=" | ".join(cfg.validation_prompts))
             log.info("validation samples: %s", path)
         finally:
             if backup is not None:
@@ -319,10 +378,15 @@ def train_loop(cfg: TrainerConfig, data_root: str, run: str, models: str, latent
             net.train()
 
     history: list[dict] = []
-    from tqdm.auto import tqdm
+    # the progress display: drawn here when this process is the driver; under Ray Train rank 0
+    # writes it to RUN/progress.json and the driver draws it (run_training)
+    show = None
+    if rank == 0 and report is None:
+        from humanverse.progress import Progress
 
-    bar = tqdm(total=cfg.max_steps, initial=state["step"], desc=task.name, disable=rank != 0)
-    t_last, samples = time.perf_counter(), 0
+        show = Progress(f"train {task.name}", total=cfg.max_steps, unit="steps", initial=state["step"],
+                        counts=("loss",), logger=log)
+    t_last, samples, t_progress = time.perf_counter(), 0, 0.0
     metrics: dict = {}
     for step in range(state["step"], cfg.max_steps):
         opt.zero_grad(set_to_none=True)
@@ -350,24 +414,29 @@ def train_loop(cfg: TrainerConfig, data_root: str, run: str, models: str, latent
         done = step + 1
         metrics = {**acc, "step": done, "lr": sched.get_last_lr()[0], "grad_norm": float(grad_norm)}
         history.append(metrics)
-        bar.update(1)
+        if show is not None:
+            show.update(done=done, loss=float(metrics["loss"]))
+        elif rank == 0 and (time.perf_counter() - t_progress >= 1.0 or done == cfg.max_steps):
+            t_progress = time.perf_counter()
+            write_progress(run_dir, done, cfg.max_steps, float(metrics["loss"]))
         if rank == 0 and (done % cfg.log_every == 0 or done == cfg.max_steps):
             now = time.perf_counter()
             metrics["samples_per_s"] = samples * world / max(now - t_last, 1e-9)
             t_last, samples = now, 0
-            for k in task.scalars + ("lr", "grad_norm", "samples_per_s"):
-                writer.add_scalar(f"train/{k}", metrics[k], done)
-            bar.set_postfix(loss=f"{metrics['loss']:.4f}")
+            reporters.scalars({f"train/{k}": metrics[k] for k in task.scalars + ("lr", "grad_norm", "samples_per_s")},
+                              done)
             log.info("%s step %d %s lr %.2e", task.name, done, task.describe(metrics), metrics["lr"])
         if report is not None:
             report(metrics)
         if rank == 0 and (done % cfg.checkpoint_every == 0 or done == cfg.max_steps):
             write_checkpoint(done)
         if rank == 0 and (done % cfg.validate_every == 0 or done == cfg.max_steps):
+            metrics.update({f"val_{k}": v for k, v in validation_loss(done).items()})
             validate(done)
-    bar.close()
-    if writer is not None:
-        writer.close()
+    if show is not None:
+        show.close()
+    if reporters is not None:
+        reporters.close()
         with (run_dir / "history.jsonl").open("a") as f:
             f.write("".join(json.dumps(h) + "\n" for h in history))
     return {"final": metrics, "history": history}
@@ -409,19 +478,27 @@ def _init_ray(cfg: TrainerConfig, address: str | None) -> None:
     machine as a logical CPU, at least 2 and enough for the train workers (fractional CPUs)."""
     import ray
 
+    from humanverse.progress import quiet_ray
+
     if ray.is_initialized():
         return
+    quiet_ray()
     if address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=address)
     else:
         ray.init(address="local", include_dashboard=False,
                  num_cpus=max(2, os.cpu_count() or 1,
                               math.ceil(cfg.scaling.num_workers * cfg.scaling.cpus_per_worker) + 1))
+    quiet_ray()
 
 
 def run_training(cfg: TrainerConfig, data_root: str, run: str, models: str, latents: str | None = None,
                  resume: bool = False, address: str | None = None) -> dict | None:
-    """Train either stage (the config's type says which): in this process, or on Ray Train."""
+    """Train either stage (the config's type says which): in this process, or on Ray Train. The
+    reporters' packages are checked first (before Ray starts or a model loads)."""
+    from model.training.report import parse_report_to
+
+    parse_report_to(cfg.report_to or ("none",))
     stage = cfg.stage
     if latents and stage == "stage2":
         raise ValueError("--latents is a stage-1 (SD-2 VAE) cache; stage 2 encodes with the SDXL VAE on the fly.")
@@ -444,7 +521,14 @@ def run_training(cfg: TrainerConfig, data_root: str, run: str, models: str, late
                                                         **({"GPU": 1} if cfg.scaling.use_gpu else {})}),
         run_config=RunConfig(name=f"{stage}-{Path(run).name}", storage_path=str(Path(run).resolve() / "ray")),
     )
-    result = trainer.fit()
+    from humanverse.progress import Poller, Progress
+
+    done = usable_checkpoint(Path(run)) if resume else None
+    start = json.loads((done / "trainer_state.json").read_text())["step"] if done is not None else 0
+    (Path(run) / "progress.json").unlink(missing_ok=True)
+    show = Progress(f"train {stage}", total=cfg.max_steps, unit="steps", initial=start, counts=("loss",), logger=log)
+    with Poller(show, lambda: read_progress(Path(run)), every=1.0):
+        result = trainer.fit()
     if result.error:
         raise result.error
     ck = latest_checkpoint(Path(run))
