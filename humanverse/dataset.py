@@ -21,8 +21,8 @@ import pyarrow.fs as pafs
 from humanverse import fs as hfs
 from humanverse.errors import first_line
 from humanverse.schema import REJECT_SCHEMA, data_schema
-from humanverse.shards import (FINAL, KINDS, RECORDS_DIR, SEALED, SEALS_DIR, STAGING_DIR, CommitState, DatasetError, read_log,
-                               read_manifest)
+from humanverse.shards import (FINAL, KINDS, RECORDS_DIR, SEALS_DIR, CommitState, DatasetError, read_log, read_manifest,
+                               staged_paths)
 
 log = logging.getLogger(__name__)
 
@@ -217,5 +217,4 @@ def _compacted(root: hfs.Root, run: str) -> bool:
 def _staged(root: hfs.Root, file: str, run: str) -> bool:
     """Whether a logged file that is not in place is still in its run's staging folder (published
     by the writer in a moment, or rolled forward by the next writer)."""
-    base = posixpath.basename(file)
-    return any(hfs.exists(root, root.join(STAGING_DIR, d, base)) for d in (run, SEALED + run))
+    return any(hfs.exists(root, p) for p in staged_paths(root, run, file))

@@ -488,10 +488,14 @@ def read_manifest(root: "str | hfs.Root") -> dict | None:
 
 
 def write_manifest(root: "str | hfs.Root", manifest: Mapping) -> None:
-    """Write ``humanverse.json`` atomically, stamping the format name and version."""
+    """Write ``humanverse.json`` atomically, stamping the format name and version, and the dataset
+    card (``README.md``, :mod:`humanverse.card`) that describes it."""
+    from humanverse.card import CARD, card_text
+
     root = hfs.resolve_root(root)
     m = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **manifest}
     _put(root, root.join(MANIFEST), json.dumps(m, indent=2, sort_keys=True).encode())
+    _put(root, root.join(CARD), card_text(m).encode(), fsync=False)
 
 
 def _put(root: hfs.Root, path: str, data: bytes, fsync: bool = True) -> None:
@@ -572,7 +576,7 @@ class ShardWriter:
         adds, staged = [], []
         for kind, table in tables.items():
             rel = self.file_name(kind, name)
-            path = root.join(STAGING_DIR, self.run, posixpath.basename(rel))
+            path = staged_paths(root, self.run, rel)[0]
             self._stage(root, table, path)
             staged.append((path, root.join(rel)))
             shard_rows: dict[str, int] = {}
@@ -611,6 +615,14 @@ def _in_final_seal(root: hfs.Root, run: str, record_path: str) -> bool:
     except FileNotFoundError:
         return False
     return posixpath.basename(record_path) in json.loads(meta.get(b"humanverse_commits", b"[]"))
+
+
+def staged_paths(root: hfs.Root, run: str, file: str) -> tuple[str, ...]:
+    """Where committed ``file`` of ``run`` is staged before it is published: ``_staging/<run>/<kind>-<name>``
+    (one run stages a file of each kind under the same name), then the first log version's places."""
+    kind, _, base = file.partition("/")
+    return (root.join(STAGING_DIR, run, f"{kind}-{base}"), root.join(STAGING_DIR, run, base),
+            root.join(STAGING_DIR, SEALED + run, base))
 
 
 def _publish(root: hfs.Root, src: str, dst: str) -> None:
@@ -810,7 +822,7 @@ class ShardSink:
         if info.type == pafs.FileType.File:
             raise DatasetError(f"the output {root.path} is a file, not a folder; give a new or existing dataset "
                                "folder.")
-        for d in (root.path, root.join("data"), root.join("rejects"), root.join(STAGING_DIR), root.join(LEASE_DIR),
+        for d in (root.path, *(root.join(k) for k in COMMIT_KINDS), root.join(STAGING_DIR), root.join(LEASE_DIR),
                   root.join(RUNS_DIR), root.join(RECORDS_DIR), root.join(FENCES_DIR), root.join(SEALS_DIR)):
             root.fs.create_dir(d, recursive=True)
         lease = _acquire_lease(root, run, lease_seconds)
@@ -826,7 +838,8 @@ class ShardSink:
             for d in (root.join(RECORDS_DIR, run), root.join(STAGING_DIR, run)):
                 root.fs.create_dir(d, recursive=True)
             record = {"run": run, "status": "running", "started": time.time(), "host": socket.gethostname(),
-                      "pid": os.getpid(), "code_version": code_version(), **(provenance or {})}
+                      "pid": os.getpid(), "code_version": code_version(), "format_version": FORMAT_VERSION,
+                      **(provenance or {})}
             _put(root, root.join(RUNS_DIR, f"{run}.json"), json.dumps(record, sort_keys=True, default=str).encode())
         except BaseException:
             keeper.release()
@@ -880,6 +893,17 @@ class ShardSink:
             for shard, key in zip(t.column(0).to_pylist(), t.column(1).to_pylist()):
                 if shard in want and key is not None:
                     out[shard].add(key)
+        return out
+
+    def built_by(self) -> dict[str, list[str]]:
+        """Config digest (``config_sha`` of the run records) -> the runs whose files are committed,
+        this run included: which configs built the rows (each run's full config is its record)."""
+        digests = {r.get("run"): r.get("config_sha") or "unrecorded" for r in read_runs(self.root)}
+        out: dict[str, list[str]] = {}
+        for run in [*self._state.runs(), self.run]:
+            runs = out.setdefault(digests.get(run, "unrecorded"), [])
+            if run not in runs:
+                runs.append(run)
         return out
 
     def checkpoint(self, every: int = CHECKPOINT_EVERY) -> bool:
@@ -953,8 +977,7 @@ def _roll_forward(root: hfs.Root, table: pa.Table) -> None:
     for file, run, rows in zip(table["file"].to_pylist(), table["run"].to_pylist(), table["rows"].to_pylist()):
         if file in present:
             continue
-        base = posixpath.basename(file)
-        for staged in (root.join(STAGING_DIR, run, base), root.join(STAGING_DIR, SEALED + run, base)):
+        for staged in staged_paths(root, run, file):
             if hfs.exists(root, staged):
                 root.fs.create_dir(root.join(file.partition("/")[0]), recursive=True)
                 _publish(root, staged, root.join(file))

@@ -32,9 +32,9 @@ import os
 import re
 from dataclasses import dataclass
 
-from humanverse.card import write_card
 from humanverse.config import ConfigError, to_dict
-from humanverse.shards import ShardSink, read_manifest, read_runs, write_manifest
+from humanverse.schema import FORMAT_VERSION
+from humanverse.shards import ShardSink, read_manifest, write_manifest
 from pipelines.config import BuildConfig
 from pipelines.readers import Discovery, SourceShard, discover
 from pipelines.readers.base import FOLDER
@@ -65,7 +65,9 @@ def config_diff(a, b, prefix: str = "") -> list[str]:
 
 
 def check_resumable(existing: dict | None, fingerprint: dict, output: str, force_new_config: bool) -> None:
-    """Refuse to continue dataset ``output`` (its manifest ``existing``) with a different config."""
+    """Refuse to continue dataset ``output`` (its manifest ``existing``) with a different config, or
+    one written in an older format (its files would not share one schema with this builder's)."""
+    check_format(existing, output, "continue it")
     if existing is None or existing.get("fingerprint") in (None, fingerprint) or force_new_config:
         return
     changes = config_diff(existing["fingerprint"], fingerprint)
@@ -73,6 +75,14 @@ def check_resumable(existing: dict | None, fingerprint: dict, output: str, force
         f"{output} was built with a different config ({'; '.join(changes[:5])}); re-run with the "
         f"recorded config (humanverse.json) or pass --force-new-config to continue with the new one."
     )
+
+
+def check_format(existing: dict | None, output: str, what: str) -> None:
+    """Refuse to write files of this format version into a dataset of an older one."""
+    version = int((existing or {}).get("format_version", FORMAT_VERSION))
+    if version < FORMAT_VERSION:
+        raise ConfigError(f"{output} is a format v{version} dataset and this version writes format v{FORMAT_VERSION} "
+                          f"(new columns), so it cannot {what}; build into a new output (readers still read it).")
 
 
 def stored_clip_dim(cfg: BuildConfig, models: str) -> int | None:
@@ -337,12 +347,11 @@ def open_build(input: str, output: str, cfg: BuildConfig, *, models: str,  # noq
         _log_gone(existing, input, found, committed)
         work = WorkPlan.of(shards, sink, existing, found.failed)
         manifest = make_manifest(cfg, models, input, shards, clip_dim, existing, committed, tags)
-        manifest["built_by"] = built_by(sink)
+        manifest["built_by"] = sink.built_by()
         if len(manifest["built_by"]) > 1:
             log.warning("the dataset's rows are built under %d different configs (manifest built_by; each run's "
                         "config is in _log/runs/)", len(manifest["built_by"]))
         write_manifest(sink.root, manifest)
-        write_card(sink.root, manifest)  # README.md: the dataset card (humanverse.card)
     except BaseException:
         sink.close()
         raise
@@ -350,18 +359,6 @@ def open_build(input: str, output: str, cfg: BuildConfig, *, models: str,  # noq
              "%d unreadable", len(shards), work.rows, len(work.done), len(work.todo), len(work.skip),
              len(work.changed), len(found.failed))
     return sink, BuildPlan(manifest, clip_dim, work, input)
-
-
-def built_by(sink: ShardSink) -> dict[str, list[str]]:
-    """Config digest -> the runs built under it whose rows are in the dataset, this run included:
-    what the manifest claims about the rows, per config (each run's full config is its run record)."""
-    digests = {r.get("run"): r.get("config_sha") or "unrecorded" for r in read_runs(sink.root)}
-    out: dict[str, list[str]] = {}
-    for run in [*sink.state.runs(), sink.run]:
-        runs = out.setdefault(digests.get(run, "unrecorded"), [])
-        if run not in runs:
-            runs.append(run)
-    return out
 
 
 def _log_gone(existing: dict | None, input: str, found: Discovery, committed: dict[str, int]) -> None:  # noqa: A002

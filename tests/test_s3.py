@@ -21,7 +21,6 @@ import pytest
 import humanverse
 from humanverse import fs as hfs
 from humanverse.shards import RunFencedError, ShardSink, read_log, read_runs
-from humanverse.testing.synthetic import synthetic_table
 
 sys.path.insert(0, str(Path(__file__).parent))
 from shard_writer_proc import make_rows  # noqa: E402

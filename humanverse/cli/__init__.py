@@ -6,6 +6,7 @@
     humanverse zoo list | make-tiny DIR
     humanverse download URLS OUT [...]
     humanverse build INPUT OUTPUT [--config FILE.yaml] [--models tiny|paper|DIR] [--address ADDR]
+    humanverse refilter ROOT --set aesthetic.threshold=5.0
     humanverse latents ROOT OUT [--models ...]
     humanverse train stage1|stage2 --data ROOT [--latents OUT] [--config FILE.yaml] [--models ...] --out RUN
     humanverse testset rows ROOT OUT | coco --coco DIR --out OUT
@@ -24,12 +25,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from humanverse.cli import (build, demo, download, evaluate, latents, query, sample, show, stats, testset, train,
-                            zoo)
+from humanverse.cli import (build, demo, download, evaluate, latents, query, refilter, sample, show, stats, testset,
+                            train, zoo)
 from humanverse.cli.plumbing import add_log_level, configure_logging, run_command
 
 #: the commands, in the order ``humanverse --help`` lists them
-COMMANDS = (query, stats, show, zoo, download, build, latents, train, testset, sample, evaluate, demo)
+COMMANDS = (query, stats, show, zoo, download, build, refilter, latents, train, testset, sample, evaluate, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

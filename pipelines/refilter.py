@@ -1,0 +1,194 @@
+"""Re-apply the builder's thresholds to the scores a dataset already stores, as one committed run.
+
+``humanverse refilter ROOT --set aesthetic.threshold=5.0`` moves the accepted rows that fail the new
+thresholds to ``rejects/`` (a reject row with the stage's reason) and keeps each moved row whole in
+``held/``, so a later refilter with looser thresholds moves it back. Every changed file is replaced
+by one commit object that adds its successors and retires it (:meth:`humanverse.shards.ShardSink.commit`),
+so each row is in ``data/`` or ``rejects/`` exactly once at every moment, and a killed refilter
+resumes by running again. Rows the *build* rejected at a threshold were never annotated by the
+later stages and cannot be promoted: they are counted and named in the report.
+
+The thresholds are those of the filter stages, applied as the stages apply them
+(:class:`pipelines.stages.aesthetic.AestheticStage`, :class:`pipelines.stages.person_filter.PersonFilter`):
+``aesthetic.threshold`` (reject when ``aesthetic < threshold``) and ``person_filter.min_persons``,
+``max_persons`` and ``min_area`` (on ``num_persons`` and ``person_area``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import posixpath
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from humanverse.config import ConfigError, from_dict, to_dict
+from humanverse.schema import REJECT_SCHEMA
+from humanverse.shards import HELD, CommitRecord, ShardSink, read_manifest, write_manifest
+from pipelines.config import BuildConfig
+from pipelines.plan import check_format
+
+log = logging.getLogger(__name__)
+
+#: The config values a refilter can change: each is a threshold over a stored column.
+REFILTERABLE = ("aesthetic.threshold", "person_filter.min_persons", "person_filter.max_persons",
+                "person_filter.min_area")
+
+
+@dataclass
+class RefilterReport:
+    """What a refilter did."""
+
+    run: str
+    changes: dict[str, tuple]
+    moved_to_rejects: int = 0
+    moved_back: int = 0
+    files_replaced: int = 0
+    #: rows the build rejected at a changed threshold that would pass now (never annotated further)
+    not_promotable: int = 0
+    funnel: dict[str, int] = field(default_factory=dict)
+
+
+def _verdicts(t: pa.Table, cfg: BuildConfig) -> tuple[pa.Array, list[tuple[str, str, str] | None]]:
+    """Per row: passes, and (stage, reason, detail) of the first failed filter, as the stages order them."""
+    stages = set(cfg.stages)
+    out: list[tuple[str, str, str] | None] = []
+    pf, ae = cfg.person_filter, cfg.aesthetic
+    n_persons = t["num_persons"].to_pylist()
+    area = t["person_area"].to_pylist()
+    score = t["aesthetic"].to_pylist()
+    for n, a, s in zip(n_persons, area, score):
+        why = None
+        if "person_filter" in stages and n is not None:
+            if n < pf.min_persons:
+                why = ("person_filter", "no_person", f"{n} persons detected (need >= {pf.min_persons})")
+            elif n > pf.max_persons:
+                why = ("person_filter", "too_many_persons", f"{n} persons > {pf.max_persons}")
+            elif a is not None and a < pf.min_area:
+                why = ("person_filter", "person_too_small", f"person area {a:.3f} < {pf.min_area}")
+        if why is None and "aesthetic" in stages and s is not None and s < ae.threshold:
+            why = ("aesthetic", "low_aesthetic", f"aesthetic {s:.3f} < {ae.threshold}")
+        out.append(why)
+    return pa.array([w is None for w in out], pa.bool_()), out
+
+
+def _reject_rows(t: pa.Table, why: list[tuple[str, str, str]], run: str) -> pa.Table:
+    cols = {f.name: t[f.name] for f in REJECT_SCHEMA if f.name in t.schema.names}
+    cols["stage"] = pa.array([w[0] for w in why], pa.string())
+    cols["reason"] = pa.array([w[1] for w in why], pa.string())
+    cols["detail"] = pa.array([f"refilter {run}: {w[2]}" for w in why], pa.string())
+    return pa.table({f.name: cols.get(f.name, pa.nulls(t.num_rows, f.type)) for f in REJECT_SCHEMA},
+                    schema=REJECT_SCHEMA)
+
+
+def parse_changes(overrides: dict) -> dict:
+    bad = sorted(set(overrides) - set(REFILTERABLE))
+    if bad:
+        raise ConfigError(f"refilter re-applies thresholds to stored scores and cannot change {', '.join(bad)}; "
+                          f"it takes {', '.join(REFILTERABLE)} (other changes need a rebuild into a new output).")
+    if not overrides:
+        raise ConfigError(f"refilter needs at least one --set of {', '.join(REFILTERABLE)}.")
+    return overrides
+
+
+def refilter(root: str, overrides: dict) -> RefilterReport:
+    """Re-apply ``overrides`` (dotted keys of :data:`REFILTERABLE`) to dataset ``root`` as one run."""
+    changes = parse_changes(overrides)
+    manifest = read_manifest(root)
+    if manifest is None:
+        raise FileNotFoundError(f"{root} is not a HumanVerse dataset: it has no humanverse.json.")
+    check_format(manifest, root, "be refiltered")
+    old = from_dict(BuildConfig, manifest.get("config") or {})
+    data = to_dict(old)
+    for key, value in changes.items():
+        section, _, name = key.partition(".")
+        data[section][name] = value
+    cfg = from_dict(BuildConfig, data)  # validates the new values
+    before = {k: getattr(getattr(old, k.split(".")[0]), k.split(".")[1]) for k in changes}
+    after = {k: getattr(getattr(cfg, k.split(".")[0]), k.split(".")[1]) for k in changes}
+    sha = hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    sink = ShardSink.open(root, provenance={"command": "refilter", "changes": {k: [before[k], after[k]] for k in changes},
+                                            "config": data, "config_sha": sha})
+    report = RefilterReport(sink.run, {k: (before[k], after[k]) for k in changes})
+    status = "failed"
+    try:
+        _refilter_files(sink, cfg, report)
+        report.not_promotable = _not_promotable(sink, cfg)
+        manifest = {**manifest, "config": data}
+        manifest["built_by"] = sink.built_by()
+        manifest["refilters"] = [*(manifest.get("refilters") or []),
+                                 {"run": sink.run, "changes": {k: [before[k], after[k]] for k in changes}}]
+        write_manifest(sink.root, {k: v for k, v in manifest.items() if k not in ("format", "format_version")})
+        status = "finished"
+    finally:
+        sink.close(status=status, moved_to_rejects=report.moved_to_rejects, moved_back=report.moved_back,
+                   files_replaced=report.files_replaced)
+    log.info("refilter %s: %d rows moved to rejects, %d moved back to data, %d files replaced; %d rows the build "
+             "rejected would pass now but were never annotated (rebuild them to include them)", sink.run,
+             report.moved_to_rejects, report.moved_back, report.files_replaced, report.not_promotable)
+    return report
+
+
+def _read(sink: ShardSink, rec: CommitRecord) -> pa.Table:
+    return pq.read_table(sink.root.join(rec.file), filesystem=sink.root.fs)
+
+
+def _name(rec: CommitRecord) -> str:
+    """The successors' name: fixed by the file they replace, so a retried commit overwrites its own."""
+    return hashlib.sha256(rec.file.encode()).hexdigest()[:20]
+
+
+def _refilter_files(sink: ShardSink, cfg: BuildConfig, report: RefilterReport) -> None:
+    records = sink.state.records
+    by_file = {r.file: r for r in records}
+    for rec in records:
+        if rec.kind == "data":
+            t = _read(sink, rec)
+            ok, why = _verdicts(t, cfg)
+            if pc.all(ok).as_py():
+                continue
+            failed = pc.invert(ok)
+            tables = {"data": t.filter(ok), HELD: t.filter(failed),
+                      "rejects": _reject_rows(t.filter(failed), [w for w in why if w is not None], sink.run)}
+            sink.commit({k: v for k, v in tables.items() if v.num_rows}, _name(rec), retires=[rec])
+            report.moved_to_rejects += tables[HELD].num_rows
+            report.files_replaced += 1
+        elif rec.kind == HELD:
+            t = _read(sink, rec)
+            ok, why = _verdicts(t, cfg)
+            if not pc.any(ok).as_py():
+                continue
+            sibling = by_file.get(f"rejects/{posixpath.basename(rec.file)}")
+            back = t.filter(ok)
+            still = t.filter(pc.invert(ok))
+            tables = {"data": back, HELD: still,
+                      "rejects": _reject_rows(still, [w for w in why if w is not None], sink.run)}
+            retires = [rec] + ([sibling] if sibling is not None else [])
+            sink.commit({k: v for k, v in tables.items() if v.num_rows}, _name(rec), retires=retires)
+            report.moved_back += back.num_rows
+            report.files_replaced += 1
+
+
+def _not_promotable(sink: ShardSink, cfg: BuildConfig) -> int:
+    """Build-time rejects of the threshold filters that the new thresholds would accept."""
+    n = 0
+    for rec, t in sink.committed_tables({"rejects": ["reason", "detail"]}):
+        if rec.run == sink.run:
+            continue
+        for reason, detail in zip(t["reason"].to_pylist(), t["detail"].to_pylist()):
+            if (detail or "").startswith("refilter "):
+                continue
+            if reason == "low_aesthetic":
+                try:
+                    score = float((detail or "").split()[1])
+                except (IndexError, ValueError):
+                    continue
+                n += score >= cfg.aesthetic.threshold
+    return n
+
+
+__all__ = ["REFILTERABLE", "RefilterReport", "parse_changes", "refilter"]
