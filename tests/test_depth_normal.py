@@ -41,11 +41,13 @@ class RedChannelDPT(DPTForDepthEstimation):
 
 
 class RedChannelNormals(OmnidataDPT):
-    """The tiny Omnidata normal model, but the output RGB is (red, 0.5, 1): n ~ (2 red - 1, 0, 1)."""
+    """The tiny Omnidata normal model, but the output RGB is (red, 0.5, 0): in Omnidata's frame
+    (+Z away from the viewer) n ~ (2 red - 1, 0, -1), a camera-facing surface tilted by red; the
+    stored frame (+Z towards the viewer) makes it (2 red - 1, 0, 1)."""
 
     def forward(self, pixel_values):
         red = pixel_values[:, 0]  # normal inputs are [0, 1], unnormalised
-        return torch.stack([red, torch.full_like(red, 0.5), torch.ones_like(red)], dim=1)
+        return torch.stack([red, torch.full_like(red, 0.5), torch.zeros_like(red)], dim=1)
 
 
 # -- rows -------------------------------------------------------------------------------------------
