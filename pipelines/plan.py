@@ -71,10 +71,28 @@ def check_resumable(existing: dict | None, fingerprint: dict, output: str, force
     if existing is None or existing.get("fingerprint") in (None, fingerprint) or force_new_config:
         return
     changes = config_diff(existing["fingerprint"], fingerprint)
+    keys = {c.partition(":")[0] for c in changes}
+    if keys <= set(REFILTERABLE):
+        sets = " ".join(f"--set {k}={json.dumps(_dotted(fingerprint, k))}" for k in sorted(keys))
+        raise ConfigError(
+            f"{output} was built with other thresholds ({'; '.join(changes)}); apply them to the stored rows with "
+            f"`humanverse refilter {output} {sets}`, then build again with the new config.")
     raise ConfigError(
         f"{output} was built with a different config ({'; '.join(changes[:5])}); re-run with the "
-        f"recorded config (humanverse.json) or pass --force-new-config to continue with the new one."
+        f"recorded config (humanverse.json) or pass --force-new-config to continue with the new one (rows built "
+        f"before keep their config: the manifest's built_by and _log/runs/ record which)."
     )
+
+
+#: The config values ``humanverse refilter`` re-applies to stored scores (:mod:`pipelines.refilter`).
+REFILTERABLE = ("aesthetic.threshold", "person_filter.min_persons", "person_filter.max_persons",
+                "person_filter.min_area")
+
+
+def _dotted(d: dict, key: str):
+    for part in key.split("."):
+        d = d[part]
+    return d
 
 
 def check_format(existing: dict | None, output: str, what: str) -> None:

@@ -30,13 +30,10 @@ from humanverse.config import ConfigError, from_dict, to_dict
 from humanverse.schema import REJECT_SCHEMA
 from humanverse.shards import HELD, CommitRecord, ShardSink, read_manifest, write_manifest
 from pipelines.config import BuildConfig
-from pipelines.plan import check_format
+from pipelines.plan import REFILTERABLE, check_format
 
 log = logging.getLogger(__name__)
 
-#: The config values a refilter can change: each is a threshold over a stored column.
-REFILTERABLE = ("aesthetic.threshold", "person_filter.min_persons", "person_filter.max_persons",
-                "person_filter.min_area")
 
 
 @dataclass
@@ -118,7 +115,12 @@ def refilter(root: str, overrides: dict) -> RefilterReport:
     try:
         _refilter_files(sink, cfg, report)
         report.not_promotable = _not_promotable(sink, cfg)
-        manifest = {**manifest, "config": data}
+        fingerprint = dict(manifest.get("fingerprint") or {})
+        for key, value in after.items():
+            section, _, name = key.partition(".")
+            if isinstance(fingerprint.get(section), dict):
+                fingerprint[section] = {**fingerprint[section], name: value}
+        manifest = {**manifest, "config": data, "fingerprint": fingerprint}
         manifest["built_by"] = sink.built_by()
         manifest["refilters"] = [*(manifest.get("refilters") or []),
                                  {"run": sink.run, "changes": {k: [before[k], after[k]] for k in changes}}]

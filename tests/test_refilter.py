@@ -105,3 +105,17 @@ def test_refilter_refuses_what_it_cannot_apply(tmp_path, caplog, setting, messag
         assert main(["refilter", str(root), "--set", setting]) == 2
     assert message in caplog.text
     assert [r["command"] for r in read_runs(root)] == ["build"]
+
+
+def test_a_build_with_new_thresholds_points_to_refilter(tmp_path):
+    from humanverse.config import ConfigError
+    from pipelines.plan import check_resumable, config_fingerprint
+
+    old = load_config(None)
+    new = load_config(None, {"aesthetic.threshold": 5.5})
+    existing = {"fingerprint": config_fingerprint(old, "tiny")}
+    with pytest.raises(ConfigError, match=r"humanverse refilter OUT --set aesthetic.threshold=5.5"):
+        check_resumable(existing, config_fingerprint(new, "tiny"), "OUT", force_new_config=False)
+    other = load_config(None, {"caption.max_new_tokens": 7})
+    with pytest.raises(ConfigError, match="--force-new-config"):
+        check_resumable(existing, config_fingerprint(other, "tiny"), "OUT", force_new_config=False)
