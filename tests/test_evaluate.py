@@ -360,8 +360,8 @@ def _coco_fixture(root):
 def test_coco_testset_on_a_synthetic_fixture(tmp_path):
     coco = _coco_fixture(tmp_path / "coco")
     out = tmp_path / "out"
-    assert cli_main(["testset", "coco", "--coco", str(coco), "--out", str(out), "--wholebody", str(coco / "wholebody.json"),
-                      "--workers", "1", "--log-level", "WARNING"]) == 0
+    assert cli_main(["testset", "coco", "--selection", "annotations", "--coco", str(coco), "--out", str(out),
+                     "--wholebody", str(coco / "wholebody.json"), "--workers", "1", "--log-level", "WARNING"]) == 0
     rows = [json.loads(line) for line in (out / "testset.jsonl").read_text().splitlines()]
     assert [r["id"] for r in rows] == ["000000000001", "000000000002"]
     r1, r2 = rows
@@ -389,16 +389,19 @@ def test_coco_testset_on_a_synthetic_fixture(tmp_path):
 
     # seeded random captions, --limit and the person-count filter
     c = build_coco_testset(CocoTestsetConfig(coco=str(coco), out=str(tmp_path / "o2"), caption="random", seed=3,
+                                             selection="annotations",
                                              limit=1))
     assert c["written"] == 1 and c["images_with_keypoints"] == 2
     first = json.loads((tmp_path / "o2" / "testset.jsonl").read_text())["caption"]
-    build_coco_testset(CocoTestsetConfig(coco=str(coco), out=str(tmp_path / "o3"), caption="random", seed=3, limit=1))
+    build_coco_testset(CocoTestsetConfig(coco=str(coco), out=str(tmp_path / "o3"), caption="random", seed=3, limit=1,
+                                         selection="annotations"))
     assert json.loads((tmp_path / "o3" / "testset.jsonl").read_text())["caption"] == first
-    c = build_coco_testset(CocoTestsetConfig(coco=str(coco), out=str(tmp_path / "o4"), max_persons=1))
+    c = build_coco_testset(CocoTestsetConfig(coco=str(coco), out=str(tmp_path / "o4"), max_persons=1,
+                                             selection="annotations"))
     assert c["written"] == 1  # image 1 has two people
 
     with pytest.raises(ValueError, match="does not exist; download annotations_trainval2014.zip"):
-        build_coco_testset(CocoTestsetConfig(coco=str(tmp_path), out=str(tmp_path / "o5")))
+        build_coco_testset(CocoTestsetConfig(coco=str(tmp_path), out=str(tmp_path / "o5"), selection="annotations"))
 
 
 def test_eval_scores_stage1_for_table1_and_refined_beside_table7(tmp_path, eval_zoo):
@@ -446,3 +449,60 @@ def test_fid_clip_backbone_choice():
     assert E.EvalConfig().fid_clip_backbone == "vit-b32"
     with pytest.raises(ValueError, match="fid_clip_backbone must be one of vit-b32, vit-l14"):
         E.EvalConfig(fid_clip_backbone="vit-h14")
+
+
+def test_coco_detector_selection_runs_offline_with_tiny_models(tmp_path, eval_zoo, capsys):
+    """The paper's selection (detector + pose estimator on each 512 crop) end to end through
+    `humanverse testset coco` with the tiny YOLOS + ViTPose (whose random scores need every
+    clearly-visible criterion relaxed); it prints the selected count beside the paper's 8,236."""
+    coco = _coco_fixture(tmp_path / "coco")
+    out = tmp_path / "det"
+    assert cli_main(["testset", "coco", "--coco", str(coco), "--out", str(out), "--models", "tiny", "--device", "cpu",
+                     "--person-score", "0", "--min-box-fraction", "0", "--min-visible-keypoints", "0",
+                     "--keypoint-threshold", "0", "--caption", "longest", "--batch-size", "3",
+                     "--log-level", "WARNING"]) == 0
+    printed = capsys.readouterr().out
+    counts = json.loads(printed.splitlines()[1])
+    assert counts["images_scanned"] == 4 and counts["paper_selected"] == 8236
+    assert f"selected {counts['selected']} images" in printed and "the paper selected 8,236" in printed
+    rows = E.load_testset(out / "testset.jsonl")
+    assert len(rows) == counts["rows"] == counts["selected"] == counts["with_detected_person"] >= 1
+    for r in rows:
+        assert (out / r.image).is_file() and Image.open(out / r.image).size == (512, 512)
+        assert r.caption == f"caption 1 of image {int(r.id)}"  # equally long: the first by annotation id
+        assert r.persons  # estimated people, 133 keypoints each
+    # the default (paper) criteria reject the tiny models' meaningless detections
+    with pytest.raises(ValueError, match="no image .* has a clearly visible person"):
+        E_coco = __import__("model.evaluation.coco_testset", fromlist=["x"])
+        from pipelines.eval_pose import BuilderPoseEstimator
+
+        E_coco.build_coco_testset(E_coco.CocoTestsetConfig(coco=str(coco), out=str(tmp_path / "strict")),
+                                  BuilderPoseEstimator("tiny", "cpu", score_threshold=0.05))
+
+
+def test_clearly_visible_criteria_and_caption_choice():
+    from model.evaluation.coco_testset import CocoTestsetConfig, choose_captions, clearly_visible
+
+    cfg = CocoTestsetConfig(coco="c", out="o")  # the defaults: score 0.5, box 5 %, 8 body joints >= 0.3
+    kp = np.zeros((133, 3))
+    kp[:17] = [256.0, 256.0, 0.9]
+    person = {"keypoints": kp, "bbox": (100.0, 100.0, 300.0, 400.0), "score": 0.8}
+    assert clearly_visible(person, cfg)
+    assert not clearly_visible({**person, "score": 0.4}, cfg)
+    assert not clearly_visible({**person, "bbox": (0.0, 0.0, 50.0, 50.0)}, cfg)  # < 5 % of 512²
+    few = kp.copy()
+    few[7:17, 2] = 0.1  # 7 visible body joints
+    assert not clearly_visible({**person, "keypoints": few}, cfg)
+    outside = kp.copy()
+    outside[:17, 0] = 600.0  # outside the frame
+    assert not clearly_visible({**person, "keypoints": outside}, cfg)
+    caps = ["a man", "a man riding a horse", "a horse"]
+    assert choose_captions(caps, cfg, 1) == ["a man"]
+    assert choose_captions(caps, CocoTestsetConfig(coco="c", out="o", caption="longest"), 1) == ["a man riding a horse"]
+    assert choose_captions(caps, CocoTestsetConfig(coco="c", out="o", caption="all"), 1) == caps
+    with pytest.raises(ValueError, match="caption must be one of first, longest, all, random"):
+        CocoTestsetConfig(coco="c", out="o", caption="shortest")
+    with pytest.raises(ValueError, match="needs a detector \\+ pose estimator"):
+        from model.evaluation.coco_testset import build_coco_testset
+
+        build_coco_testset(cfg)
