@@ -249,7 +249,7 @@ ZOO: dict[str, ModelEntry] = _entries(
         model_class="transformers.DPTForDepthEstimation",
         files=("config.json", "preprocessor_config.json", "pytorch_model.bin"),
         pin_source="pinned with huggingface-cli download --revision and hashed in several public "
-        "repositories (not read from the hub here); 65776c9 was not found in the repo",
+        "repositories (not read from the hub here)",
         sha256={"pytorch_model.bin": "b6c4d44f9d96ca3fa76dd3bbb153989a60b4ad5526559f3c598562a368d687ec"},
         tiny="Hybrid DPT, ViT 32 x 4 layers over a BiT (widths 8/16/32, num_groups=2); real "
         "processor (384x384 squash, bilinear, mean=std=0.5).",
@@ -358,9 +358,10 @@ ZOO: dict[str, ModelEntry] = _entries(
         },
         tiny="ViT, Q-Former and OPT 32 wide x 2 layers; 32 query tokens; GPT2Tokenizer with OPT "
         "ids and <image>; real processor (224x224 squash, bicubic, OpenAI CLIP mean/std).",
-        notes="The pin is a later commit than the <image>-token update (c7d6c9f...: "
-        "image_token_index=50265, processor_config.json); 51572668da0e... predates it and takes "
-        "the legacy path; `zoo prepare` checks image_token_index. Processor: Blip2Processor. "
+        notes="The pin is the repo head of a public model listing, so it should hold the "
+        "<image>-token layout (image_token_index=50265, processor_config.json; inferred, not read: "
+        "`zoo prepare` checks image_token_index); 51572668da0e... predates that layout and takes "
+        "the legacy path. Processor: Blip2Processor. "
         "LAVIS captioning: num_beams=5, max_new_tokens=30, prompt ''. Decode with "
         "skip_special_tokens=True.",
         build_tiny=tb.build_blip2_opt,
@@ -374,7 +375,7 @@ ZOO: dict[str, ModelEntry] = _entries(
         model_class="diffusers.StableDiffusionInpaintPipeline",
         files=_SD2_FILES,
         pin_source="huggingface.co/stabilityai/stable-diffusion-2-inpainting commit tree (a commit "
-        "that holds the safetensors; 76b00d7 does not exist there)",
+        "that holds the safetensors)",
         pin_confirmed=True,
         tiny="UNet widths 32/64 (in_channels 9, linear projection, heads 2/4, sample 8 = 64 px), "
         "CLIPTextModel 32 x 2 layers, tiny CLIP BPE tokenizer (pad '!'), PNDM, x8 VAE 0.18215.",
@@ -392,7 +393,7 @@ ZOO: dict[str, ModelEntry] = _entries(
         model_class="diffusers.StableDiffusionPipeline",
         files=_SD2_FILES,
         pin_source="huggingface.co/stabilityai/stable-diffusion-2-base commit tree (a commit that "
-        "holds the safetensors; f7bef89 does not exist there)",
+        "holds the safetensors)",
         pin_confirmed=True,
         tiny="UNet widths 32/64 (linear projection, heads 2/4, sample 8 = 64 px), CLIPTextModel "
         "32 x 2 layers (real 1024 x 23), tiny CLIP BPE tokenizer (pad '!'), PNDM epsilon, x8 VAE.",
