@@ -186,7 +186,7 @@ def open(root: "str | os.PathLike[str]", *, missing: Literal["raise", "skip"] = 
     manifest = read_manifest(r)
     if manifest is None:
         raise FileNotFoundError(f"{r.path} is not a HumanVerse dataset: it has no humanverse.json.")
-    state = read_log(r)
+    state = read_log(r, shard_rows=False)
     # A file of a run still being written may be between its commit and its publication: it is
     # then in the run's staging folder and is left out until it lands.
     t = state.table

@@ -222,8 +222,8 @@ class CommitState:
     """
 
     def __init__(self, table: pa.Table | None = None):
-        self.table = (table if table is not None else RECORD_SCHEMA.empty_table()).select(
-            [f.name for f in RECORD_SCHEMA])
+        t = table if table is not None else RECORD_SCHEMA.empty_table()
+        self.table = t.select([f.name for f in RECORD_SCHEMA if f.name in t.schema.names])
 
     @classmethod
     def combine(cls, tables: list[pa.Table]) -> "CommitState":
@@ -231,7 +231,9 @@ class CommitState:
         tables = [t for t in tables if t.num_rows]
         if not tables:
             return cls()
-        t = pa.concat_tables([t.cast(RECORD_SCHEMA) for t in tables])
+        names = set.intersection(*(set(t.schema.names) for t in tables))
+        schema = pa.schema([f for f in RECORD_SCHEMA if f.name in names])
+        t = pa.concat_tables([t.select(schema.names).cast(schema) for t in tables])
         retire = pc.equal(t["op"], "retire")
         if len(tables) > 1 or pc.any(retire).as_py():
             retired = pc.filter(t["file"], retire)
@@ -250,7 +252,7 @@ class CommitState:
         """The live files as records, oldest first (a Python object each: for small logs and tests)."""
         t = self.table.take(pc.sort_indices(self.table, [("created", "ascending"), ("file", "ascending")]))
         return tuple(CommitRecord(file=d["file"], kind=d["kind"], rows=d["rows"],
-                                  shard_rows={s["shard"]: s["rows"] for s in d["shard_rows"] or []},
+                                  shard_rows={s["shard"]: s["rows"] for s in d.get("shard_rows") or []},
                                   run=d["run"], created=d["created"]) for d in t.to_pylist())
 
     def __len__(self) -> int:
@@ -265,13 +267,17 @@ class CommitState:
         return self._of(kind)["file"].to_pylist()
 
     def rows(self, kind: str | None = None) -> int:
-        return int(pc.sum(self._of(kind)["rows"]).as_py() or 0)
+        t = self.table
+        mask = (pc.is_in(t["kind"], value_set=pa.array(KINDS)) if kind is None else pc.equal(t["kind"], kind))
+        return int(pc.sum(pc.if_else(mask, t["rows"], 0)).as_py() or 0)
 
     def runs(self) -> list[str]:
         """Runs that built the live files."""
         return sorted(pc.unique(self.table["run"]).to_pylist())
 
     def rows_per_shard(self, kind: str | None = None) -> dict[str, int]:
+        if "shard_rows" not in self.table.schema.names:
+            raise ValueError("this commit state was read without per-shard counts (read_log(..., shard_rows=True)).")
         flat = pc.list_flatten(self._of(kind)["shard_rows"])
         if not len(flat):
             return {}
@@ -305,30 +311,37 @@ def _read_json(root: hfs.Root, path: str) -> object:
         raise DataLossError(f"commit log file {path} is not valid JSON ({e}); the log is damaged.") from e
 
 
-def _read_parquet(root: hfs.Root, path: str) -> pa.Table:
+def _read_parquet(root: hfs.Root, path: str, shard_rows: bool = True) -> pa.Table:
+    columns = None if shard_rows else [n for n in RECORD_SCHEMA.names if n != "shard_rows"]
     try:
-        t = pq.read_table(path, filesystem=root.fs)
+        t = pq.read_table(path, filesystem=root.fs, columns=columns)
     except (pa.ArrowInvalid, OSError) as e:
         if isinstance(e, FileNotFoundError):
             raise
         raise DataLossError(f"commit log file {path} cannot be read ({e}); the log is damaged.") from e
-    if set(t.schema.names) != set(RECORD_SCHEMA.names):
+    schema = pa.schema([f for f in RECORD_SCHEMA if columns is None or f.name in columns])
+    if set(t.schema.names) != set(schema.names):
         raise DatasetError(f"commit log file {path} is not a table of commit records; the log is damaged.")
-    t = t.select(RECORD_SCHEMA.names).cast(RECORD_SCHEMA)
+    t = t.select(schema.names).cast(schema)
     if not pc.all(pc.is_in(t["op"], value_set=pa.array(["add", "retire"]))).as_py() if t.num_rows else False:
         raise DatasetError(f"commit log file {path} holds an unknown operation; the log is damaged.")
     return t
 
 
 def _check_table(t: pa.Table) -> pa.Table:
-    """Apply the record path checks to a whole table at once (vectorised; names a bad file)."""
+    """The record path checks over a whole table, vectorised (names a bad file): every ``file`` is
+    ``<kind>/<name>.parquet`` with one separator, so it stays inside its kind's folder; every
+    ``run`` (few distinct values) is a plain name."""
     if not t.num_rows:
         return t
-    ok = pc.and_(pc.match_substring_regex(t["file"], r"^(data|rejects|held)/[A-Za-z0-9][A-Za-z0-9_.+=-]*\.parquet$"),
-                 pc.invert(pc.match_substring(t["file"], "..")))
-    ok = pc.and_(ok, pc.equal(pc.list_element(pc.split_pattern(t["file"], "/", max_splits=1), 0), t["kind"]))
-    ok = pc.and_(ok, pc.match_substring_regex(t["run"], r"^[A-Za-z0-9][A-Za-z0-9_.+=-]*$"))
-    ok = pc.and_(ok, pc.invert(pc.match_substring(t["run"], "..")))
+    for run in pc.unique(t["run"]).to_pylist():
+        _checked_name(run, "run")
+    f, kind = t["file"], t["kind"]
+    ok = pc.and_(pc.ends_with(f, ".parquet"), pc.equal(pc.count_substring(f, "/"), 1))
+    in_folder = pc.and_(pc.equal(kind, COMMIT_KINDS[0]), pc.starts_with(f, COMMIT_KINDS[0] + "/"))
+    for k in COMMIT_KINDS[1:]:
+        in_folder = pc.or_(in_folder, pc.and_(pc.equal(kind, k), pc.starts_with(f, k + "/")))
+    ok = pc.and_(ok, in_folder)
     if not pc.all(ok).as_py():
         bad = t.filter(pc.invert(ok)).slice(0, 1).to_pylist()[0]
         _checked_file(bad["file"], bad["kind"])
@@ -392,8 +405,9 @@ def _run_logs(root: hfs.Root) -> dict[str, _RunLog]:
     return runs
 
 
-def read_log(root: "str | hfs.Root", attempts: int = 20) -> CommitState:
-    """Read every committed file: snapshots, seals and live runs' commit objects.
+def read_log(root: "str | hfs.Root", attempts: int = 20, shard_rows: bool = True) -> CommitState:
+    """Read every committed file: snapshots, seals and live runs' commit objects. ``shard_rows``:
+    read the per-shard counts too (writers need them; readers counting rows do not).
 
     A writer seals, checkpoints and compacts while readers read; the read is retried until the
     snapshot and seal listings are unchanged across it, so a reader never misses a run.
@@ -402,7 +416,7 @@ def read_log(root: "str | hfs.Root", attempts: int = 20) -> CommitState:
     for _ in range(attempts):
         before = _signature(root)
         try:
-            state = _read_log_once(root)
+            state = _read_log_once(root, shard_rows)
         except FileNotFoundError:
             time.sleep(0.01)
             continue
@@ -412,16 +426,16 @@ def read_log(root: "str | hfs.Root", attempts: int = 20) -> CommitState:
     raise RuntimeError(f"the commit log of {root.path} kept changing during {attempts} reads; retry later.")
 
 
-def _read_log_once(root: hfs.Root) -> CommitState:
+def _read_log_once(root: hfs.Root, shard_rows: bool = True) -> CommitState:
     tables: list[pa.Table] = []
     top = hfs.list_dir(root, root.join(LOG_DIR))
     for name in sorted(e.base_name for e in top if e.type == pafs.FileType.File):
         if name.startswith(SNAPSHOT) and name.endswith(".parquet"):
-            tables.append(_read_parquet(root, root.join(LOG_DIR, name)))
+            tables.append(_read_parquet(root, root.join(LOG_DIR, name), shard_rows))
     tables += _read_legacy(root, top)
     for run in _run_logs(root).values():
         for s in run.seals:
-            tables.append(_read_parquet(root, root.join(SEALS_DIR, run.name, s)))
+            tables.append(_read_parquet(root, root.join(SEALS_DIR, run.name, s), shard_rows))
         if not run.final:  # live, or killed and not yet sealed: its commit objects count too
             tables += [c.table() for _, c in _read_commits(root, run.name, _checkpointed(root, run))]
     return CommitState.combine([_check_table(t) for t in tables])
