@@ -952,6 +952,7 @@ def _checkpoint(root: hfs.Root, run: str, every: int) -> bool:
     if len(commits) < max(1, every):
         return False
     seq = len([s for s in me.seals if s != f"{FINAL}.parquet"])
+    root.fs.create_dir(root.join(SEALS_DIR, run), recursive=True)
     table = pa.concat_tables([c.table() for _, c in commits])
     _write_parquet(root, root.join(SEALS_DIR, run, f"{seq:06d}.parquet"), table,
                    {b"humanverse_commits": json.dumps(sorted(n for n, _ in commits)).encode()})

@@ -209,3 +209,25 @@ def test_sigkill_and_resume_exactly_once(tmp_path):
     assert sorted(os.listdir(root / STAGING_DIR)) == [sink.run]
     assert sorted(os.listdir(root / RECORDS_DIR)) == [sink.run]
     assert [n for n in os.listdir(root / LOG_DIR) if n.startswith("snapshot-")] == [f"snapshot-{sink.run}.parquet"]
+
+
+def test_a_live_run_checkpoints_its_commits_into_parquet(tmp_path):
+    """A live build's readers read a few Parquet seals plus the newest commit objects; the
+    checkpoint removes the objects it holds, and the final seal takes the rest."""
+    from humanverse.shards import SEALS_DIR
+
+    root = tmp_path / "ds"
+    sink = ShardSink.open(root)
+    for i in range(5):
+        sink.write(make_rows(f"s{i}", [1, 2])[0], "data", name=f"f{i}")
+    assert not sink.checkpoint(every=6)  # fewer than `every` new commits: nothing to do
+    assert sink.checkpoint(every=2)
+    assert list((root / RECORDS_DIR / sink.run).iterdir()) == []
+    assert [p.name for p in (root / SEALS_DIR / sink.run).iterdir()] == ["000000.parquet"]
+    sink.write(make_rows("s9", [1])[0], "data", name="f9")
+    assert read_log(root).rows("data") == 11 and humanverse.open(root).num_rows("data") == 11
+    sink.close()
+    assert sorted(p.name for p in (root / SEALS_DIR / sink.run).iterdir()) == ["000000.parquet", "final.parquet"]
+    assert humanverse.open(root).num_rows("data") == 11
+    ShardSink.open(root).close()  # compaction folds both seals into the snapshot
+    assert humanverse.open(root).num_rows("data") == 11 and not (root / SEALS_DIR / sink.run).exists()
