@@ -160,7 +160,7 @@ class Progress:
                 self.counts[k] = v
             if self.mode == "tty":
                 self._draw()
-            elif self.clock() - self._last_log >= self.interval:
+            elif self.clock() - self._last_log >= self.interval and (self.total is None or self.done < self.total):
                 self._last_log = self.clock()
                 self.log.info("%s", self.line())
 

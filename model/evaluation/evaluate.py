@@ -676,8 +676,10 @@ def _batches(items: Sequence, n: int) -> Iterable[Sequence]:
 def _extract(paths: Sequence[Path], cfg: EvalConfig, what: str, *, inception: InceptionExtractor | None,
              clip: ClipExtractor | None, pose: PoseExtractor | None, fid_clip: ClipExtractor | None = None
              ) -> _Features:
+    from humanverse.progress import Progress
+
     feats = _Features()
-    done, every = 0, max(1, 1000 // cfg.batch_size) * cfg.batch_size
+    show = Progress(f"eval {what}", total=len(paths), unit="images", logger=log)
     for batch in _batches(list(paths), cfg.batch_size):
         images = [load_eval_image(p, cfg.resolution) for p in batch]
         if inception is not None:
@@ -692,9 +694,8 @@ def _extract(paths: Sequence[Path], cfg: EvalConfig, what: str, *, inception: In
             if len(people) != len(images):
                 raise RuntimeError(f"the pose extractor returned {len(people)} results for {len(images)} images")
             feats.poses.extend(people)
-        done += len(images)
-        if done % every == 0 or done == len(paths):
-            log.info("eval: %s images %d/%d", what, done, len(paths))
+        show.update(advance=len(images))
+    show.close()
     return feats
 
 

@@ -338,8 +338,7 @@ class HyperHumanPipeline:
 
     @torch.no_grad()
     def __call__(self, prompts: list[str], poses: list[PoseInput], cfg: SampleConfig = SampleConfig()) -> list[HyperHumanResult]:
-        from tqdm.auto import tqdm
-
+        from humanverse.progress import Progress
         from model.models.refiner import structure_inputs
         from model.sampling.stage1 import Stage1Sampler
         from model.sampling.refiner import RefinerSampler, upsample_maps
@@ -354,7 +353,8 @@ class HyperHumanPipeline:
         results: list[HyperHumanResult] = []
         s1 = Stage1Sampler(self.lsdm, self.frozen1, self.stats)
         starts = range(0, len(prompts), cfg.batch_size)
-        for start in tqdm(starts, desc="sample", disable=len(starts) <= 1):
+        show = Progress("sample", total=len(prompts), unit="images", logger=log)
+        for start in starts:
             ps, pz = prompts[start:start + cfg.batch_size], poses[start:start + cfg.batch_size]
             seed = cfg.seed + start
             renders, pose_t = _render_poses(pz, r1, cfg.skeleton_threshold, cfg.pose_style)
@@ -381,6 +381,8 @@ class HyperHumanPipeline:
                     prompt=ps[i], seed=seed, pose=renders[i], stage1_rgb=out1.rgb[i], depth=out1.depth[i],
                     normal=out1.normal[i], final=finals[i],
                     timings={"stage1_s_per_image": (t1 - t0) / n, "stage2_s_per_image": (t2 - t1) / n}))
+            show.update(advance=n)
+        show.close()
         return results
 
 

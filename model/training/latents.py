@@ -660,19 +660,30 @@ def build_latent_cache(root, out, cfg: LatentCacheConfig = LatentCacheConfig(), 
         if use_ray:
             staged = _encode_chunk_ray(ds, chunk_files, cfg, models, o, chunk, resources, address)
         else:
+    from humanverse.progress import Progress
+
+    show = Progress("latents", total=len(todo), unit="files", counts=("rows",), logger=log) if chunks else None
             if encoder is None:
                 encoder = VaeEncoder(cfg.vae, models, resolution=cfg.resolution, dtype=cfg.dtype,
                                      batch_size=cfg.batch_size)
             staged = _encode_chunk_local(ds, chunk_files, cfg, encoder, o, chunk)
         rec = _commit_chunk(o, chunk, [rel[f] for f in chunk_files], staged)
         records[chunk] = rec
-        log.info("chunk %d/%d (%s): %d files -> %d cache rows in %.1f s", k + 1, len(chunks), chunk,
-                 len(chunk_files), rec["rows"], time.perf_counter() - tc)
+        show.update(advance=len(chunk_files), rows=show.counts["rows"] + rec["rows"])
+        log.debug("chunk %d/%d (%s): %d files -> %d cache rows in %.1f s", k + 1, len(chunks), chunk,
+                  len(chunk_files), rec["rows"], time.perf_counter() - tc)
+    if show is not None:
+        show.close()
     if encoder is not None:
         info = encoder.info
         latent_shape = list(encoder.latent_shape)
-    else:  # read the VAE config only (no weights) for the manifest
-        info, latent_shape = _vae_config_info(cfg, models)
+    else:  # nothing encoded: the finished cache's VAE facts when it is this cache (a fast no-op rerun)...
+        prev = _read_json(o, o.join(MANIFEST)) or {}
+        if prev.get("config") == cfg.content() and prev.get("vae", {}).get("tag") == ident["tag"] \
+                and prev.get("latent_shape"):
+            info, latent_shape = prev["vae"], prev["latent_shape"]
+        else:  # ...else the VAE's config only (no weights)
+            info, latent_shape = _vae_config_info(cfg, models)
     out_files = sorted((f for r in records.values() for f in r["files"]), key=lambda f: f["file"])
     manifest = {
         "format": CACHE_FORMAT, "version": CACHE_VERSION, "complete": True, "config": cfg.content(),
@@ -810,3 +821,7 @@ def connect_ray(address: str | None) -> None:
         ray.init(address=address, log_to_driver=True)
     else:
         ray.init(address="local", include_dashboard=False)
+    from humanverse.progress import quiet_ray
+
+    quiet_ray()  # Ray's start-up and worker noise filtered unless --verbose
+    quiet_ray()
