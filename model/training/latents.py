@@ -654,15 +654,15 @@ def build_latent_cache(root, out, cfg: LatentCacheConfig = LatentCacheConfig(), 
     kept = len(records)
     encoder = None
     info = None
+    from humanverse.progress import Progress
+
+    show = Progress("latents", total=len(todo), unit="files", counts=("rows",), logger=log) if chunks else None
     for k, chunk_files in enumerate(chunks):
         chunk = _chunk_id([rel[f] for f in chunk_files])
         tc = time.perf_counter()
         if use_ray:
             staged = _encode_chunk_ray(ds, chunk_files, cfg, models, o, chunk, resources, address)
         else:
-    from humanverse.progress import Progress
-
-    show = Progress("latents", total=len(todo), unit="files", counts=("rows",), logger=log) if chunks else None
             if encoder is None:
                 encoder = VaeEncoder(cfg.vae, models, resolution=cfg.resolution, dtype=cfg.dtype,
                                      batch_size=cfg.batch_size)
@@ -815,13 +815,13 @@ def connect_ray(address: str | None) -> None:
 
     import ray
 
+    from humanverse.progress import quiet_ray
+
     if ray.is_initialized():
         return
+    quiet_ray()  # Ray's start-up and worker noise filtered unless --verbose
     if address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=address, log_to_driver=True)
     else:
         ray.init(address="local", include_dashboard=False)
-    from humanverse.progress import quiet_ray
-
-    quiet_ray()  # Ray's start-up and worker noise filtered unless --verbose
     quiet_ray()
