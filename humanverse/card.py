@@ -8,8 +8,8 @@ table the Parquet field descriptions come from), the reject reasons, the keypoin
 visibility threshold, and the models and inputs the manifest records.
 
 The card depends on the manifest only (format version, ``clip_dim``, acceptance settings, models,
-inputs, banner): :func:`write_card` is the one hook, called with the manifest wherever a command
-writes ``humanverse.json`` with new settings (the builder's :func:`pipelines.plan.open_build`).
+inputs, banner): :func:`humanverse.shards.write_manifest` writes it beside every ``humanverse.json``
+(builds and refilters alike); :func:`write_card` writes it alone.
 Pure pyarrow and PyYAML: no ``datasets`` import (the tests check the features against ``datasets``
 itself).
 

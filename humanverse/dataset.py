@@ -104,10 +104,14 @@ class HumanVerseDataset:
 
     # -- SQL ----------------------------------------------------------------------------------
     def connect(self):
-        """A DuckDB connection with views ``hv`` (accepted rows) and ``rejects``."""
+        """A DuckDB connection with views ``hv`` (accepted rows) and ``rejects``, and the keypoint
+        macros of :func:`humanverse.sql.register_keypoint_macros`."""
         import duckdb
 
+        from humanverse.sql import register_keypoint_macros
+
         con = duckdb.connect()
+        register_keypoint_macros(con)  # kp(person, 'left_wrist'), kp_visible(person, 'left_hand'), ...
         with self.loud_reads():  # creating a view reads the files' footers
             for name, kind in (("hv", "data"), ("rejects", "rejects")):
                 files = self.files(kind)

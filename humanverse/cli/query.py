@@ -37,12 +37,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import duckdb
 
-    from humanverse.sql import register_keypoint_macros
-
     ds = open_dataset(args)
-    con = ds.connect()
+    con = ds.connect()  # with the keypoint macros
     try:
-        register_keypoint_macros(con)
         with ds.loud_reads():
             result = con.sql(args.sql)
             if result is None:
