@@ -12,7 +12,8 @@ NAME = "latents"
 HELP = "build the VAE-latent cache of a dataset (a Ray job)"
 
 #: options that are ``LatentCacheConfig`` fields; one left out keeps the config's default
-FIELDS = ("vae", "resolution", "where", "batch_size", "dtype", "files_per_chunk", "skeleton_threshold", "pose_style")
+FIELDS = ("vae", "resolution", "where", "batch_size", "dtype", "files_per_chunk", "skeleton_threshold", "pose_style",
+          "depth")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -29,6 +30,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--skeleton-threshold", type=float, help="keypoints scoring below this are not drawn (default 0.3)")
     p.add_argument("--pose-style", choices=["humansd", "wholebody"],
                    help="pose map drawing: humansd (default, the paper's) or wholebody; training checks it")
+    p.add_argument("--depth", choices=["midas", "omnidata"],
+                   help="depth map to encode: midas (default, column depth) or omnidata (column depth_omnidata)")
     p.add_argument("--no-ray", action="store_true", help="encode in this process (no Ray)")
     add_address(p)
     p.add_argument("--encoders", type=int, help="VAE actors (default: one per GPU)")

@@ -109,6 +109,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "TrainDataConfig",
     "READ_COLUMNS",
+    "DEPTH_COLUMNS",
     "ROW_COLUMNS",
     "batches_per_rank",
     "check_where",
@@ -123,6 +124,7 @@ __all__ = [
     "ray_dataset",
     "ray_iter_kwargs",
     "ray_rank_dataset",
+    "row_columns",
     "rows_per_rank",
     "sample_rng",
     "select_rows",
@@ -131,7 +133,7 @@ __all__ = [
 ]
 
 #: Columns that carry pixels; never read to evaluate ``where``.
-HEAVY_COLUMNS = ("image", "depth", "normal")
+HEAVY_COLUMNS = ("image", "depth", "depth_omnidata", "normal")
 #: Columns the readers load: every ``data/`` column but ``clip_embedding`` (float16; see above).
 READ_COLUMNS: tuple[str, ...] = tuple(f.name for f in data_schema())
 #: Columns that ``where`` can use.
@@ -139,6 +141,13 @@ CHEAP_COLUMNS: tuple[str, ...] = tuple(c for c in READ_COLUMNS if c not in HEAVY
 #: Columns :func:`make_example` reads from a row.
 ROW_COLUMNS: tuple[str, ...] = ("id", "source_shard", "source_index", "image", "width", "height", "caption",
                                 "persons", "map_width", "map_height", "depth", "normal")
+#: The depth map each ``TrainDataConfig.depth`` choice reads (format v2 stores both, App. A.1).
+DEPTH_COLUMNS: dict[str, str] = {"midas": "depth", "omnidata": "depth_omnidata"}
+
+
+def row_columns(cfg: "TrainDataConfig") -> tuple[str, ...]:
+    """:data:`ROW_COLUMNS` with the depth column ``cfg.depth`` picks."""
+    return tuple(cfg.depth_column if c == "depth" else c for c in ROW_COLUMNS)
 #: Rows per Arrow record batch when streaming a file.
 _READ_BATCH_ROWS = 64
 # Stream tags so that the file order, the shuffle buffer and per-sample draws never share a stream.
@@ -161,6 +170,9 @@ class TrainDataConfig:
         crop: ``"random"`` (training) or ``"center"`` (evaluation, latent caches).
         flip_prob: probability of a horizontal flip (keypoints swap left/right, normal x negated).
         skeleton_threshold: keypoints scoring below this are not drawn.
+        depth: which depth map stage 1 trains on: ``"midas"`` (column ``depth``, MiDaS DPT-Hybrid,
+            the paper's) or ``"omnidata"`` (column ``depth_omnidata``, format v2); recorded with
+            the run. Rows without the chosen map are excluded.
         pose_style: how the pose map is drawn (:data:`humanverse.skeleton.POSE_STYLES`): ``"humansd"``
             (the paper's, App. A.13: HumanSD's 17-joint body skeleton) or ``"wholebody"`` (OpenPose
             body, feet, hands and face). Sampling refuses a run trained with the other style.
@@ -182,11 +194,16 @@ class TrainDataConfig:
     flip_prob: float = 0.5
     skeleton_threshold: float = 0.3
     pose_style: Literal["humansd", "wholebody"] = "humansd"
+    depth: Literal["midas", "omnidata"] = "midas"
     shuffle_buffer: int = 256
     seed: int = 0
     reader: Literal["local", "ray"] = "local"
     ray_num_cpus: float = 0.25
     ray_concurrency: int | None = None
+
+    @property
+    def depth_column(self) -> str:
+        return DEPTH_COLUMNS[self.depth]
 
     def __post_init__(self) -> None:
         if isinstance(self.resolution, bool) or not isinstance(self.resolution, int) \
@@ -201,6 +218,9 @@ class TrainDataConfig:
         if isinstance(self.skeleton_threshold, bool) or not isinstance(self.skeleton_threshold, (int, float)) \
                 or not math.isfinite(self.skeleton_threshold):
             raise ValueError(f"skeleton_threshold must be a finite number, got {self.skeleton_threshold!r}.")
+        if self.depth not in DEPTH_COLUMNS:
+            raise ValueError(f"depth must be 'midas' (column depth) or 'omnidata' (column depth_omnidata), "
+                             f"got {self.depth!r}.")
         if self.pose_style not in POSE_STYLES:
             raise ValueError(f"pose_style must be one of {', '.join(POSE_STYLES)}, got {self.pose_style!r}.")
         if isinstance(self.shuffle_buffer, bool) or not isinstance(self.shuffle_buffer, int) or self.shuffle_buffer < 0:
@@ -291,11 +311,11 @@ def _valid_mask(pf: pq.ParquetFile, column: str) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros(0, bool)
 
 
-def _file_selection(fs, path: str, where: str | None) -> np.ndarray:
-    """Row positions (sorted int64) of the selected rows of one data file."""
+def _file_selection(fs, path: str, where: str | None, depth_column: str = "depth") -> np.ndarray:
+    """Row positions (sorted int64) of the selected rows of one data file (with the chosen depth map)."""
     with fs.open_input_file(path) as f:
         pf = pq.ParquetFile(f)
-        mask = _valid_mask(pf, "depth") & _valid_mask(pf, "normal")
+        mask = _valid_mask(pf, depth_column) & _valid_mask(pf, "normal")
         if where is not None and mask.any():
             cheap = pf.read(columns=list(CHEAP_COLUMNS))
             mask &= _where_mask(cheap, where)
@@ -310,7 +330,7 @@ def select_rows(ds: "humanverse.dataset.HumanVerseDataset", cfg: TrainDataConfig
     and maps are not read. Scales to large datasets one file at a time; see the module docstring.
     """
     files = ds.files("data") if files is None else list(files)
-    return {f: _file_selection(ds.root.fs, f, cfg.where) for f in files}
+    return {f: _file_selection(ds.root.fs, f, cfg.where, cfg.depth_column) for f in files}
 
 
 def selected_keys(ds: "humanverse.dataset.HumanVerseDataset", cfg: TrainDataConfig) -> set[tuple[str, int]]:
@@ -404,7 +424,7 @@ def _decode_row(row: dict, cfg: TrainDataConfig, rng: np.random.Generator) -> _D
     image = _resize_u8(arr, (rh, rw), "bicubic")[:, top:top + r, left:left + r]
 
     # depth: 16-bit PNG -> (1, R, R) float32 in [-1, 1], min-max over the crop
-    with Image.open(io.BytesIO(row["depth"])) as dm:
+    with Image.open(io.BytesIO(row[cfg.depth_column])) as dm:
         q = np.asarray(dm)
     if q.ndim != 2:
         raise ValueError(f"row {row.get('id')!r}: depth PNG must be single-channel, got shape {q.shape}.")
@@ -608,12 +628,13 @@ def _buffer_rng(seed: int, epoch: int, rank: int, world_size: int) -> np.random.
 
 
 def iter_rows(root, cfg: TrainDataConfig, *, epoch: int, rank: int = 0, world_size: int = 1,
-              columns: Sequence[str] = ROW_COLUMNS) -> Iterator[dict]:
+              columns: Sequence[str] | None = None) -> Iterator[dict]:
     """This rank's selected raw rows, in exactly the order :func:`iter_examples` decodes them."""
     _check_rank(rank, world_size)
     ds = humanverse.open(root)
-    return _rank_stream(ds.root.fs, ds.files("data"), lambda f: _file_selection(ds.root.fs, f, cfg.where),
-                        columns, seed=cfg.seed, epoch=epoch, rank=rank, world_size=world_size,
+    return _rank_stream(ds.root.fs, ds.files("data"),
+                        lambda f: _file_selection(ds.root.fs, f, cfg.where, cfg.depth_column),
+                        columns or row_columns(cfg), seed=cfg.seed, epoch=epoch, rank=rank, world_size=world_size,
                         shuffle_buffer=cfg.shuffle_buffer)
 
 
@@ -711,9 +732,9 @@ def _batches(stream: Iterable[dict], make: Callable[[dict], Any], collate_fn: Ca
 def _ray_examples(batch: pa.Table, cfg: TrainDataConfig, epoch: int) -> dict[str, np.ndarray]:
     """Ray ``map_batches`` function: select rows of a block, decode them (compact dtypes)."""
     mask = _where_mask(batch, cfg.where)
-    mask &= pc.is_valid(batch.column("depth")).to_numpy(zero_copy_only=False)
+    mask &= pc.is_valid(batch.column(cfg.depth_column)).to_numpy(zero_copy_only=False)
     mask &= pc.is_valid(batch.column("normal")).to_numpy(zero_copy_only=False)
-    rows = batch.filter(pa.array(mask)).select(list(ROW_COLUMNS)).to_pylist()
+    rows = batch.filter(pa.array(mask)).select(list(row_columns(cfg))).to_pylist()
     exs = [_example_arrays(row, cfg, sample_rng(cfg.seed, epoch, row["source_shard"], row["source_index"]))
            for row in rows]
     return _stack_compact(exs, cfg.resolution)
@@ -871,7 +892,7 @@ def _rank_plan(fs, files: Sequence[str], cfg: TrainDataConfig, *, epoch: int, ra
     for f in mine:
         if not strided and seen >= horizon:
             break
-        pos = _file_selection(fs, f, cfg.where)
+        pos = _file_selection(fs, f, cfg.where, cfg.depth_column)
         if strided:
             keep = (g + np.arange(len(pos))) % world_size == rank
             g += len(pos)
@@ -900,9 +921,9 @@ def _ray_decode_files(items: dict[str, np.ndarray], fs, cfg: TrainDataConfig, ep
     draws as :func:`iter_examples`), ``chunk`` compact examples per yielded batch."""
     for path, rows, given in zip(items["path"], items["rows"], items["given"]):
         path = str(path)
-        sel = np.frombuffer(rows, np.int64) if given else _file_selection(fs, path, cfg.where)
+        sel = np.frombuffer(rows, np.int64) if given else _file_selection(fs, path, cfg.where, cfg.depth_column)
         exs: list[dict[str, Any]] = []
-        for row in _iter_file_rows(fs, path, sel, ROW_COLUMNS):
+        for row in _iter_file_rows(fs, path, sel, row_columns(cfg)):
             exs.append(_example_arrays(row, cfg, sample_rng(cfg.seed, epoch, row["source_shard"], row["source_index"])))
             if len(exs) == chunk:
                 yield _stack_compact(exs, cfg.resolution)

@@ -133,6 +133,8 @@ class LatentCacheConfig:
         skeleton_threshold: keypoints scoring below this are not drawn.
         pose_style: how the pose map is drawn (``"humansd"``, the paper's, or ``"wholebody"``); recorded,
             and training refuses a cache drawn in another style than its config's.
+        depth: which depth map is encoded (``"midas"``: column ``depth``; ``"omnidata"``: column
+            ``depth_omnidata``); recorded and checked like ``pose_style``.
         files_per_chunk: source data files per unit of work and resume.
     """
 
@@ -145,6 +147,7 @@ class LatentCacheConfig:
     where: str | None = None
     skeleton_threshold: float = 0.3
     pose_style: str = "humansd"
+    depth: str = "midas"
     files_per_chunk: int = 32
 
     def __post_init__(self) -> None:
@@ -173,14 +176,14 @@ class LatentCacheConfig:
     def data_config(self) -> D.TrainDataConfig:
         """The reader config that produces exactly the cached (unflipped) examples."""
         return D.TrainDataConfig(resolution=self.resolution, where=self.where, crop="center", flip_prob=0.0,
-                                 skeleton_threshold=self.skeleton_threshold, pose_style=self.pose_style,
+                                 skeleton_threshold=self.skeleton_threshold, pose_style=self.pose_style, depth=self.depth,
                                  shuffle_buffer=0, seed=0)
 
     def content(self) -> dict[str, Any]:
         """The fields that define what the cache holds."""
         return {"resolution": self.resolution, "crop": self.crop, "flips": self.flips, "vae": self.vae,
                 "where": self.where, "skeleton_threshold": float(self.skeleton_threshold),
-                "pose_style": self.pose_style}
+                "pose_style": self.pose_style, "depth": self.depth}
 
 
 @dataclass(frozen=True)
@@ -382,10 +385,11 @@ def _prepare_rows(rows: Sequence[dict], cfg: LatentCacheConfig) -> dict[str, np.
 
 def _prepare_block(batch: pa.Table, cfg: LatentCacheConfig) -> dict[str, np.ndarray]:
     """Ray ``map_batches`` function: select the block's rows, then :func:`_prepare_rows`."""
+    data_cfg = cfg.data_config()
     mask = D._where_mask(batch, cfg.where)
-    mask &= pc.is_valid(batch.column("depth")).to_numpy(zero_copy_only=False)
+    mask &= pc.is_valid(batch.column(data_cfg.depth_column)).to_numpy(zero_copy_only=False)
     mask &= pc.is_valid(batch.column("normal")).to_numpy(zero_copy_only=False)
-    rows = batch.filter(pa.array(mask)).select(list(D.ROW_COLUMNS)).to_pylist()
+    rows = batch.filter(pa.array(mask)).select(list(D.row_columns(data_cfg))).to_pylist()
     return _prepare_rows(rows, cfg)
 
 
@@ -512,7 +516,8 @@ def check_cache(out, root, cfg: LatentCacheConfig, models: str | None = None) ->
     ``cfg`` (and, when ``models`` is given, the same VAE id@revision) from the dataset's current
     committed files. Returns the manifest."""
     m = read_cache_manifest(out)
-    built = {"pose_style": "wholebody", **m["config"]}  # caches from before pose styles drew whole-body maps
+    # caches from before pose styles and depth choices drew whole-body maps and encoded MiDaS depth
+    built = {"pose_style": "wholebody", "depth": "midas", **m["config"]}
     diffs = _differences(built, cfg.content())
     if models is not None:
         tag = vae_identity(cfg.vae, models)["tag"]
@@ -544,9 +549,10 @@ def _encode_chunk_local(ds: "humanverse.dataset.HumanVerseDataset", files: list[
     out.fs.create_dir(out.join(STAGING_DIR, chunk), recursive=True)
     rows_per_call = max(1, cfg.batch_size // (2 if cfg.flips else 1))
     for k, f in enumerate(files):
-        sel = D._file_selection(ds.root.fs, f, cfg.where)
+        data_cfg = cfg.data_config()
+        sel = D._file_selection(ds.root.fs, f, cfg.where, data_cfg.depth_column)
         tables, pending = [], []
-        for row in D._iter_file_rows(ds.root.fs, f, sel, D.ROW_COLUMNS):
+        for row in D._iter_file_rows(ds.root.fs, f, sel, D.row_columns(data_cfg)):
             pending.append(row)
             if len(pending) == rows_per_call:
                 tables.append(encoder(_prepare_rows(pending, cfg)))

@@ -469,7 +469,7 @@ def check_latent_cache(latents: str, data_root: str, cfg: TrainerConfig, models:
     known = {f.name for f in dc.fields(LatentCacheConfig)}
     want = LatentCacheConfig(**{**{k: v for k, v in built.items() if k in known},
                                 "resolution": cfg.data.resolution, "where": cfg.data.where,
-                                "pose_style": cfg.data.pose_style})
+                                "pose_style": cfg.data.pose_style, "depth": cfg.data.depth})
     check_cache(latents, data_root, want, models=models)
 
 

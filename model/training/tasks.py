@@ -32,7 +32,8 @@ CONDITIONING_FILE = "conditioning.json"
 def conditioning_record(cfg) -> dict:
     """The conditioning a run trains on: pose-map style and threshold, and (stage 1) the layout
     of the LSDM it trains."""
-    rec = {"stage": cfg.stage, "pose_style": cfg.data.pose_style, "skeleton_threshold": cfg.data.skeleton_threshold}
+    rec = {"stage": cfg.stage, "pose_style": cfg.data.pose_style, "skeleton_threshold": cfg.data.skeleton_threshold,
+           "depth": cfg.data.depth}
     loss = getattr(cfg, "loss", None)
     if hasattr(loss, "all_dropout"):
         rec["all_dropout"] = loss.all_dropout

@@ -35,6 +35,12 @@ Backends (``DepthConfig.backend``):
   (larger = nearer) we store ``1 - d``, the v2 demo's own display. That is a monotone but *non-linear*
   proxy for MiDaS's disparity: do not mix the two backends in one training set (the ``models``
   column and ``humanverse.json`` record which one produced each map).
+
+Both maps (``DepthConfig.also_omnidata``, the paper preset): HyperHuman annotates every image with
+MiDaS depth *and* Omnidata depth (§4, App. A.1). With ``also_omnidata`` the ``midas`` backend fills
+``depth`` and the Omnidata depth model fills the format-v2 columns ``depth_omnidata``,
+``depth_omnidata_min``, ``depth_omnidata_max`` (same codec, same geometry and map size, stored as
+``1 - d`` as above); the trainer's ``data.depth`` picks which one it trains on.
 """
 
 from __future__ import annotations
@@ -145,10 +151,18 @@ class DepthConfig:
     working_size: int = 384
     device: Device = "auto"
     dtype: Dtype = "auto"
+    #: also run Omnidata depth into ``depth_omnidata`` (the paper stores both; needs backend ``midas``)
+    also_omnidata: bool = False
+    #: model spec overriding ``--models`` for the Omnidata depth of ``also_omnidata``
+    omnidata_model: str | None = None
 
     def __post_init__(self):
         check(self.backend in ("midas", "omnidata"),
               f"depth.backend must be 'midas' or 'omnidata', got {self.backend!r}.")
+        check(isinstance(self.also_omnidata, bool), f"depth.also_omnidata must be true or false, got "
+              f"{self.also_omnidata!r}.")
+        check(not (self.also_omnidata and self.backend != "midas"),
+              "depth.also_omnidata stores Omnidata depth beside MiDaS depth: it needs depth.backend 'midas'.")
         check(isinstance(self.working_size, int) and self.working_size >= 32 and self.working_size % 32 == 0,
               f"depth.working_size must be a positive multiple of 32, got {self.working_size!r}.")
 
@@ -221,7 +235,13 @@ class DepthEstimator(ModelStage):
         self.maps = maps
         backend = _MidasBackend if config.backend == "midas" else _OmnidataDepthBackend
         self.backend = backend(config, models)
-        log.info("depth: %s backend, model %s, maps %s", config.backend, self.backend.tag,
+        self.omnidata = None
+        if config.also_omnidata:
+            import dataclasses
+
+            self.omnidata = _OmnidataDepthBackend(dataclasses.replace(config, model=config.omnidata_model), models)
+        log.info("depth: %s backend, model %s%s, maps %s", config.backend, self.backend.tag,
+                 f", and Omnidata depth {self.omnidata.tag} into depth_omnidata" if self.omnidata else "",
                  f"capped at {maps.max_side}" if maps.max_side else "at the stored size")
 
     def process(self, rows: list[dict]) -> None:
@@ -231,10 +251,12 @@ class DepthEstimator(ModelStage):
         if not rows:
             return
         predictions = self.backend.predict(images)  # each (H_canvas, W_canvas)
-        for r, canvas, pred in zip(rows, canvases, predictions):
+        second = self.omnidata.predict(images) if self.omnidata else [None] * len(rows)
+        for r, canvas, pred, pred2 in zip(rows, canvases, predictions, second):
             size = self.maps.size(canvas.width, canvas.height)
             depth = fit_map(canvas.crop_map(pred), size)  # (map_height, map_width)
-            if not np.isfinite(depth).all():  # e.g. a float16 overflow on one image
+            depth2 = None if pred2 is None else fit_map(canvas.crop_map(pred2), size)
+            if not np.isfinite(depth).all() or (depth2 is not None and not np.isfinite(depth2).all()):
                 log.warning("depth: rejecting row %s: the model produced non-finite values", r.get("id"))
                 R.reject(r, self.name, "model_error", "depth: the model produced non-finite values.")
                 continue
@@ -242,6 +264,11 @@ class DepthEstimator(ModelStage):
             r["depth"], r["depth_min"], r["depth_max"] = enc.png, enc.depth_min, enc.depth_max
             set_map_size(r, size)
             R.add_model(r, self.name, self.backend.tag)
+            if depth2 is not None:
+                enc2 = encode_depth(depth2)
+                r["depth_omnidata"], r["depth_omnidata_min"], r["depth_omnidata_max"] = (
+                    enc2.png, enc2.depth_min, enc2.depth_max)
+                R.add_model(r, "depth_omnidata", self.omnidata.tag)
 
 
 __all__ = ["DepthConfig", "DepthEstimator", "MapInputError", "fit_map", "map_input", "reject_bad_inputs",
