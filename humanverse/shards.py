@@ -891,11 +891,16 @@ class ShardSink:
         """Each committed file of a kind in ``columns`` (kind -> the columns to read), one at a time,
         with its record; only files holding rows of ``shards`` when given. Paths come from the log,
         whose records were checked to lie inside the root."""
-        want = None if shards is None else set(shards)
-        for rec in self._state.records:
-            if rec.kind in columns and (want is None or want & rec.shard_rows.keys()):
-                yield rec, pq.read_table(self.root.join(rec.file), columns=list(columns[rec.kind]),
-                                         filesystem=self.root.fs)
+        t = self._state.table
+        t = t.filter(pc.is_in(t["kind"], value_set=pa.array(list(columns), pa.string())))
+        if shards is not None:  # files holding rows of these shards, found without a Python object per file
+            lists = t["shard_rows"].combine_chunks()
+            hit = pc.is_in(pc.struct_field(pc.list_flatten(lists), "shard"), value_set=pa.array(list(shards), pa.string()))
+            parents = pc.filter(pc.list_parent_indices(lists), hit)
+            t = t.take(pc.unique(parents))
+        for rec in CommitState(t).records:
+            yield rec, pq.read_table(self.root.join(rec.file), columns=list(columns[rec.kind]),
+                                     filesystem=self.root.fs)
 
     def committed_keys(self, shards: Iterable[str]) -> dict[str, set[str]]:
         """Shard name -> the ``source_key`` values of its rows committed so far (data and rejects):
