@@ -102,6 +102,30 @@ def test_tty_mode_draws_one_line_in_place():
     assert "build: 4/4 rows 100%" in text and "4 accepted" in text
 
 
+def test_poller_reads_elsewhere_work_into_one_display(caplog):
+    """The driver's view of work done elsewhere: reads every ``every`` s, a failing read is skipped,
+    one last read and the final line at the end."""
+    from humanverse.progress import Poller
+
+    caplog.set_level(logging.INFO, logger="test.poller")
+    state = {"n": 0}
+
+    def read():
+        state["n"] += 1
+        if state["n"] == 2:
+            raise ConnectionError("the tally is busy")
+        return {"done": min(state["n"], 5), "accepted": state["n"]}
+
+    show = Progress("job", total=5, unit="rows", counts=("accepted",), stream=io.StringIO(),
+                    logger=logging.getLogger("test.poller"))
+    with Poller(show, read, every=0.01):
+        deadline = time.time() + 10
+        while state["n"] < 6 and time.time() < deadline:
+            time.sleep(0.01)
+    assert show.done == 5 and caplog.messages[-1].startswith("job: 5/5 rows (100%), ")
+    assert sum("job: " in m for m in caplog.messages) == 1  # the log mode's interval (10 s) was not reached
+
+
 def test_noise_filter_and_worker_lines(quiet):
     def rec(name, level, msg):
         return logging.LogRecord(name, level, __file__, 1, msg, None, None)
