@@ -18,10 +18,11 @@ antialiased, per component) and renormalised after that resize. Pixels whose vec
 the camera, (0, 0, 1).
 
 Stored with :func:`humanverse.codecs.encode_normal` (8-bit RGB PNG, ``n = rgb / 127.5 - 1``) in
-the camera frame Omnidata uses: +X right, +Y down, +Z toward the viewer, in the maintainer's words
-(EPFL-VILAB/omnidata issue #13, "the 2D3DS convention"). The handedness is debated in that thread
-and could not be checked here without the real weights: verify the signs on a test image (a floor
-should come out along -Y) before relying on them.
+the documented camera frame: +X right, +Y down, +Z towards the viewer. Omnidata's network outputs
++Z *away* from the viewer (its demo outputs and ground truth show a camera-facing surface as
+(0, 0, -1) and a floor as (0, -1, 0)), so the processor negates z
+(:data:`pipelines.annotators.omnidata.processing.NETWORK_TO_STORED_FRAME`); the frames are
+described once, in docs/models.md.
 """
 
 from __future__ import annotations

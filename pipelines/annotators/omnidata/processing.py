@@ -3,6 +3,13 @@
 Deviation from the upstream demo, deliberate: :class:`OmnidataProcessor` resizes the *whole* image
 (no centre crop) so that the dense map covers every pixel; the demo's resize + ``CenterCrop(384)``
 is available with ``center_crop=True``.
+
+Normal frame. The network outputs RGB in [0, 1], ``n = 2x - 1``, in the frame its training data
+uses: +X right, +Y down, +Z *away from* the viewer (a floor is (0, -1, 0), a camera-facing surface
+(0, 0, -1) in the repository's demo outputs and ground truth). HumanVerse stores normals with +Z
+*towards* the viewer (docs/format.md), so :meth:`OmnidataProcessor.postprocess` negates z
+(:data:`NETWORK_TO_STORED_FRAME`); a camera-facing surface comes out (0, 0, 1), the value also
+used for vanishing vectors.
 """
 
 from __future__ import annotations
@@ -17,7 +24,11 @@ from PIL import Image
 
 from pipelines.annotators.omnidata.model import TASK_CHANNELS, OmnidataDPT, Task
 
-__all__ = ["ImageInput", "OmnidataProcessor", "predict_maps"]
+__all__ = ["NETWORK_TO_STORED_FRAME", "ImageInput", "OmnidataProcessor", "predict_maps"]
+
+#: Per-axis signs taking a normal from Omnidata's output frame (+Z away from the viewer) to the
+#: stored one (+Z towards the viewer): z is negated, x and y are kept.
+NETWORK_TO_STORED_FRAME = torch.tensor([1.0, 1.0, -1.0])
 
 
 ImageInput = Image.Image | np.ndarray
@@ -156,7 +167,8 @@ class OmnidataProcessor:
             if self.task == "depth":
                 maps.append(x[0].numpy().astype(np.float32))
                 continue
-            normal = 2.0 * x - 1.0  # (3, H, W)
+            normal = 2.0 * x - 1.0  # (3, H, W) in Omnidata's frame: +X right, +Y down, +Z away
+            normal = normal * NETWORK_TO_STORED_FRAME.view(3, 1, 1)  # -> +Z towards the viewer
             length = normal.norm(dim=0, keepdim=True)
             degenerate = length < 1e-6
             normal = normal / length.clamp_min(1e-6)
