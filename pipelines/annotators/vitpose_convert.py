@@ -87,7 +87,7 @@ def _head_prefix(state: Mapping[str, Any], source: str) -> str:
         if weight is not None and weight.shape[0] == _NUM_WHOLEBODY_KEYPOINTS:
             return prefix
     found = {
-        k.rsplit(".final_layer", 1)[0]: tuple(v.shape)[0]
+        k.rsplit(".final_layer", 1)[0]: int(v.shape[0])
         for k, v in state.items()
         if k.endswith("final_layer.weight")
     }
