@@ -558,3 +558,16 @@ def test_checkpoint_with_numpy_metadata_loads_without_unpickling_code(tmp_path: 
 
     state = load_omnidata_state_dict(tmp_path / "hostile.ckpt")
     assert set(state) == set(model.state_dict())
+
+
+def test_models_paper_takes_omnidata_from_the_prepared_models_folder(tmp_path: Path, monkeypatch) -> None:
+    """Omnidata is not on the hub: ``--models paper`` finds it where ``zoo prepare`` put it
+    (``$HUMANVERSE_MODELS/omnidata-normal/``) and otherwise says how to fetch it."""
+    from pipelines.annotators.omnidata import load_omnidata
+
+    monkeypatch.setenv("HUMANVERSE_MODELS", str(tmp_path / "models"))
+    with pytest.raises(ValueError, match=r"zoo prepare DIR"):
+        load_omnidata("omnidata-normal", "paper", "normal")
+    make_tiny_omnidata_normal(tmp_path / "models" / "omnidata-normal", 0)
+    model, tag = load_omnidata("omnidata-normal", "paper", "normal")
+    assert model.config.task == "normal" and tag == str((tmp_path / "models" / "omnidata-normal").resolve())
