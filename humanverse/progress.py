@@ -195,11 +195,17 @@ class Progress:
             from tqdm.contrib.logging import logging_redirect_tqdm
         except ImportError:  # the core alone (no models extra): a plain line redrawn with \r
             return
+        try:  # a terminal that reports no size (a fresh pseudo-terminal) gets 120 x 20, else tqdm draws nothing
+            size = os.get_terminal_size(self.stream.fileno())
+        except (AttributeError, OSError, ValueError):
+            size = os.terminal_size((0, 0))
+        self._format = ("{desc}: {n_fmt}/{total_fmt}{unit} {percentage:3.0f}%|{bar:20}| COUNTS{rate_fmt}, "
+                        "elapsed {elapsed}, ETA {remaining}" if self.total else
+                        "{desc}: {n_fmt}{unit} COUNTS{rate_fmt}, elapsed {elapsed}")
         self._bar = tqdm(total=self.total, initial=self.initial, desc=self.what, unit=f" {self.unit}",
-                         file=self.stream, dynamic_ncols=True, leave=True, mininterval=0.2,
-                         bar_format="{desc}: {n_fmt}/{total_fmt}{unit} {percentage:3.0f}%|{bar:20}| "
-                                    "{postfix} [{elapsed}<{remaining}, {rate_fmt}]"
-                         if self.total else "{desc}: {n_fmt}{unit} {postfix} [{elapsed}, {rate_fmt}]")
+                         file=self.stream, dynamic_ncols=size.columns > 0, ncols=None if size.columns > 0 else 120,
+                         nrows=None if size.lines > 0 else 20, leave=True, mininterval=0.2,
+                         bar_format=self._format.replace("COUNTS", ""))
         # log records go above the line instead of through it
         self._redirect = logging_redirect_tqdm()
         self._redirect.__enter__()
@@ -207,7 +213,8 @@ class Progress:
     def _draw(self) -> None:
         if self._bar is not None:
             self._bar.n = self.done
-            self._bar.set_postfix_str(", ".join(_count(k, v) for k, v in self.counts.items()), refresh=False)
+            counts = "".join(_count(k, v) + ", " for k, v in self.counts.items())
+            self._bar.bar_format = self._format.replace("COUNTS", counts.replace("{", "{{").replace("}", "}}"))
             self._bar.refresh()
         else:
             self.stream.write("\r" + self.line())
