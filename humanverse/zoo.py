@@ -136,12 +136,15 @@ class ResolvedModel:
         path: a hub id (``kind == "hub"``) or a local directory (``"local"``, ``"tiny"``).
         revision: the hub revision, None for local folders (and for unpinned hub ids).
         kind: ``"hub"``, ``"local"`` or ``"tiny"``.
+        source: for ``--models paper`` entries taken from the prepared models folder, the pin they
+            were prepared from (``hub_id@revision``), recorded in :attr:`tag` instead of the path.
     """
 
     name: str
     path: str
     revision: str | None
     kind: Literal["hub", "local", "tiny"]
+    source: str | None = None
 
     @property
     def entry(self) -> ModelEntry:
@@ -153,10 +156,13 @@ class ResolvedModel:
         """The identifier recorded in a dataset's ``models`` column.
 
         ``org/repo@revision`` (or ``org/repo`` when unpinned) for hub models, ``tiny:<name>`` for
-        tiny stand-ins, the directory for local folders.
+        tiny stand-ins, the directory for local folders, and ``org/repo@revision (prepared)`` for a
+        ``--models paper`` entry found in the prepared models folder.
         """
         if self.kind == "tiny":
             return f"tiny:{self.name}"
+        if self.source:
+            return f"{self.source} (prepared)"
         if self.kind == "hub" and self.revision:
             return f"{self.path}@{self.revision}"
         return self.path
@@ -595,7 +601,8 @@ def resolve(
         if not entry.direct_from_hub:
             prepared = models_root() / name
             if is_prepared(name, prepared):
-                return ResolvedModel(name=name, path=str(prepared.resolve()), revision=None, kind="local")
+                return ResolvedModel(name=name, path=str(prepared.resolve()), revision=None, kind="local",
+                                     source=entry.pin)
             source = ", ".join(f"{entry.hub_id}/{f}" for f in entry.files) or entry.hub_id
             raise ValueError(
                 f"Model {name!r} cannot be loaded from the hub as is (its weights come from "

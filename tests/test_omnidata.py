@@ -570,4 +570,4 @@ def test_models_paper_takes_omnidata_from_the_prepared_models_folder(tmp_path: P
         load_omnidata("omnidata-normal", "paper", "normal")
     make_tiny_omnidata_normal(tmp_path / "models" / "omnidata-normal", 0)
     model, tag = load_omnidata("omnidata-normal", "paper", "normal")
-    assert model.config.task == "normal" and tag == str((tmp_path / "models" / "omnidata-normal").resolve())
+    assert model.config.task == "normal" and tag == "https://zenodo.org/records/10447888 (prepared)"

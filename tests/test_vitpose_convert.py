@@ -268,5 +268,7 @@ def test_models_paper_accepts_the_converted_model(
         r.kind == "local"
         and Path(r.path) == (tmp_path / "models" / "vitpose-wholebody").resolve()
     )
+    assert r.tag == "JunkyByte/easy_ViTPose@e83805274e89428969355ec4afffcbc413e79188 (prepared)"
     stage = PoseEstimator(PoseConfig(device="cpu"), models="paper")
     assert stage.backend.decoding.use_udp is False and stage.backend.decoding.flip_test
+    assert stage.backend.tag == r.tag  # the models column records the pin it was prepared from
