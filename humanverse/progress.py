@@ -280,6 +280,8 @@ NOISE = tuple(re.compile(p) for p in (
     r"The maximum number of concurrent tasks for",
     r"PYTHON worker processes have been started on node",
     r"Reporting training result \d+",
+    r"has constructor arguments in the object store and max_restarts",  # Ray's core worker, once per actor
+    r"Setting up process group for: ",  # each Ray Train worker
 ))
 
 #: worker lines that are progress bars (tqdm / transformers' "Loading weights") or blank
@@ -289,6 +291,10 @@ _LOW_LEVEL = re.compile(r"^(\[?[\d:\-., T]+\]?\s+)?(INFO|DEBUG)\b|^(INFO|DEBUG):
 #: actors whose output is noise (Ray Train's clean-up actor prints a traceback when another Ray
 #: instance shares the host)
 _NOISY_ACTORS = ("PlacementGroupCleaner",)
+#: actors whose plain lines are bookkeeping (Ray Train's controller: resources requested, worker
+#: group started): only their lines that look like a warning or an error are shown
+_TERSE_ACTORS = ("TrainController",)
+_SEVERE = re.compile(r"WARN|ERROR|Error|Exception|Traceback|[Ff]ail")
 
 
 class NoiseFilter(logging.Filter):
@@ -342,6 +348,8 @@ def keep_worker_line(line: str, actor: str | None = None) -> bool:
     if verbose():
         return True
     if actor and any(a in actor for a in _NOISY_ACTORS):
+        return False
+    if actor and any(a in actor for a in _TERSE_ACTORS) and not _SEVERE.search(line):
         return False
     if _BAR.search(line) or _LOW_LEVEL.search(line):
         return False

@@ -147,6 +147,12 @@ def test_noise_filter_and_worker_lines(quiet):
                   "Reporting training result 3: TrainingReport(...) from rank 0", "", "\x1b[A"):
         assert not keep_worker_line(noise), noise
     assert not keep_worker_line("Traceback (most recent call last):", actor="PlacementGroupCleaner")
+    assert not keep_worker_line("Requesting resources: {'CPU': 0.5} * 1", actor="TrainController")
+    assert keep_worker_line("Training failed: worker group crashed", actor="TrainController")
+    assert not keep_worker_line("[2026-12-07 05:51:07,906 E 1101 1233] core_worker.cc:2465: Actor with class name: "
+                                "'PreemptionWatcher' and ID: 'e4' has constructor arguments in the object store and "
+                                "max_restarts > 0.")
+    assert keep_worker_line("stage1 step 2 validation loss 1.3020")  # a Train worker's record (no level shown)
     for kept in ("05:12:01 WARNING pipelines.build: source shard x failed while being read",
                  "Traceback (most recent call last):", "ValueError: bad image", "a print from a stage"):
         assert keep_worker_line(kept), kept
