@@ -3,6 +3,7 @@ progress line, end-of-build report and GPU-less default."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import logging
@@ -234,6 +235,7 @@ def test_demo_build_on_a_terminal_and_in_a_log(tmp_path, tiny_zoo):
     demo = str(REPO / "pipelines" / "presets" / "demo.yaml")
 
     screen = _run_on_a_terminal(_build_argv(tmp_path / "tty", "--config", demo), env)
+    screen = re.sub(r"\x1b\[[0-9;]*m", "", screen)  # colour codes (Ray resets the colour at exit)
     lines = screen.replace("\r\n", "\n").split("\n")
     # one live line redrawn in place (\r), with the run's total and an ETA
     live = [ln for ln in lines if "\r" in ln]
@@ -361,3 +363,25 @@ def test_validation_loss_reporters_and_a_readable_grid(tiny_zoo, train_root, tmp
     assert grid.width >= 4 * 256 and grid.height >= n * 256 + 40, grid.size  # 32-px samples scaled up
     with (run / "history.jsonl").open() as f:
         assert any("val_loss" in json.loads(line) for line in f)
+
+
+def test_train_checks_its_inputs_and_work_first(tiny_zoo, train_root, tmp_path, caplog):
+    """A missing dataset is one sentence, and --resume of a run at max_steps ends at once (no Ray, no model)."""
+    from humanverse.cli import main as cli_main
+    from model.training.data import TrainDataConfig
+    from model.training.loop import ScalingConfig, Stage1TrainConfig, run_training
+
+    assert cli_main(["train", "stage1", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "r0"),
+                     "--models", "tiny"]) == 2
+    assert not (tmp_path / "r0").exists()
+    cfg = Stage1TrainConfig(data=TrainDataConfig(resolution=32, shuffle_buffer=8), scaling=ScalingConfig(use_ray=False),
+                            batch_size=4, max_steps=2, checkpoint_every=2, validate_every=10, log_every=2,
+                            sample_steps=1, latent_stats_samples=8, ema_decay=None, report_to=())
+    run = tmp_path / "run"
+    run_training(cfg, str(train_root), str(run), "tiny")
+    caplog.clear()
+    t0 = time.perf_counter()
+    out = run_training(dataclasses.replace(cfg, scaling=ScalingConfig(use_ray=True)), str(train_root), str(run),
+                       "tiny", resume=True)
+    assert out == {"step": 2, "trained": 0} and time.perf_counter() - t0 < 5
+    assert "nothing to train" in caplog.text

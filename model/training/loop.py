@@ -492,14 +492,38 @@ def _init_ray(cfg: TrainerConfig, address: str | None) -> None:
     quiet_ray()
 
 
+def _resume_step(run: Path, max_steps: int) -> int:
+    """The step ``--resume`` continues from: the newest complete checkpoint's (its trainer state
+    only; when that step is ``max_steps`` or more, the checkpoint is verified as the worker would),
+    else 0."""
+    ck = latest_checkpoint(run)
+    if ck is None:
+        return 0
+    try:
+        step = int(json.loads((ck / "trainer_state.json").read_text())["step"])
+    except (OSError, ValueError, KeyError):
+        step = 0
+    if step >= max_steps:  # nothing to train, unless it is damaged: the one resume would really use
+        ck = usable_checkpoint(run)
+        step = int(json.loads((ck / "trainer_state.json").read_text())["step"]) if ck is not None else 0
+    return step
+
+
 def run_training(cfg: TrainerConfig, data_root: str, run: str, models: str, latents: str | None = None,
                  resume: bool = False, address: str | None = None) -> dict | None:
     """Train either stage (the config's type says which): in this process, or on Ray Train. The
     reporters' packages are checked first (before Ray starts or a model loads)."""
+    import humanverse
     from model.training.report import parse_report_to
 
     parse_report_to(cfg.report_to or ("none",))
+    humanverse.open(data_root)  # a missing or unreadable dataset is one sentence, before Ray or a model
     stage = cfg.stage
+    start = _resume_step(Path(run), cfg.max_steps) if resume else 0
+    if start >= cfg.max_steps:
+        log.info("%s is at step %d of max_steps %d: nothing to train (raise --max-steps to go on)", run, start,
+                 cfg.max_steps)
+        return {"step": start, "trained": 0}
     if latents and stage == "stage2":
         raise ValueError("--latents is a stage-1 (SD-2 VAE) cache; stage 2 encodes with the SDXL VAE on the fly.")
     if latents:
@@ -523,8 +547,6 @@ def run_training(cfg: TrainerConfig, data_root: str, run: str, models: str, late
     )
     from humanverse.progress import Poller, Progress
 
-    done = usable_checkpoint(Path(run)) if resume else None
-    start = json.loads((done / "trainer_state.json").read_text())["step"] if done is not None else 0
     (Path(run) / "progress.json").unlink(missing_ok=True)
     show = Progress(f"train {stage}", total=cfg.max_steps, unit="steps", initial=start, counts=("loss",), logger=log)
     with Poller(show, lambda: read_progress(Path(run)), every=1.0):
