@@ -734,17 +734,20 @@ def test_shrinking_only_allows_declared_size_fields():
 # zoo prepare, and what a load failure says
 
 
-def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    import os
+def _cli(capsys, *args: str) -> tuple[int, str, str]:
+    """``humanverse zoo ARGS`` in this process: (exit code, stdout, the logged error lines)."""
+    from humanverse.cli import main
 
-    return subprocess.run([sys.executable, "-m", "humanverse.cli", "zoo", *args], capture_output=True, text=True,
-                          check=False, env={**os.environ, **(env or {})})  # fmt: skip
+    capsys.readouterr()
+    code = main(["zoo", *args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
 
 
-def test_prepare_dry_run_lists_every_file_with_its_pin(tmp_path: Path):
-    proc = _cli("prepare", str(tmp_path / "models"), "--dry-run")
-    assert proc.returncode == 0, proc.stderr
-    lines = proc.stdout.splitlines()
+def test_prepare_dry_run_lists_every_file_with_its_pin(tmp_path: Path, capsys):
+    code, out, _ = _cli(capsys, "prepare", str(tmp_path / "models"), "--dry-run")
+    assert code == 0
+    lines = out.splitlines()
     for entry in ZOO.values():
         if not entry.paper:
             assert not any(line.split()[:1] == [entry.name] for line in lines)
@@ -754,21 +757,25 @@ def test_prepare_dry_run_lists_every_file_with_its_pin(tmp_path: Path):
         for f in entry.files:
             row = next(r for r in rows if f"  {f}  " in r)
             assert (entry.revision or entry.hub_id) in row and zoo.pin_status(entry) in row
-    assert "non-commercial" in proc.stdout and "convert-vitpose" in proc.stdout
-    assert "dry run: nothing fetched." in proc.stdout and not (tmp_path / "models").exists()
+    assert "non-commercial" in out and "convert-vitpose" in out
+    assert "dry run: nothing fetched." in out and not (tmp_path / "models").exists()
 
 
-def test_prepare_offline_says_what_it_would_fetch_and_needs_the_licence(tmp_path: Path):
-    proc = _cli("prepare", str(tmp_path / "m"), "--only", "yolos-tiny,omnidata-normal", env={"HF_HUB_OFFLINE": "1"})
-    assert proc.returncode == 2
-    assert "--accept-omnidata-licence" in proc.stderr and "Traceback" not in proc.stderr
-    proc = _cli("prepare", str(tmp_path / "m"), "--only", "yolos-tiny,omnidata-normal", "--accept-omnidata-licence",
-                env={"HF_HUB_OFFLINE": "1"})  # fmt: skip
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert "nothing was fetched: the 4 files listed above are what `zoo prepare` would fetch" in proc.stderr
-    assert "hustvl/yolos-tiny@95a90f3c189fbfca3bcfc6d7315b9e84d95dc2de  model.safetensors" in proc.stdout
-    assert "zenodo.org/records/10447888/files/omnidata_dpt_normal_v2.ckpt" in proc.stdout
-    assert _cli("prepare", str(tmp_path / "m"), "--only", "lsdm", "--dry-run").returncode == 2
+def test_prepare_offline_says_what_it_would_fetch_and_needs_the_licence(
+    tmp_path: Path, capsys, caplog, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    only = ("--only", "yolos-tiny,omnidata-normal")
+    code, _, _ = _cli(capsys, "prepare", str(tmp_path / "m"), *only)
+    assert code == 2 and "--accept-omnidata-licence" in caplog.text
+    caplog.clear()
+    code, out, _ = _cli(capsys, "prepare", str(tmp_path / "m"), *only, "--accept-omnidata-licence")
+    assert code == 2
+    assert "nothing was fetched: the 4 files listed above are what `zoo prepare` would fetch" in caplog.text
+    assert "hustvl/yolos-tiny@95a90f3c189fbfca3bcfc6d7315b9e84d95dc2de  model.safetensors" in out
+    assert "zenodo.org/records/10447888/files/omnidata_dpt_normal_v2.ckpt" in out
+    assert not (tmp_path / "m").exists()
+    assert _cli(capsys, "prepare", str(tmp_path / "m"), "--only", "lsdm", "--dry-run")[0] == 2
 
 
 def test_an_offline_load_of_a_missing_model_names_entry_pin_and_zoo_prepare(tmp_path: Path):
@@ -789,3 +796,70 @@ def test_an_offline_load_of_a_missing_model_names_entry_pin_and_zoo_prepare(tmp_
     assert last.startswith("ValueError: Cannot load hustvl/yolos-tiny@95a90f3c189fbfca3bcfc6d7315b9e84d95dc2de (")
     assert "zoo entry 'yolos-tiny' (hustvl/yolos-tiny@95a90f3c189fbfca3bcfc6d7315b9e84d95dc2de)" in last
     assert "`humanverse zoo prepare DIR`" in last and "--models DIR" in last
+
+
+@pytest.mark.slow
+def test_the_real_configs_give_the_published_parameter_counts():
+    """Built at full size on the meta device (no memory, no weights), the recorded configurations
+    give the published models' parameter counts: the data describes the real architectures."""
+    import open_clip
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import (
+        BitConfig,
+        Blip2Config,
+        Blip2ForConditionalGeneration,
+        CLIPTextConfig,
+        CLIPTextModel,
+        CLIPTextModelWithProjection,
+        DPTConfig,
+        DPTForDepthEstimation,
+        OPTConfig,
+        VitPoseBackboneConfig,
+        VitPoseConfig,
+        VitPoseForPoseEstimation,
+        YolosConfig,
+        YolosForObjectDetection,
+    )
+
+    from humanverse.configs import section
+
+    def count(module) -> int:
+        return sum(p.numel() for p in module.parameters())
+
+    with torch.device("meta"):
+        vitpose = VitPoseConfig(backbone_config=VitPoseBackboneConfig(**section("vitpose-wholebody", "backbone")),
+                                **section("vitpose-wholebody", "model"))  # fmt: skip
+        blip = Blip2Config(vision_config=section("blip2-opt-2.7b", "vision"),
+                           qformer_config=section("blip2-opt-2.7b", "qformer"),
+                           text_config=OPTConfig(**section("blip2-opt-2.7b", "text")).to_dict(),
+                           **section("blip2-opt-2.7b", "model"))  # fmt: skip
+        counts = {
+            "yolos-tiny": count(YolosForObjectDetection(YolosConfig(**section("yolos-tiny", "model")))),
+            "vitpose-h-wholebody": count(VitPoseForPoseEstimation(vitpose)),
+            "dpt-hybrid": count(DPTForDepthEstimation(DPTConfig(
+                backbone_config=BitConfig(**section("midas-dpt-hybrid", "backbone")),
+                **section("midas-dpt-hybrid", "model")))),
+            "clip-vit-l14": count(open_clip.CLIP(**section("clip-vit-l14", "model_cfg"),
+                                                 vision_cfg=section("clip-vit-l14", "vision_cfg"),
+                                                 text_cfg=section("clip-vit-l14", "text_cfg"))),
+            "blip2-opt-2.7b": count(Blip2ForConditionalGeneration(blip)),
+            "sd2-unet": count(UNet2DConditionModel(**section("sd2-base", "unet"))),
+            "sd2-text": count(CLIPTextModel(CLIPTextConfig(**section("sd2-base", "text_encoder")))),
+            "sd-vae": count(AutoencoderKL(**section("sd-vae-ft-mse", "vae"))),
+            "sdxl-unet": count(UNet2DConditionModel(**section("sdxl-base", "unet"))),
+            "sdxl-text": count(CLIPTextModel(CLIPTextConfig(**section("sdxl-base", "text_encoder")))),
+            "sdxl-text-2": count(CLIPTextModelWithProjection(CLIPTextConfig(**section("sdxl-base", "text_encoder_2")))),
+        }  # fmt: skip
+    assert counts == {
+        "yolos-tiny": 6_488_736,
+        "vitpose-h-wholebody": 637_238_661,  # ViT-H 1280 x 32 + two 256 deconvolutions + 133 outputs
+        "dpt-hybrid": 122_377_985,
+        "clip-vit-l14": 427_616_513,
+        "blip2-opt-2.7b": 3_744_761_856,
+        "sd2-unet": 865_910_724,
+        "sd2-text": 340_387_840,
+        "sd-vae": 83_653_863,
+        "sdxl-unet": 2_567_463_684,
+        "sdxl-text": 123_060_480,
+        "sdxl-text-2": 694_659_840,
+    }

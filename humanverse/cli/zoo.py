@@ -221,11 +221,12 @@ def prepare(
     names: list[str] | None,
     dry_run: bool,
     accept_omnidata: bool,
-    out=sys.stdout,
+    out=None,
 ) -> int:
-    """``zoo prepare``: see the module docstring."""
+    """``zoo prepare``: see the module docstring. ``out``: where the listing goes (stdout)."""
     from humanverse.zoo import ZOO, pin_status
 
+    out = out or sys.stdout
     fetches = plan(root, names)
     entries = list(dict.fromkeys(f.entry for f in fetches))
     omnidata = [e for e in entries if e.startswith("omnidata-")]
