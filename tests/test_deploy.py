@@ -34,7 +34,7 @@ def _yaml(rel: str):
     return yaml.safe_load((DEPLOY / rel).read_text())
 
 
-def _cpus(q: str | int | float) -> float:
+def _cpus(q: str | float) -> float:
     q = str(q)
     return float(q[:-1]) / 1000 if q.endswith("m") else float(q)
 
@@ -112,7 +112,7 @@ def test_image_installs_every_extra_the_entrypoints_use():
 
 def test_deploy_readme_stops_only_its_own_processes():
     text = (DEPLOY / "README.md").read_text()
-    blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
+    blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.DOTALL)
     commands = [ln.split("#", 1)[0].strip() for b in blocks for ln in b.splitlines()]
     assert not [c for c in commands if re.match(r"^ray stop\b", c)], "the README runs `ray stop`"
     assert any(c.startswith("kill -- -") for c in commands)

@@ -59,7 +59,7 @@ def open_in_chromium(page: Path, tmp: Path) -> tuple[dict, list[str]]:
                           "--window-size=1280,1024", "--dump-dom", checked.as_uri()],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
-    m = re.search(r'<pre id="hv-check">(.*?)</pre>', out.stdout, flags=re.S)
+    m = re.search(r'<pre id="hv-check">(.*?)</pre>', out.stdout, flags=re.DOTALL)
     assert m, "the check script did not run (the page did not finish loading)"
     result = json.loads(m.group(1).replace("&quot;", '"').replace("&lt;", "<").replace("&gt;", ">")
                         .replace("&amp;", "&"))
