@@ -14,7 +14,9 @@ from model.training.checkpoints import EMA
 
 @pytest.mark.parametrize("phi", [0.0, 0.3, 0.7, 1.0])
 def test_guidance_rescale_matches_diffusers(phi):
-    from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
+    from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import (
+        rescale_noise_cfg,
+    )
 
     g = torch.Generator().manual_seed(0)
     c, u = torch.randn(3, 4, 8, 8, generator=g), torch.randn(3, 4, 8, 8, generator=g) * 0.5

@@ -16,6 +16,7 @@ from pipelines.geometry import MapsConfig
 from pipelines.stages.depth import DepthConfig, DepthEstimator, fit_map
 
 
+@pytest.mark.slow  # two depth models plus a reference run
 def test_depth_stage_stores_midas_and_omnidata(tiny_zoo):
     both = DepthEstimator(DepthConfig(device="cpu", also_omnidata=True), models="tiny", maps=MapsConfig(100))
     midas_only = DepthEstimator(DepthConfig(device="cpu"), models="tiny", maps=MapsConfig(100))
@@ -61,7 +62,7 @@ def test_trainer_reads_the_depth_map_its_config_picks(tmp_path):
     ds = humanverse.open(root)
     assert sum(len(v) for v in D.select_rows(ds, midas).values()) == 4
     assert sum(len(v) for v in D.select_rows(ds, omni).values()) == 3  # the row without the map is left out
-    rng = lambda: np.random.default_rng(0)  # noqa: E731
+    rng = lambda: np.random.default_rng(0)
     a = D.make_example(rows[0], omni, rng())
     swapped = dict(rows[0], depth=rows[0]["depth_omnidata"], depth_min=rows[0]["depth_omnidata_min"],
                    depth_max=rows[0]["depth_omnidata_max"])

@@ -451,6 +451,7 @@ def test_fid_clip_backbone_choice():
         E.EvalConfig(fid_clip_backbone="vit-h14")
 
 
+@pytest.mark.slow  # ~16 s alone, over a minute on a busy 2-core machine
 def test_coco_detector_selection_runs_offline_with_tiny_models(tmp_path, eval_zoo, capsys):
     """The paper's selection (detector + pose estimator on each 512 crop) end to end through
     `humanverse testset coco` with the tiny YOLOS + ViTPose (whose random scores need every

@@ -23,7 +23,11 @@ def test_builder_paper_preset():
 def test_trainer_paper_preset_equals_the_defaults():
     from model.evaluation.evaluate import EvalConfig
     from model.sampling.hyperhuman import SampleConfig
-    from model.training.loop import Stage1TrainConfig, Stage2TrainConfig, load_train_config
+    from model.training.loop import (
+        Stage1TrainConfig,
+        Stage2TrainConfig,
+        load_train_config,
+    )
 
     path = REPO / "model" / "presets" / "paper.yaml"
     s1 = load_train_config(str(path), stage="stage1")

@@ -172,3 +172,21 @@ def test_resume_falls_back_past_a_damaged_newest_checkpoint(tiny_zoo, data_root,
     want = {h["step"]: h["loss"] for h in ref["history"]}
     for h in resumed["history"]:
         assert h["loss"] == want[h["step"]]
+
+
+def test_ablation_layout_trains_and_records_its_conditioning(tiny_zoo, data_root, tmp_path):
+    """A Table-2 ablation (half-block experts, RGB + depth) trains, validates (samples) and records
+    what it was trained on beside every checkpoint; the sampler would refuse another pose style."""
+    from model.training.stage1 import LSDMLayout
+
+    run = tmp_path / "abl"
+    cfg = _cfg(max_steps=2, checkpoint_every=2, validate_every=2, lsdm=LSDMLayout("half", ("rgb", "depth")),
+               loss=Stage1LossConfig(all_dropout=0.5))
+    out = train_loop(cfg, str(data_root), str(run), "tiny")
+    h = out["history"][-1]
+    assert h["normal"] == 0.0 and h["rgb"] > 0 and h["depth"] > 0 and "all_dropped" in h
+    rec = json.loads((run / "checkpoints" / "step-00000002" / "conditioning.json").read_text())
+    assert rec == {"stage": "stage1", "pose_style": "humansd", "skeleton_threshold": 0.3, "depth": "midas",
+                   "all_dropout": 0.5, "expert_depth": "half", "modalities": ["rgb", "depth"]}
+    assert json.loads((run / "conditioning.json").read_text()) == rec
+    assert (run / "samples" / "step-00000002.png").is_file()

@@ -644,7 +644,7 @@ class CleanFIDClipB32:
                                   "uses OpenClipExtractor.")
 
 
-def fid_clip_extractor(cfg: "EvalConfig", score_clip=None):
+def fid_clip_extractor(cfg: EvalConfig, score_clip=None):
     """The FID-CLIP extractor ``cfg`` asks for (``score_clip`` is reused for ``vit-l14``)."""
     if cfg.fid_clip_backbone == "vit-l14":
         return score_clip if score_clip is not None else OpenClipExtractor(cfg.clip_model or cfg.models, cfg.device)
