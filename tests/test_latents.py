@@ -287,3 +287,19 @@ def test_ray_build_matches_local(built, root, tiny_zoo, tmp_path):
             for s in ("mean", "std"):
                 torch.testing.assert_close(_latent(a, f"{m}_{s}", shape), _latent(b, f"{m}_{s}", shape),
                                            rtol=2e-3, atol=1e-4)
+
+
+def test_training_refuses_a_cache_of_another_pose_style_or_depth(built, root):
+    """The cache records how its pose maps were drawn and which depth map it encoded; a training
+    config that asks for another one is refused in one sentence (the paper's: humansd, midas)."""
+    from model.training.loop import Stage1TrainConfig, check_latent_cache
+
+    out, cfg, _ = built
+    assert L.read_cache_manifest(out)["config"]["pose_style"] == "humansd"
+    same = Stage1TrainConfig(data=D.TrainDataConfig(resolution=R))
+    check_latent_cache(str(out), str(root), same, "tiny")
+    for change, match in (({"pose_style": "wholebody"}, "pose_style 'humansd' \\(cache\\) vs 'wholebody'"),
+                          ({"depth": "omnidata"}, "depth 'midas' \\(cache\\) vs 'omnidata'")):
+        other = Stage1TrainConfig(data=D.TrainDataConfig(resolution=R, **change))
+        with pytest.raises(L.StaleCacheError, match=match):
+            check_latent_cache(str(out), str(root), other, "tiny")
