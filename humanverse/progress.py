@@ -206,9 +206,11 @@ class Progress:
                          file=self.stream, dynamic_ncols=size.columns > 0, ncols=None if size.columns > 0 else 120,
                          nrows=None if size.lines > 0 else 20, leave=True, mininterval=0.2,
                          bar_format=self._format.replace("COUNTS", ""))
-        # log records go above the line instead of through it
+        # log records go above the line instead of through it (tqdm's handler, filtered like the one it replaces)
         self._redirect = logging_redirect_tqdm()
         self._redirect.__enter__()
+        if not verbose():
+            _add_filter(logging.getLogger().handlers)
 
     def _draw(self) -> None:
         if self._bar is not None:
