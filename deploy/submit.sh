@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Submit the HumanVerse builder to a running Ray cluster as a Ray job.
 #
-#   deploy/submit.sh INPUT OUTPUT [pipelines.build options...]
+#   deploy/submit.sh [--dry-run] INPUT OUTPUT [pipelines.build options...]
 #
 # Everything after INPUT OUTPUT goes to `python -m pipelines.build` unchanged. The repo root is
 # uploaded as the job's working_dir (minus the excludes below), so the cluster runs exactly the
@@ -10,7 +10,7 @@ set -euo pipefail
 
 usage() {
     cat <<'EOF'
-usage: deploy/submit.sh INPUT OUTPUT [--config FILE.yaml] [--models tiny|paper|DIR] [--set key=value ...]
+usage: deploy/submit.sh [--dry-run] INPUT OUTPUT [--config FILE.yaml] [--models tiny|paper|DIR] [--set key=value ...]
 
 Submits `python -m pipelines.build INPUT OUTPUT ...` to a Ray cluster with `ray job submit`,
 uploading this repository as the job's working dir, and follows the job's logs until it ends
