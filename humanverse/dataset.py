@@ -21,7 +21,7 @@ import pyarrow.fs as pafs
 from humanverse import fs as hfs
 from humanverse.errors import first_line
 from humanverse.schema import REJECT_SCHEMA, data_schema
-from humanverse.shards import (FINAL, KINDS, RECORDS_DIR, SEALS_DIR, CommitState, DatasetError, read_log, read_manifest,
+from humanverse.shards import (KINDS, CommitState, DatasetError, live_runs, read_log, read_manifest,
                                staged_paths)
 
 log = logging.getLogger(__name__)
@@ -194,9 +194,7 @@ def open(root: "str | os.PathLike[str]", *, missing: Literal["raise", "skip"] = 
     # A file of a run still being written may be between its commit and its publication: it is
     # then in the run's staging folder and is left out until it lands.
     t = state.table
-    sealed = {e.base_name for e in hfs.list_dir(r, r.join(SEALS_DIR))
-              if hfs.exists(r, r.join(SEALS_DIR, e.base_name, f"{FINAL}.parquet"))}
-    open_runs = [run for run in state.runs() if run not in sealed and not _compacted(r, run)]
+    open_runs = sorted(live_runs(r) & set(state.runs()))
     in_flight = set()
     if open_runs:
         import pyarrow.compute as pc
@@ -211,11 +209,6 @@ def open(root: "str | os.PathLike[str]", *, missing: Literal["raise", "skip"] = 
         for kind in KINDS:
             ds._check(kind)
     return ds
-
-
-def _compacted(root: hfs.Root, run: str) -> bool:
-    """Whether ``run`` is only in the snapshot (sealed and compacted: not live)."""
-    return not hfs.exists(root, root.join(RECORDS_DIR, run)) and not hfs.exists(root, root.join(SEALS_DIR, run))
 
 
 def _staged(root: hfs.Root, file: str, run: str) -> bool:
