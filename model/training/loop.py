@@ -76,6 +76,7 @@ class TrainerConfig:
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
     gradient_checkpointing: bool = False
     ema_decay: float | None = 0.9999
+    ema_warmup: bool = True  # decay min(ema_decay, (1+k)/(10+k)) at update k+1 (diffusers' EMAModel; docs/protocol.md)
     checkpoint_every: int = 500
     keep_checkpoints: int = 3
     log_every: int = 10
@@ -290,7 +291,7 @@ def train_loop(cfg: TrainerConfig, data_root: str, run: str, models: str, latent
     params = [p for p in net.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.optim.lr, betas=cfg.optim.betas, eps=cfg.optim.eps,
                             weight_decay=cfg.optim.weight_decay)
-    ema = EMA(params, cfg.ema_decay) if cfg.ema_decay else None
+    ema = EMA(params, cfg.ema_decay, warmup=cfg.ema_warmup) if cfg.ema_decay else None
     if ck is not None:
         opt.load_state_dict(torch.load(ck / "optimizer.pt", map_location=device, weights_only=True))
         if ema is not None:
