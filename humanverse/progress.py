@@ -260,16 +260,6 @@ class Poller:
         self.progress.close()
 
 
-def stage_totals(title: str, rows: Iterable[tuple[str, ...]], headers: tuple[str, ...]) -> str:
-    """An aligned plain-text table (the per-stage totals a command prints at its end)."""
-    rows = [tuple(str(c) for c in r) for r in rows]
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    lines = [title, "  " + "  ".join(h.ljust(w) for h, w in zip(headers, widths))]
-    lines += ["  " + "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
-              for r in rows]
-    return "\n".join(lines)
-
-
 # -- quiet output ---------------------------------------------------------------------------------
 
 #: messages of warnings and log records that are noise to a user (matched with ``re.search``)
@@ -402,5 +392,5 @@ def quiet_ray() -> None:
             detectors.detectors = []
 
 
-__all__ = ["NOISE", "NoiseFilter", "Poller", "Progress", "format_duration", "keep_worker_line", "quiet_python", "quiet_ray",
-           "set_verbose", "stage_totals", "verbose"]
+__all__ = ["NOISE", "NoiseFilter", "Poller", "Progress", "format_duration", "keep_worker_line", "quiet_python",
+           "quiet_ray", "set_verbose", "verbose"]

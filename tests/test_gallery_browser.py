@@ -72,7 +72,8 @@ def dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("browser") / "ds"
     sink = humanverse.ShardSink.open(root, manifest={"banner": "tiny random models: meaningless"})
     sink.write(synthetic_table(6, shard="s0", seed=1), "data", "s0")
-    rejects = [{"id": f"{i:064x}", "source_url": None, "source_key": f"k{i}", "source_shard": "s0", "source_index": 6 + i,
+    rejects = [{"id": f"{i:064x}", "source_url": None, "source_key": f"k{i}", "source_shard": "s0",
+                "source_index": 6 + i,
                 "orig_width": 120, "orig_height": 90, "stage": "detect", "reason": "no_person", "detail": "none found"}
                for i in range(2)]
     sink.write(pa.Table.from_pylist(rejects, schema=REJECT_SCHEMA), "rejects", "s0")

@@ -350,7 +350,8 @@ def train_loop(cfg: TrainerConfig, data_root: str, run: str, models: str, latent
         net.eval()
         try:
             with torch.no_grad(), _autocast(cfg, device):
-                losses = task.loss(net, validation_rows(), torch.Generator().manual_seed(_seed_for(cfg.seed, VAL_SEED)))
+                gen = torch.Generator().manual_seed(_seed_for(cfg.seed, VAL_SEED))
+                losses = task.loss(net, validation_rows(), gen)
         finally:
             net.train()
         out = {k: float(v) for k, v in losses.items() if k in task.scalars and not k.endswith("_dropped")}
