@@ -443,6 +443,8 @@ def test_eval_scores_stage1_for_table1_and_refined_beside_table7(tmp_path, eval_
         E.evaluate_outputs(tmp_path / "real", tmp_path / "gen" / "stage1", testset, cfg, outputs=["refined"])
     assert [r["output"] for r in E.evaluate_outputs(tmp_path / "real", tmp_path / "gen", testset, cfg,
                                                     outputs=["refined"])["rows"]] == ["refined"]
+    direct = E.evaluate_outputs(tmp_path / "real", tmp_path / "gen" / "stage1", testset, cfg)  # the folder itself
+    assert direct["output"] == "stage1" and direct["paper_reference"]["FID"] == 17.18 and "rows" not in direct
 
 
 def test_fid_clip_backbone_choice():

@@ -912,8 +912,9 @@ def evaluate_outputs(real_dir: str | os.PathLike, generated_dir: str | os.PathLi
             raise ValueError(f"the generated folder {str(generated_dir)!r} has no {'/, '.join(missing)}/ folder of "
                              f"images (humanverse sample --testset writes stage1/ and, when refining, refined/).")
         found = {o: found[o] for o in outputs}
-    if not found:
-        return evaluate(real_dir, generated_dir, testset, cfg, **extractors)
+    if not found:  # a plain folder; named after a sampler output (GEN/stage1 given directly), it is that output
+        name = Path(generated_dir).name
+        return evaluate(real_dir, generated_dir, testset, cfg, output=name if name in OUTPUTS else None, **extractors)
     cache: dict = {}
     built: dict = {}
     rows = [evaluate(real_dir, d, testset, cfg, output=name, real_cache=cache, _extractors=built, **extractors)
