@@ -199,24 +199,28 @@ class Progress:
             size = os.get_terminal_size(self.stream.fileno())
         except (AttributeError, OSError, ValueError):
             size = os.terminal_size((0, 0))
-        self._format = ("{desc}: {n_fmt}/{total_fmt}{unit} {percentage:3.0f}%|{bar:20}| COUNTS{rate_fmt}, "
+        # STATE: the counts and the rate, filled in at each draw (the rate as in the log lines)
+        self._format = ("{desc}: {n_fmt}/{total_fmt} {unit} {percentage:3.0f}%|{bar:20}| STATE, "
                         "elapsed {elapsed}, ETA {remaining}" if self.total else
-                        "{desc}: {n_fmt}{unit} COUNTS{rate_fmt}, elapsed {elapsed}")
-        self._bar = tqdm(total=self.total, initial=self.initial, desc=self.what, unit=f" {self.unit}",
+                        "{desc}: {n_fmt} {unit} STATE, elapsed {elapsed}")
+        self._bar = tqdm(total=self.total, initial=self.initial, desc=self.what, unit=self.unit,
                          file=self.stream, dynamic_ncols=size.columns > 0, ncols=None if size.columns > 0 else 120,
                          nrows=None if size.lines > 0 else 20, leave=True, mininterval=0.2,
-                         bar_format=self._format.replace("COUNTS", ""))
+                         bar_format=self._format.replace("STATE", self._state()))
         # log records go above the line instead of through it (tqdm's handler, filtered like the one it replaces)
         self._redirect = logging_redirect_tqdm()
         self._redirect.__enter__()
         if not verbose():
             _add_filter(logging.getLogger().handlers)
 
+    def _state(self) -> str:
+        return ", ".join([*(_count(k, v) for k, v in self.counts.items()),
+                          _rate(self.done - self.initial, self.elapsed, self.unit)])
+
     def _draw(self) -> None:
         if self._bar is not None:
             self._bar.n = self.done
-            counts = "".join(_count(k, v) + ", " for k, v in self.counts.items())
-            self._bar.bar_format = self._format.replace("COUNTS", counts.replace("{", "{{").replace("}", "}}"))
+            self._bar.bar_format = self._format.replace("STATE", self._state().replace("{", "{{").replace("}", "}}"))
             self._bar.refresh()
         else:
             self.stream.write("\r" + self.line())
