@@ -603,7 +603,7 @@ class ShardWriter:
                 shard_rows[s.as_py()] = n.as_py()
             adds.append(CommitRecord(file=rel, kind=kind, rows=table.num_rows, shard_rows=shard_rows, run=self.run))
         commit = Commit(self.run, tuple(adds), tuple(retires))
-        kinds = "+".join(sorted(tables))
+        kinds = "+".join(sorted(tables)) or "retire"
         path = root.join(RECORDS_DIR, self.run, f"{kinds}-{name}.json")
         _put(root, path, commit.to_json(), fsync=self.options.fsync)  # the commit point
         if _fenced(root, self.run) and not _in_final_seal(root, self.run, path):

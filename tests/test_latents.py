@@ -4,7 +4,6 @@ staleness checks, resume/update, and the latent reader."""
 
 from __future__ import annotations
 
-import glob
 import os
 
 import numpy as np
@@ -177,11 +176,11 @@ def test_staleness_resume_and_update(tiny_zoo, tmp_path):
     assert rep.chunks_done == 1 and rep.chunks_kept == 2 and rep.rows == 16
     L.check_cache(out, root, cfg)
 
-    # the dataset loses a file (its commit record and file removed): stale; an update drops it
-    for rec in glob.glob(os.path.join(root, "_log", "*", "data-s1.json")):
-        os.remove(rec)
-    for f in glob.glob(os.path.join(root, "data", "*-s1.parquet")):
-        os.remove(f)
+    # the dataset loses a file (a commit that retires it, as a refilter does): stale; an update drops it
+    sink = humanverse.ShardSink.open(root)
+    (gone,) = [r for r in sink.state.records if r.file.endswith("-s1.parquet")]
+    sink.commit({}, "drop-s1", retires=[gone])
+    sink.close()
     with pytest.raises(L.StaleCacheError, match="gained 0 and lost 1 data files"):
         L.check_cache(out, root, cfg)
     rep = L.build_latent_cache(root, out, cfg, "tiny", use_ray=False)
