@@ -20,12 +20,13 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 def configure_logging(level: str, verbose: bool = False) -> None:
     """One handler on the root logger (kept where one exists), timestamps to the second, ``level``;
-    the libraries' noise filtered unless ``verbose`` (:mod:`humanverse.progress`)."""
-    from humanverse.progress import set_verbose
+    the libraries' noise filtered unless ``verbose`` (:mod:`humanverse.progress`), which a command
+    run inside another (``demo`` runs ``sample``) keeps."""
+    from humanverse import progress
 
     logging.basicConfig(format=LOG_FORMAT, datefmt="%H:%M:%S")
     logging.getLogger().setLevel(level)
-    set_verbose(verbose)
+    progress.set_verbose(verbose or progress.verbose())
 
 
 def add_log_level(p: argparse.ArgumentParser, default: str | None = "INFO") -> None:
