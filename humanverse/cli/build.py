@@ -54,10 +54,14 @@ def end_of_build(stats: dict, output: str) -> str:
     and one line saying where the config and the full report are."""
     from humanverse.stats import format_stats
 
+    from humanverse.shards import read_manifest
+
+    def leaves(v) -> int:
+        return sum(leaves(x) for x in v.values()) if isinstance(v, dict) else 1
+
     text = format_stats(stats)
     head = text.split("\nSource shards:", 1)[0].rstrip("\n")  # title, totals, funnel
-    man = stats.get("dataset", {}).get("manifest") or {}
-    n = sum(1 for k in man if k.startswith("config."))
+    n = leaves((read_manifest(output) or {}).get("config") or {})
     where = f"{output.rstrip('/')}/humanverse.json"
     return (f"{head}\n\nconfig ({n} settings) and models recorded in {where}; the full report: "
             f"humanverse stats {output}\n")
