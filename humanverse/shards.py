@@ -243,7 +243,7 @@ class CommitState:
             if len(tables) > 1:
                 idx = adds.append_column("_i", pa.array(range(adds.num_rows), pa.int64()))
                 first = idx.group_by("file", use_threads=False).aggregate([("_i", "min")])["_i_min"]
-                adds = adds.take(pc.sort_indices(first))
+                adds = adds.take(pc.take(first, pc.sort_indices(first)))  # each file's first row, in order
             t = adds
         return cls(t)
 

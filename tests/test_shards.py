@@ -231,3 +231,22 @@ def test_a_live_run_checkpoints_its_commits_into_parquet(tmp_path):
     assert humanverse.open(root).num_rows("data") == 11
     ShardSink.open(root).close()  # compaction folds both seals into the snapshot
     assert humanverse.open(root).num_rows("data") == 11 and not (root / SEALS_DIR / sink.run).exists()
+
+
+def test_the_log_keeps_each_file_once_across_its_parts():
+    """A file listed by several parts of the log (a snapshot, a seal, a leftover commit object)
+    counts once, from its first listing; a retired file counts nowhere."""
+    from humanverse.shards import Commit, CommitRecord, CommitState
+
+    def rec(i, run="r1"):
+        return CommitRecord(file=f"data/part-{run}-f{i}.parquet", kind="data", rows=i + 1,
+                            shard_rows={f"s{i}": i + 1}, run=run, created=float(i))
+
+    snapshot = Commit("r1", tuple(rec(i) for i in range(5))).table()
+    seal = Commit("r1", (rec(3), rec(4), rec(5), rec(6))).table()
+    leftover = Commit("r2", (rec(7, "r2"),), retires=(rec(0),)).table()
+    state = CommitState.combine([snapshot, seal, leftover])
+    assert sorted(state.files()) == sorted(f"data/part-r1-f{i}.parquet" for i in range(1, 7)) + [
+        "data/part-r2-f7.parquet"]
+    assert state.rows() == sum(i + 1 for i in range(1, 8))
+    assert state.rows_per_shard() == {f"s{i}": i + 1 for i in range(1, 8)}
