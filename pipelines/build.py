@@ -306,7 +306,8 @@ def _run_graph(cfg: BuildConfig, plan: BuildPlan, sink: ShardSink, models: str, 
         ds = ds.repartition(target_num_rows_per_block=cfg.input.batch_rows)
         for step in steps:
             ds = step.apply(ds, cfg.input.batch_rows)
-        # counts the rows reaching the writer for the progress line (fused with the write tasks)
+        # counts the rows reaching the writer for the progress line (a pass-through task per block,
+        # with the write tasks' resources)
         ds = ds.map_batches(_tally_rows, fn_kwargs={"tally": tally}, batch_size=None, batch_format="pyarrow",
                             num_cpus=res.write.num_cpus, compute=ray.data.TaskPoolStrategy(size=res.write.concurrency))
         datasink = make_datasink(sink.writer(), plan.clip_dim, cfg.write.rows_per_file)
