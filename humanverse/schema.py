@@ -11,6 +11,8 @@ sees a plain fixed-size float array.
 
 from __future__ import annotations
 
+import functools
+
 import re
 from dataclasses import dataclass
 
@@ -181,6 +183,7 @@ _METADATA = {b"humanverse_format_version": str(FORMAT_VERSION).encode()}
 _DATA_METADATA = {**_METADATA, b"humanverse_visible_score": str(VISIBLE_SCORE).encode()}
 
 
+@functools.lru_cache(maxsize=16)
 def data_schema(clip_dim: int | None = None) -> pa.Schema:
     """The schema of ``data/`` files; ``clip_embedding`` is present iff ``clip_dim`` is given."""
     fields = [
