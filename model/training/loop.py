@@ -519,15 +519,15 @@ def run_training(cfg: TrainerConfig, data_root: str, run: str, models: str, late
     from model.training.report import parse_report_to
 
     parse_report_to(cfg.report_to or ("none",))
-    humanverse.open(data_root)  # a missing or unreadable dataset is one sentence, before Ray or a model
     stage = cfg.stage
+    if latents and stage == "stage2":
+        raise ValueError("--latents is a stage-1 (SD-2 VAE) cache; stage 2 encodes with the SDXL VAE on the fly.")
+    humanverse.open(data_root)  # a missing or unreadable dataset is one sentence, before Ray or a model
     start = _resume_step(Path(run), cfg.max_steps) if resume else 0
     if start >= cfg.max_steps:
         log.info("%s is at step %d of max_steps %d: nothing to train (raise --max-steps to go on)", run, start,
                  cfg.max_steps)
         return {"step": start, "trained": 0}
-    if latents and stage == "stage2":
-        raise ValueError("--latents is a stage-1 (SD-2 VAE) cache; stage 2 encodes with the SDXL VAE on the fly.")
     if latents:
         check_latent_cache(latents, data_root, cfg, models)
     if not cfg.scaling.use_ray:
