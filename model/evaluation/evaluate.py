@@ -633,11 +633,7 @@ class CleanFIDClipB32:
         self.model.to(self.device).eval()
         self._torch = torch
 
-    def image_features(self, images: Sequence[Image.Image]) -> np.ndarray:
-        torch = self._torch
-        x = torch.stack([self.preprocess(im) for im in images]).to(self.device)
-        with torch.inference_mode():
-            return self.model.encode_image(x).float().cpu().numpy()
+    image_features = OpenClipExtractor.image_features  # the same open_clip image encoding
 
     def text_features(self, texts: Sequence[str]) -> np.ndarray:
         raise NotImplementedError("CleanFIDClipB32 computes FID-CLIP image features only; the CLIP score "
