@@ -23,6 +23,7 @@ have no builder here: the CLI passes theirs in through ``builders=``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -541,6 +542,16 @@ def load_error(name: str, resolved: ResolvedModel | None, error: BaseException) 
     cause = cause.split(". ")[0].rstrip(".")[:160]
     where = resolved.tag if resolved is not None else name
     return ValueError(f"Cannot load {where} ({cause}): {how_to_fetch(name)}")
+
+
+@contextlib.contextmanager
+def loading(name: str, resolved: ResolvedModel | None):
+    """Inside the block, a model that cannot be found or read (``OSError``, what the hub clients
+    raise offline or for a missing file) becomes :func:`load_error`'s one sentence."""
+    try:
+        yield
+    except OSError as e:
+        raise load_error(name, resolved, e) from None
 
 
 def tiny_root() -> Path:

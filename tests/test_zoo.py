@@ -863,3 +863,17 @@ def test_the_real_configs_give_the_published_parameter_counts():
         "sdxl-text": 123_060_480,
         "sdxl-text-2": 694_659_840,
     }
+
+
+def test_the_trainers_models_name_their_zoo_entry_when_missing(tmp_path: Path):
+    """The trainer's frozen SD-2 parts (and every loader wrapped in humanverse.zoo.loading) fail
+    offline with the same one sentence: entry, hub id at its pin, and zoo prepare."""
+    import os
+
+    code = ("import torch\nfrom model.models.sd2 import load_frozen_parts\n"
+            "load_frozen_parts('paper', 'cpu')\n")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "empty-hf-home")}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False, env=env)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("ValueError: Cannot load stabilityai/stable-diffusion-2-base@d6f5d3ef"), last
+    assert "zoo entry 'sd2-base'" in last and "`humanverse zoo prepare DIR`" in last

@@ -86,14 +86,16 @@ def load_frozen_parts(models: str, device, dtype=torch.float32) -> FrozenParts:
     from diffusers import AutoencoderKL
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    from humanverse.zoo import resolve
+    from humanverse.zoo import loading, resolve
 
     sd = resolve("sd2-base", models)
     vae = resolve("sd-vae-ft-mse", models)
     kw = sd.pretrained_kwargs()
-    tokenizer = CLIPTokenizer.from_pretrained(sd.path, subfolder="tokenizer", **kw)
-    text_encoder = CLIPTextModel.from_pretrained(sd.path, subfolder="text_encoder", use_safetensors=True, **kw)
-    vae_model = AutoencoderKL.from_pretrained(vae.path, use_safetensors=True, **vae.pretrained_kwargs())
+    with loading("sd2-base", sd):
+        tokenizer = CLIPTokenizer.from_pretrained(sd.path, subfolder="tokenizer", **kw)
+        text_encoder = CLIPTextModel.from_pretrained(sd.path, subfolder="text_encoder", use_safetensors=True, **kw)
+    with loading("sd-vae-ft-mse", vae):
+        vae_model = AutoencoderKL.from_pretrained(vae.path, use_safetensors=True, **vae.pretrained_kwargs())
     for m in (text_encoder, vae_model):
         m.requires_grad_(False).eval().to(device)
         if dtype != torch.float32:
@@ -104,7 +106,9 @@ def load_frozen_parts(models: str, device, dtype=torch.float32) -> FrozenParts:
 def load_sd2_unet(models: str):
     from diffusers import UNet2DConditionModel
 
-    from humanverse.zoo import resolve
+    from humanverse.zoo import loading, resolve
 
     sd = resolve("sd2-base", models)
-    return UNet2DConditionModel.from_pretrained(sd.path, subfolder="unet", use_safetensors=True, **sd.pretrained_kwargs())
+    with loading("sd2-base", sd):
+        return UNet2DConditionModel.from_pretrained(sd.path, subfolder="unet", use_safetensors=True,
+                                                    **sd.pretrained_kwargs())

@@ -62,20 +62,23 @@ def load_sdxl_parts(models: str, device, dtype: torch.dtype = torch.float32) -> 
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-    from humanverse.zoo import resolve
+    from diffusers import EulerDiscreteScheduler
+
+    from humanverse.zoo import loading, resolve
 
     sd = resolve("sdxl-base", models)
     vae_entry = resolve("sdxl-vae-fp16-fix", models)
     kw = sd.pretrained_kwargs()
-    tok = CLIPTokenizer.from_pretrained(sd.path, subfolder="tokenizer", **kw)
-    tok2 = CLIPTokenizer.from_pretrained(sd.path, subfolder="tokenizer_2", **kw)
-    te = CLIPTextModel.from_pretrained(sd.path, subfolder="text_encoder", use_safetensors=True, **kw)
-    te2 = CLIPTextModelWithProjection.from_pretrained(sd.path, subfolder="text_encoder_2", use_safetensors=True, **kw)
-    unet = UNet2DConditionModel.from_pretrained(sd.path, subfolder="unet", use_safetensors=True, **kw)
-    vae = AutoencoderKL.from_pretrained(vae_entry.path, use_safetensors=True, **vae_entry.pretrained_kwargs())
-    from diffusers import EulerDiscreteScheduler
-
-    sched_cfg = dict(EulerDiscreteScheduler.load_config(sd.path, subfolder="scheduler", **kw))
+    with loading("sdxl-base", sd):
+        tok = CLIPTokenizer.from_pretrained(sd.path, subfolder="tokenizer", **kw)
+        tok2 = CLIPTokenizer.from_pretrained(sd.path, subfolder="tokenizer_2", **kw)
+        te = CLIPTextModel.from_pretrained(sd.path, subfolder="text_encoder", use_safetensors=True, **kw)
+        te2 = CLIPTextModelWithProjection.from_pretrained(sd.path, subfolder="text_encoder_2", use_safetensors=True,
+                                                          **kw)
+        unet = UNet2DConditionModel.from_pretrained(sd.path, subfolder="unet", use_safetensors=True, **kw)
+        sched_cfg = dict(EulerDiscreteScheduler.load_config(sd.path, subfolder="scheduler", **kw))
+    with loading("sdxl-vae-fp16-fix", vae_entry):
+        vae = AutoencoderKL.from_pretrained(vae_entry.path, use_safetensors=True, **vae_entry.pretrained_kwargs())
     for m in (te, te2, unet, vae):
         m.requires_grad_(False).eval().to(device)
         if dtype != torch.float32:

@@ -87,15 +87,17 @@ class AestheticScorer(ModelStage):
         import open_clip
         import torch
 
-        from humanverse.zoo import resolve
+        from humanverse.zoo import loading, resolve
         from pipelines.stages.loading import place, placed
 
         self.config = config
         rc = resolve("clip-vit-l14", config.clip_model or models)
         rm = resolve("aesthetic-mlp", config.mlp_model or models)
-        clip, _, self.preprocess = open_clip.create_model_and_transforms(_open_clip_name(rc))
+        with loading("clip-vit-l14", rc):
+            clip, _, self.preprocess = open_clip.create_model_and_transforms(_open_clip_name(rc))
         self.clip, self.device, self.dtype = placed(clip, config)
-        self.mlp = place(load_aesthetic_mlp(rm), self.device)
+        with loading("aesthetic-mlp", rm):
+            self.mlp = place(load_aesthetic_mlp(rm), self.device)
         self.tag = f"{rc.tag} + {rm.tag}"
         self._torch = torch
         log.info("aesthetic: %s, threshold %.2f", self.tag, config.threshold)
