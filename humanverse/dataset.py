@@ -21,8 +21,7 @@ import pyarrow.fs as pafs
 from humanverse import fs as hfs
 from humanverse.errors import first_line
 from humanverse.schema import REJECT_SCHEMA, data_schema
-from humanverse.shards import (KINDS, CommitState, DatasetError, live_runs, read_log, read_manifest,
-                               staged_paths)
+from humanverse.shards import KINDS, CommitState, DatasetError, read_log, read_manifest, staged_paths
 
 log = logging.getLogger(__name__)
 
@@ -37,33 +36,36 @@ class HumanVerseDataset:
     root: hfs.Root
     manifest: dict
     state: CommitState
-    #: committed files of live runs that are not in place yet (published by their writer in a moment)
-    _in_flight: frozenset[str] = frozenset()
     missing: str = "raise"
-    _lost: dict = field(default_factory=dict)
+    #: kind -> committed files not in place: file -> rows (lost), or None (still in staging: a live
+    #: writer publishes it in a moment, or the next writer rolls it forward)
+    _absent: dict = field(default_factory=dict)
 
     # -- files --------------------------------------------------------------------------------
     def files(self, kind: str = "data") -> list[str]:
         """Absolute paths (on :attr:`root`'s filesystem) of committed, published files."""
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}.")
-        lost = self._check(kind)
-        return [self.root.join(f) for f in self.state.files(kind) if f not in self._in_flight and f not in lost]
+        absent = self._check(kind)
+        return [self.root.join(f) for f in self.state.files(kind) if f not in absent]
 
-    def _check(self, kind: str) -> dict[str, int]:
-        """Committed files of ``kind`` that are not in place (file -> rows), found by one listing of
-        the kind's folder the first time its files are needed: raises, or (``missing="skip"``)
-        warns once and leaves them out."""
-        if kind in self._lost:
-            return self._lost[kind]
+    def _check(self, kind: str) -> dict[str, int | None]:
+        """Committed files of ``kind`` that are not in place, found by one listing of the kind's
+        folder the first time its files are needed: a file still in its run's staging folder is
+        left out quietly; a lost one raises, or (``missing="skip"``) is warned about once and left out."""
+        if kind in self._absent:
+            return self._absent[kind]
+        import pyarrow.compute as pc
+
         present = {e.base_name for e in hfs.list_dir(self.root, self.root.join(kind))
                    if e.type == pafs.FileType.File}
         t = self.state.table
-        import pyarrow.compute as pc
-
         t = t.filter(pc.equal(t["kind"], kind))
-        lost = {f: n for f, n in zip(t["file"].to_pylist(), t["rows"].to_pylist())
-                if posixpath.basename(f) not in present and f not in self._in_flight}
+        absent: dict[str, int | None] = {}
+        for f, run, n in zip(t["file"].to_pylist(), t["run"].to_pylist(), t["rows"].to_pylist()):
+            if posixpath.basename(f) not in present:
+                absent[f] = None if _staged(self.root, f, run) else n
+        lost = {f: n for f, n in absent.items() if n is not None}
         if lost:
             first = next(iter(lost))
             msg = (f"{self.root.path}: the commit log lists {len(lost)} {kind} file(s) that are missing "
@@ -71,8 +73,8 @@ class HumanVerseDataset:
             if self.missing == "raise":
                 raise DatasetError(msg + "; restore them, or read what remains with missing='skip' (--skip-missing).")
             log.warning("%s; reading what remains (missing='skip').", msg)
-        self._lost[kind] = lost
-        return lost
+        self._absent[kind] = absent
+        return absent
 
     def _schema(self, kind: str) -> pa.Schema:
         if kind == "rejects":
@@ -99,8 +101,8 @@ class HumanVerseDataset:
     def num_rows(self, kind: str = "data") -> int:
         """Committed rows of ``kind``, from the log (no data file is read). With ``missing="skip"``,
         rows of lost files are left out."""
-        lost = self._check(kind) if self.missing == "skip" else {}
-        return self.state.rows(kind) - sum(lost.values())
+        absent = self._check(kind) if self.missing == "skip" else {}
+        return self.state.rows(kind) - sum(n for n in absent.values() if n is not None)
 
     # -- SQL ----------------------------------------------------------------------------------
     def connect(self):
@@ -191,20 +193,7 @@ def open(root: "str | os.PathLike[str]", *, missing: Literal["raise", "skip"] = 
     if manifest is None:
         raise FileNotFoundError(f"{r.path} is not a HumanVerse dataset: it has no humanverse.json.")
     state = read_log(r, shard_rows=False)
-    # A file of a run still being written may be between its commit and its publication: it is
-    # then in the run's staging folder and is left out until it lands.
-    t = state.table
-    open_runs = sorted(live_runs(r) & set(state.runs()))
-    in_flight = set()
-    if open_runs:
-        import pyarrow.compute as pc
-
-        live = t.filter(pc.is_in(t["run"], value_set=pa.array(open_runs, pa.string())))
-        files = live["file"].to_pylist()
-        infos = r.fs.get_file_info([r.join(f) for f in files])
-        in_flight = {f for f, run, info in zip(files, live["run"].to_pylist(), infos)
-                     if info.type != pafs.FileType.File and _staged(r, f, run)}
-    ds = HumanVerseDataset(r, manifest, state, frozenset(in_flight), missing)
+    ds = HumanVerseDataset(r, manifest, state, missing)
     if len(state) <= EAGER_CHECK_FILES:
         for kind in KINDS:
             ds._check(kind)

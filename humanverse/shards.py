@@ -405,11 +405,6 @@ def _run_logs(root: hfs.Root) -> dict[str, _RunLog]:
     return runs
 
 
-def live_runs(root: "str | hfs.Root") -> set[str]:
-    """Runs that are not sealed yet: being written, or killed and not yet recovered."""
-    return {r.name for r in _run_logs(hfs.resolve_root(root)).values() if not r.final}
-
-
 def read_log(root: "str | hfs.Root", attempts: int = 20, shard_rows: bool = True) -> CommitState:
     """Read every committed file: snapshots, seals and live runs' commit objects. ``shard_rows``:
     read the per-shard counts too (writers need them; readers counting rows do not).

@@ -250,3 +250,33 @@ def test_the_log_keeps_each_file_once_across_its_parts():
         "data/part-r2-f7.parquet"]
     assert state.rows() == sum(i + 1 for i in range(1, 8))
     assert state.rows_per_shard() == {f"s{i}": i + 1 for i in range(1, 8)}
+
+
+def test_a_log_of_the_first_version_is_read_and_folded_in(tmp_path):
+    """Datasets written before the object-store protocol (one JSON record per file in
+    ``_log/<run>/`` or ``_log/sealed-<run>/``, a JSON snapshot) read as they are; the first writer
+    rolls their files forward and folds the records into a Parquet snapshot."""
+    import json
+
+    from humanverse.shards import CommitRecord, write_manifest
+
+    root = tmp_path / "ds"
+    for d in ("data", "rejects", "_log/sealed-r1", "_log/r2", "_staging/r2"):
+        (root / d).mkdir(parents=True)
+    write_manifest(str(root), {"config": {}})
+    d1, _ = make_rows("a", [1, 2, 3])
+    d2, _ = make_rows("b", [1, 2])
+    pq.write_table(d1, root / "data" / "part-r1-x.parquet")
+    pq.write_table(d2, root / "_staging" / "r2" / "part-r2-y.parquet")  # logged, not yet published
+    recs = [CommitRecord("data/part-r1-x.parquet", "data", 3, {"a": 3}, "r1", 1.0),
+            CommitRecord("data/part-r2-y.parquet", "data", 2, {"b": 2}, "r2", 2.0)]
+    (root / "_log" / "snapshot-r0.json").write_text(json.dumps({"records": [json.loads(recs[0].to_json())]}))
+    (root / "_log" / "r2" / "data-y.json").write_bytes(recs[1].to_json())
+    assert read_log(root).rows("data") == 5
+    assert humanverse.open(root).num_rows("data") == 5
+    sink = ShardSink.open(root)
+    sink.close()
+    assert (root / "data" / "part-r2-y.parquet").exists()
+    assert not (root / "_log" / "r2").exists() and not (root / "_log" / "snapshot-r0.json").exists()
+    ds = humanverse.open(root)
+    assert ds.num_rows("data") == 5 and ds.to_arrow("data").num_rows == 5
