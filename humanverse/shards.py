@@ -323,7 +323,7 @@ def _read_parquet(root: hfs.Root, path: str, shard_rows: bool = True) -> pa.Tabl
     if set(t.schema.names) != set(schema.names):
         raise DatasetError(f"commit log file {path} is not a table of commit records; the log is damaged.")
     t = t.select(schema.names).cast(schema)
-    if not pc.all(pc.is_in(t["op"], value_set=pa.array(["add", "retire"]))).as_py() if t.num_rows else False:
+    if t.num_rows and not pc.all(pc.is_in(t["op"], value_set=pa.array(["add", "retire"]))).as_py():
         raise DatasetError(f"commit log file {path} holds an unknown operation; the log is damaged.")
     return t
 
@@ -362,10 +362,17 @@ def _signature(root: hfs.Root) -> tuple:
             tuple((r, tuple(_names(root, root.join(SEALS_DIR, r)))) for r in runs))
 
 
-def _read_commits(root: hfs.Root, run: str, skip: set[str] = frozenset()) -> list[tuple[str, Commit]]:
+def _commit_names(root: hfs.Root, run: str, skip: set[str] = frozenset()) -> list[str]:
+    """Names of a run's commit objects, except those in ``skip`` (one listing, nothing read)."""
+    return [n for n in _names(root, root.join(RECORDS_DIR, run), pafs.FileType.File)
+            if n.endswith(".json") and n not in skip]
+
+
+def _read_commits(root: hfs.Root, run: str, skip: set[str] = frozenset(),
+                  names: list[str] | None = None) -> list[tuple[str, Commit]]:
     """A run's commit objects (name, commit), except the names in ``skip``, read in parallel."""
     folder = root.join(RECORDS_DIR, run)
-    names = [n for n in _names(root, folder, pafs.FileType.File) if n.endswith(".json") and n not in skip]
+    names = _commit_names(root, run, skip) if names is None else names
 
     def one(name: str) -> tuple[str, Commit] | None:
         path = posixpath.join(folder, name)
@@ -952,10 +959,10 @@ class ShardSink:
 def _checkpoint(root: hfs.Root, run: str, every: int) -> bool:
     logs = _run_logs(root)
     me = logs.get(run) or _RunLog(run, [], False, False)
-    done = _checkpointed(root, me)
-    commits = _read_commits(root, run, done)
-    if len(commits) < max(1, every):
+    names = _commit_names(root, run, _checkpointed(root, me))
+    if len(names) < max(1, every):  # counted from the listing: nothing is read until there is enough
         return False
+    commits = _read_commits(root, run, names=names)
     seq = len([s for s in me.seals if s != f"{FINAL}.parquet"])
     root.fs.create_dir(root.join(SEALS_DIR, run), recursive=True)
     table = pa.concat_tables([c.table() for _, c in commits])
@@ -1032,11 +1039,11 @@ def _recover(root: hfs.Root, me: str) -> CommitState:
                 if f"{k}/{e.base_name}" not in listed:
                     (root.fs.delete_dir if e.type == pafs.FileType.Directory else root.fs.delete_file)(e.path)
                     log.info("removed uncommitted %s/%s", k, e.base_name)
-    _compact(root, state, me, legacy=bool(legacy))
+    _compact(root, state, me, legacy=bool(legacy))  # the snapshot it writes holds exactly `state`
     for e in hfs.list_dir(root, root.join(STAGING_DIR)):
         if e.base_name != me:
             (root.fs.delete_dir if e.type == pafs.FileType.Directory else root.fs.delete_file)(e.path)
-    return read_log(root)
+    return state
 
 
 def _compact(root: hfs.Root, state: CommitState, me: str, legacy: bool) -> None:

@@ -135,8 +135,12 @@ def refilter(root: str, overrides: dict) -> RefilterReport:
     return report
 
 
-def _read(sink: ShardSink, rec: CommitRecord) -> pa.Table:
-    return pq.read_table(sink.root.join(rec.file), filesystem=sink.root.fs)
+#: The stored columns the thresholds apply to: read first, the whole file only when it changes.
+SCORE_COLUMNS = ["num_persons", "person_area", "aesthetic"]
+
+
+def _read(sink: ShardSink, rec: CommitRecord, columns: list[str] | None = None) -> pa.Table:
+    return pq.read_table(sink.root.join(rec.file), columns=columns, filesystem=sink.root.fs)
 
 
 def _name(rec: CommitRecord) -> str:
@@ -145,34 +149,32 @@ def _name(rec: CommitRecord) -> str:
 
 
 def _refilter_files(sink: ShardSink, cfg: BuildConfig, report: RefilterReport) -> None:
+    """Replace each data file with rows that now fail, and each held file with rows that now pass:
+    passing rows to ``data``, failing rows whole to ``held`` with a reject row each, in one commit
+    that retires the file (and, for a held file, the rejects file written beside it)."""
     records = sink.state.records
     by_file = {r.file: r for r in records}
     for rec in records:
+        if rec.kind not in ("data", HELD):
+            continue
+        ok, _ = _verdicts(_read(sink, rec, SCORE_COLUMNS), cfg)
+        unchanged = pc.all(ok) if rec.kind == "data" else pc.invert(pc.any(ok))
+        if unchanged.as_py():
+            continue
+        t = _read(sink, rec)
+        ok, why = _verdicts(t, cfg)
+        passed, failed = t.filter(ok), t.filter(pc.invert(ok))
+        tables = {"data": passed, HELD: failed,
+                  "rejects": _reject_rows(failed, [w for w in why if w is not None], sink.run)}
+        retires = [rec]
+        if rec.kind == HELD and (sibling := by_file.get(f"rejects/{posixpath.basename(rec.file)}")) is not None:
+            retires.append(sibling)
+        sink.commit({k: v for k, v in tables.items() if v.num_rows}, _name(rec), retires=retires)
         if rec.kind == "data":
-            t = _read(sink, rec)
-            ok, why = _verdicts(t, cfg)
-            if pc.all(ok).as_py():
-                continue
-            failed = pc.invert(ok)
-            tables = {"data": t.filter(ok), HELD: t.filter(failed),
-                      "rejects": _reject_rows(t.filter(failed), [w for w in why if w is not None], sink.run)}
-            sink.commit({k: v for k, v in tables.items() if v.num_rows}, _name(rec), retires=[rec])
-            report.moved_to_rejects += tables[HELD].num_rows
-            report.files_replaced += 1
-        elif rec.kind == HELD:
-            t = _read(sink, rec)
-            ok, why = _verdicts(t, cfg)
-            if not pc.any(ok).as_py():
-                continue
-            sibling = by_file.get(f"rejects/{posixpath.basename(rec.file)}")
-            back = t.filter(ok)
-            still = t.filter(pc.invert(ok))
-            tables = {"data": back, HELD: still,
-                      "rejects": _reject_rows(still, [w for w in why if w is not None], sink.run)}
-            retires = [rec] + ([sibling] if sibling is not None else [])
-            sink.commit({k: v for k, v in tables.items() if v.num_rows}, _name(rec), retires=retires)
-            report.moved_back += back.num_rows
-            report.files_replaced += 1
+            report.moved_to_rejects += failed.num_rows
+        else:
+            report.moved_back += passed.num_rows
+        report.files_replaced += 1
 
 
 def _not_promotable(sink: ShardSink, cfg: BuildConfig) -> int:
