@@ -235,10 +235,12 @@ def stage_models(c: Check, batches: dict[str, int]) -> None:
     def aesthetic():
         import open_clip
 
+        from humanverse.configs import section
+
         with c.building():
             clip = open_clip.CLIP(**c.cfg("clip-vit-l14", "model_cfg"), vision_cfg=c.cfg("clip-vit-l14", "vision_cfg"),
                                   text_cfg=c.cfg("clip-vit-l14", "text_cfg")).to(c.dtype)  # fmt: skip
-            w = [clip.visual.output_dim, 1024, 128, 64, 16, 1]
+            w = [clip.visual.output_dim, *section("aesthetic-mlp", "mlp")["widths"]]
             mlp = torch.nn.Sequential(*[torch.nn.Linear(a, b) for a, b in itertools.pairwise(w)]).to(c.dtype)
 
         def call(x):

@@ -22,7 +22,6 @@ published at that moment: during a build, or after a crash until the next writer
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Mapping
 
 import pyarrow as pa
@@ -237,10 +236,10 @@ def card_text(manifest: Mapping) -> str:
 
 
 def write_card(root: str | os.PathLike[str] | hfs.Root, manifest: Mapping) -> None:
-    """Write ``README.md`` at the dataset ``root`` for ``manifest`` (atomically). Call it wherever
-    ``humanverse.json`` is written, with the manifest written there."""
+    """Write ``README.md`` at the dataset ``root`` for ``manifest`` (one whole object);
+    :func:`humanverse.shards.write_manifest` calls it with every manifest it writes."""
     r = hfs.resolve_root(root)
-    hfs.write_bytes_atomic(r, r.join(CARD), card_text(manifest).encode(), tmp_suffix=uuid.uuid4().hex, fsync=False)
+    hfs.put_bytes(r, r.join(CARD), card_text(manifest).encode(), fsync=False)
 
 
 __all__ = ["CARD", "DATA_FILES", "IMAGE_COLUMNS", "card_features", "card_metadata", "card_text", "write_card"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import uuid
 from dataclasses import dataclass
 
 import pyarrow.fs as pafs
@@ -44,6 +45,12 @@ def resolve_root(root: "str | os.PathLike[str] | Root") -> Root:
 
         fsspec_fs, path = fsspec.core.url_to_fs(s)
         return Root(pafs.PyFileSystem(pafs.FSSpecHandler(fsspec_fs)), path.rstrip("/"), s)
+
+
+def absolute(path: str | None) -> str | None:
+    """A local path made absolute (Ray workers and child processes run elsewhere); URLs and None
+    unchanged."""
+    return path if path is None or "://" in path else os.path.abspath(path)
 
 
 def list_dir(root: Root, path: str) -> list[pafs.FileInfo]:
@@ -86,6 +93,16 @@ def write_bytes_atomic(root: Root, path: str, data: bytes, *, tmp_suffix: str, f
         with root.fs.open_output_stream(tmp) as f:
             f.write(data)
         root.fs.move(tmp, path)
+
+
+def put_bytes(root: Root, path: str, data: bytes, fsync: bool = True) -> None:
+    """Write one whole object: a temp file and a rename on a local disk; one PUT on an object store
+    (a PUT is atomic there: readers see the old object or the new one)."""
+    if root.is_local:
+        write_bytes_atomic(root, path, data, tmp_suffix=uuid.uuid4().hex, fsync=fsync)
+    else:
+        with root.fs.open_output_stream(path) as f:
+            f.write(data)
 
 
 def read_bytes(root: Root, path: str) -> bytes:

@@ -511,22 +511,15 @@ def read_manifest(root: "str | hfs.Root") -> dict | None:
 def write_manifest(root: "str | hfs.Root", manifest: Mapping) -> None:
     """Write ``humanverse.json`` atomically, stamping the format name and version, and the dataset
     card (``README.md``, :mod:`humanverse.card`) that describes it."""
-    from humanverse.card import CARD, card_text
+    from humanverse.card import write_card
 
     root = hfs.resolve_root(root)
     m = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **manifest}
     _put(root, root.join(MANIFEST), json.dumps(m, indent=2, sort_keys=True).encode())
-    _put(root, root.join(CARD), card_text(m).encode(), fsync=False)
+    write_card(root, m)
 
 
-def _put(root: hfs.Root, path: str, data: bytes, fsync: bool = True) -> None:
-    """Write one whole object: a temp file and a rename on a local disk; one PUT on an object store
-    (a PUT is atomic there: readers see the old object or the new one)."""
-    if root.is_local:
-        hfs.write_bytes_atomic(root, path, data, tmp_suffix=uuid.uuid4().hex, fsync=fsync)
-    else:
-        with root.fs.open_output_stream(path) as f:
-            f.write(data)
+_put = hfs.put_bytes
 
 
 def _write_parquet(root: hfs.Root, path: str, table: pa.Table, metadata: Mapping[bytes, bytes] | None = None) -> None:

@@ -49,7 +49,7 @@ import pyarrow.csv as pacsv  # noqa: E402
 import pyarrow.fs as pafs  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
-from humanverse.fs import Root, resolve_root  # noqa: E402
+from humanverse.fs import Root, absolute, resolve_root  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +190,7 @@ def download(urls: str, out: str, config: DownloadConfig | None = None) -> Downl
     if config.disable_all_reencoding and (config.min_image_size > 0 or math.isfinite(config.max_aspect_ratio)):
         log.info("keeping original bytes: img2dataset does not decode images, so min_image_size and "
                  "max_aspect_ratio are left to the build's resolution stage")
-    kwargs = config.img2dataset_kwargs(_absolute(urls), _absolute(out), input_format)
+    kwargs = config.img2dataset_kwargs(absolute(urls), absolute(out), input_format)
     log.info("downloading %s into %s (%s, %d processes x %d threads)", urls, out, config.output_format,
              config.processes_count, config.thread_count)
     _run_img2dataset(kwargs)
@@ -330,10 +330,6 @@ def _check_out(out: str, config: DownloadConfig) -> None:
     if earlier is not None and earlier != config.output_format:
         raise ValueError(f"the output folder {out} holds {earlier} shards from an earlier download, so it cannot "
                          f"resume as {config.output_format}; use --output-format {earlier} or another folder.")
-
-
-def _absolute(path: str) -> str:
-    return path if "://" in path else os.path.abspath(path)
 
 
 # -- the child process ----------------------------------------------------------------------------

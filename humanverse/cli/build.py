@@ -31,8 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import humanverse
-    from humanverse.config import ConfigError
+    from humanverse.config import ConfigError, to_dict
     from pipelines.build import build, load_config
 
     overrides = parse_sets(args.set)
@@ -45,23 +44,21 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--models must be 'tiny', 'paper' or an existing directory, got {args.models!r}.")
     report = build(args.input, args.output, cfg, models=args.models, address=args.address,
                    force_new_config=args.force_new_config, add_input=args.add_input)
-    sys.stdout.write(end_of_build(report.stats or humanverse.open(args.output).stats(), args.output))
+    sys.stdout.write(end_of_build(report.stats, args.output, to_dict(cfg)))
     return 0
 
 
-def end_of_build(stats: dict, output: str) -> str:
+def end_of_build(stats: dict, output: str, config: dict) -> str:
     """What ``build`` prints at its end: the dataset's totals and its reject funnel (rows per stage),
     and one line saying where the config and the full report are."""
     from humanverse.stats import format_stats
-
-    from humanverse.shards import read_manifest
 
     def leaves(v) -> int:
         return sum(leaves(x) for x in v.values()) if isinstance(v, dict) else 1
 
     text = format_stats(stats)
     head = text.split("\nSource shards:", 1)[0].rstrip("\n")  # title, totals, funnel
-    n = leaves((read_manifest(output) or {}).get("config") or {})
+    n = leaves(config)
     where = f"{output.rstrip('/')}/humanverse.json"
     return (f"{head}\n\nconfig ({n} settings) and models recorded in {where}; the full report: "
             f"humanverse stats {output}\n")

@@ -6,7 +6,8 @@ import argparse
 import json
 import sys
 
-from humanverse.cli.plumbing import absolute, add_address, add_models, given
+from humanverse.cli.plumbing import add_address, add_models, given
+from humanverse.fs import absolute
 
 NAME = "latents"
 HELP = "build the VAE-latent cache of a dataset (a Ray job)"

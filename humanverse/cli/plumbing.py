@@ -47,13 +47,6 @@ def add_subcommand(sub, name: str, help: str) -> argparse.ArgumentParser:
     return p
 
 
-def absolute(path: str | None) -> str | None:
-    """A local path made absolute (Ray workers run elsewhere); URLs and None unchanged."""
-    import os
-
-    return path if path is None or "://" in path else os.path.abspath(path)
-
-
 def add_root(p: argparse.ArgumentParser) -> None:
     """The dataset root, and ``--skip-missing`` (read what remains when committed files are lost)."""
     p.add_argument("root", help="dataset root (local path or URL)")

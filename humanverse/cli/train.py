@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import argparse
 
-from humanverse.cli.plumbing import absolute, add_address, add_models, add_set, parse_sets
+from humanverse.cli.plumbing import add_address, add_models, add_set, parse_sets
+from humanverse.fs import absolute
 
 NAME = "train"
 HELP = "train stage 1 (LSDM) or stage 2 (refiner) on a dataset (Ray Train)"

@@ -17,9 +17,12 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-__all__ = ["SIZE_FIELDS_KEY", "config_names", "real_config", "section", "shrunk"]
+__all__ = ["POSE_DECODING_FILE", "SIZE_FIELDS_KEY", "config_names", "real_config", "section", "shrunk",
+           "write_pose_decoding"]
 
 SIZE_FIELDS_KEY = "_size_fields"
+#: The file in a ViTPose model folder that records how its heatmaps are decoded.
+POSE_DECODING_FILE = "pose_decoding.json"
 
 
 @cache
@@ -70,3 +73,12 @@ def shrunk(name: str, part: str, **sizes: Any) -> dict[str, Any]:
             f"{name}/{part}: {extra} are not size fields (allowed: {sorted(allowed)})."
         )
     return {**section(name, part), **sizes}
+
+
+def write_pose_decoding(folder) -> None:
+    """Record the whole-body model's decoding (the ``decoding`` section of ``vitpose-wholebody``:
+    the original test config's non-UDP crop, flip test and heatmap shift) in ``folder``."""
+    from pathlib import Path
+
+    payload = json.dumps(section("vitpose-wholebody", "decoding"), indent=2, sort_keys=True) + "\n"
+    (Path(folder) / POSE_DECODING_FILE).write_text(payload, encoding="utf-8")

@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from humanverse.configs import real_config, section, shrunk
+from humanverse.configs import POSE_DECODING_FILE, real_config, section, shrunk, write_pose_decoding
 from humanverse.testing.tiny_tokenizers import CLIP_BOS, CLIP_EOS, clip_bpe, gpt2_bpe
 
 __all__ = [
@@ -52,7 +52,6 @@ __all__ = [
 
 #: File beside a whole-body pose model that records how its heatmaps are decoded (the
 #: ``decoding`` section of humanverse/configs/vitpose-wholebody.json); written by the converter.
-POSE_DECODING_FILE = "pose_decoding.json"
 
 # Embedding width of the tiny CLIP; the tiny aesthetic MLP takes inputs of this size (real: 768).
 TINY_CLIP_EMBED_DIM = 32
@@ -271,7 +270,7 @@ def build_vitpose_wholebody(out_dir: Path, seed: int) -> None:
         model = VitPoseForPoseEstimation(config).eval()
     model.save_pretrained(out_dir)
     VitPoseImageProcessor(**section("vitpose-wholebody", "processor")).save_pretrained(out_dir)
-    _write_json(out_dir / POSE_DECODING_FILE, section("vitpose-wholebody", "decoding"))
+    write_pose_decoding(out_dir)
 
 
 @_quietly

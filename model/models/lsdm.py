@@ -656,8 +656,8 @@ class LatentStructuralUNet(ModelMixin, AttentionMixin, ConfigMixin):
         levels = len(config["block_out_channels"])
         target = model.state_dict()
         loaded: set[str] = set()
+        first_layers = _per_level(config["layers_per_block"], levels, "layers_per_block")[0]
         for key, value in unet.state_dict().items():
-            first_layers = _per_level(config["layers_per_block"], levels, "layers_per_block")[0]
             for name in _lsdm_keys(key, levels, len(model.branches), expert_depth, first_layers):
                 if name not in target:
                     raise ValueError(f"SD-2 weight {key!r} maps to {name!r}, which this model does not have.")

@@ -351,9 +351,11 @@ def _fsl(a: np.ndarray, size: int) -> pa.FixedSizeListArray:
 # Preparing examples (CPU)
 
 
-def _prepare_rows(rows: Sequence[dict], cfg: LatentCacheConfig) -> dict[str, np.ndarray]:
-    """Decode rows into the compact examples to encode: the centre crop, then its mirror."""
-    dcfg = cfg.data_config()
+def _prepare_rows(rows: Sequence[dict], cfg: LatentCacheConfig, dcfg: D.TrainDataConfig | None = None
+                  ) -> dict[str, np.ndarray]:
+    """Decode rows into the compact examples to encode: the centre crop, then its mirror.
+    ``dcfg``: ``cfg.data_config()`` when the caller has it (building one checks the filter)."""
+    dcfg = dcfg or cfg.data_config()
     r = cfg.resolution
     exs, shards, indices = [], [], []
     for row in rows:
@@ -390,7 +392,7 @@ def _prepare_block(batch: pa.Table, cfg: LatentCacheConfig) -> dict[str, np.ndar
     mask &= pc.is_valid(batch.column(data_cfg.depth_column)).to_numpy(zero_copy_only=False)
     mask &= pc.is_valid(batch.column("normal")).to_numpy(zero_copy_only=False)
     rows = batch.filter(pa.array(mask)).select(list(D.row_columns(data_cfg))).to_pylist()
-    return _prepare_rows(rows, cfg)
+    return _prepare_rows(rows, cfg, data_cfg)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -548,17 +550,17 @@ def _encode_chunk_local(ds: "humanverse.dataset.HumanVerseDataset", files: list[
     staged = []
     out.fs.create_dir(out.join(STAGING_DIR, chunk), recursive=True)
     rows_per_call = max(1, cfg.batch_size // (2 if cfg.flips else 1))
+    data_cfg = cfg.data_config()
     for k, f in enumerate(files):
-        data_cfg = cfg.data_config()
         sel = D._file_selection(ds.root.fs, f, cfg.where, data_cfg.depth_column)
         tables, pending = [], []
         for row in D._iter_file_rows(ds.root.fs, f, sel, D.row_columns(data_cfg)):
             pending.append(row)
             if len(pending) == rows_per_call:
-                tables.append(encoder(_prepare_rows(pending, cfg)))
+                tables.append(encoder(_prepare_rows(pending, cfg, data_cfg)))
                 pending = []
         if pending:
-            tables.append(encoder(_prepare_rows(pending, cfg)))
+            tables.append(encoder(_prepare_rows(pending, cfg, data_cfg)))
         if tables:
             t = pa.concat_tables(tables)
             path = out.join(STAGING_DIR, chunk, f"part-{k:05d}.parquet")

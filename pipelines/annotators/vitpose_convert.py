@@ -36,7 +36,6 @@ folder holds ``model.safetensors``, ``config.json``, the processor config and
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -229,8 +228,7 @@ def convert_vitpose(
     """
     from transformers import VitPoseForPoseEstimation, VitPoseImageProcessor
 
-    from humanverse.configs import section
-    from humanverse.testing.tiny_models import POSE_DECODING_FILE
+    from humanverse.configs import section, write_pose_decoding
     from pipelines.annotators.omnidata.convert import torch_load_weights_only
 
     src, out = Path(src), Path(out_dir)
@@ -265,10 +263,7 @@ def convert_vitpose(
     VitPoseImageProcessor(**section("vitpose-wholebody", "processor")).save_pretrained(
         out
     )
-    (out / POSE_DECODING_FILE).write_text(
-        json.dumps(section("vitpose-wholebody", "decoding"), indent=2) + "\n",
-        encoding="utf-8",
-    )
+    write_pose_decoding(out)
     log.info(
         "Converted %s (%d layers, width %d) into %s",
         src,

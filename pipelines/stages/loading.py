@@ -95,7 +95,7 @@ def load_pretrained(entry: str, config: ModelSettings, models: str, model_class,
         ValueError: one sentence naming the zoo entry, its hub id and pin, and how to fetch it
             (``humanverse zoo prepare``) when the files are not there (offline, not downloaded).
     """
-    from humanverse.zoo import load_error, resolve
+    from humanverse.zoo import loading, resolve
 
     r = resolve(entry, config.model or models)
     dev = pick_device(config.device)
@@ -103,11 +103,9 @@ def load_pretrained(entry: str, config: ModelSettings, models: str, model_class,
     pinned = r.pretrained_kwargs()
     if load_in_dtype:
         kwargs["dtype"] = dt
-    try:
+    with loading(entry, r):  # the hub's "cannot find the requested files", a missing local file
         processor = processor_class.from_pretrained(r.path, **pinned) if processor_class is not None else None
         model = model_class.from_pretrained(r.path, **pinned, **kwargs)
-    except OSError as error:  # the hub's "cannot find the requested files", a missing local file
-        raise load_error(entry, r, error) from error
     return Pretrained(place(model, dev, None if load_in_dtype else dt), processor, r.tag, dev, dt)
 
 

@@ -128,18 +128,21 @@ class PoseDecoding:
     @classmethod
     def read(cls, folder: str | Path) -> PoseDecoding | None:
         """The decoding recorded in ``folder``, or None when it records none."""
-        from humanverse.testing.tiny_models import POSE_DECODING_FILE
+        from humanverse.configs import POSE_DECODING_FILE
 
         path = Path(folder) / POSE_DECODING_FILE
         if not path.is_file():
             return None
-        data = json.loads(path.read_text(encoding="utf-8"))
+        return cls.from_dict(json.loads(path.read_text(encoding="utf-8")), str(path))
+
+    @classmethod
+    def from_dict(cls, data: dict, where: str = "the decoding") -> PoseDecoding:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"{path} has unknown keys {unknown}; expected some of {sorted(known)}.")
+            raise ValueError(f"{where} has unknown keys {unknown}; expected some of {sorted(known)}.")
         if "heatmap_size" in data:
-            data["heatmap_size"] = tuple(data["heatmap_size"])
+            data = {**data, "heatmap_size": tuple(data["heatmap_size"])}
         return cls(**data)
 
 
@@ -261,8 +264,7 @@ class _VitPoseBackend:
         else:  # classic asked for a model that records none: the whole-body test config
             from humanverse.configs import section
 
-            self.decoding = PoseDecoding(**{**section("vitpose-wholebody", "decoding"),
-                                            "heatmap_size": tuple(section("vitpose-wholebody", "decoding")["heatmap_size"])})
+            self.decoding = PoseDecoding.from_dict(section("vitpose-wholebody", "decoding"))
         self.input_hw = (size["height"], size["width"])
         self.mean = np.asarray(self.processor.image_mean, np.float32)
         self.std = np.asarray(self.processor.image_std, np.float32)
