@@ -285,10 +285,10 @@ model = dict(
     data_preprocessor=dict(type='PoseDataPreprocessor', mean=[123.675, 116.28, 103.53],
                            std=[58.395, 57.12, 57.375], bgr_to_rgb=True),
     backbone=dict(type='mmpretrain.VisionTransformer',
-                  arch=dict(embed_dims=32, num_layers=1, num_heads=2, feedforward_channels=64),
+                  arch=dict(embed_dims={dims}, num_layers={layers}, num_heads={heads}, feedforward_channels={ffn}),
                   img_size=(256, 192), patch_size=16, qkv_bias=True, with_cls_token=False,
                   out_type='featmap', patch_cfg=dict(padding=2)),
-    head=dict(type='HeatmapHead', in_channels=32, out_channels=133, deconv_out_channels=(256, 256),
+    head=dict(type='HeatmapHead', in_channels={dims}, out_channels=133, deconv_out_channels=(256, 256),
               deconv_kernel_sizes=(4, 4), loss=dict(type='KeypointMSELoss', use_target_weight=True),
               decoder=codec),
     test_cfg=dict(flip_test=True, flip_mode='heatmap', shift_heatmap=False))
@@ -303,13 +303,18 @@ test_dataloader = val_dataloader
 """
 
 
+def tiny_mmpose_config(dims: int = 32, layers: int = 1, heads: int = 2) -> str:
+    """An MMPose 1.x ViTPose-style whole-body config (mmpretrain ViT, LayerNorm eps 1e-6 by default)."""
+    return TINY_MMPOSE_CONFIG.format(dims=dims, layers=layers, heads=heads, ffn=4 * dims)
+
+
 def test_mmpose_backend_agrees_with_the_same_coordinate_chain(tmp_path):
     from pipelines.annotators.mmpose_backend import MMPoseBackend, mmpose_available
 
     if not mmpose_available():
         pytest.skip("the optional MMPose stack is not installed (see pipelines/annotators/mmpose_backend.py)")
     config = tmp_path / "tiny_wholebody.py"
-    config.write_text(TINY_MMPOSE_CONFIG)
+    config.write_text(tiny_mmpose_config())
     random_init = MMPoseBackend(str(config), None, "cpu")
     ckpt = tmp_path / "tiny.pth"
     torch.save({"state_dict": random_init.model.state_dict()}, ckpt)

@@ -268,3 +268,77 @@ def test_models_paper_accepts_the_converted_model(
     stage = PoseEstimator(PoseConfig(device="cpu"), models="paper")
     assert stage.backend.decoding.use_udp is False and stage.backend.decoding.flip_test
     assert stage.backend.tag == r.tag  # the models column records the pin it was prepared from
+
+
+# -- against MMPose itself (optional stack: `make mmpose`) -------------------------------------------
+
+_MMPOSE_BLOCK_NAMES = {"norm1": "ln1", "norm2": "ln2", "mlp.fc1": "ffn.layers.0.0", "mlp.fc2": "ffn.layers.1"}
+
+
+def mmpose_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The original ViTPose weights under MMPose 1.x's names (mmpretrain ``VisionTransformer`` +
+    ``HeatmapHead``), a plain renaming that keeps the fused qkv.
+
+    One value changes: the original adds the position embedding's first row to every patch token,
+    while mmpretrain, loading a 193-row embedding into a model without a class token, drops that
+    row. So the row is folded into the patch rows here.
+    """
+    out: dict[str, torch.Tensor] = {}
+    for key, value in sd.items():
+        if ".experts." in key or key.startswith("associate_"):
+            continue
+        if key == "backbone.pos_embed":
+            out[key] = value[:, 1:] + value[:, :1]
+            continue
+        if key.startswith("backbone.blocks."):
+            index, rest = key.removeprefix("backbone.blocks.").split(".", 1)
+            for old, new in _MMPOSE_BLOCK_NAMES.items():
+                rest = new + rest[len(old) :] if rest.startswith(old + ".") else rest
+            key = f"backbone.layers.{index}.{rest}"
+        key = key.replace("backbone.patch_embed.proj.", "backbone.patch_embed.projection.")
+        key = key.replace("backbone.last_norm.", "backbone.ln1.").replace("keypoint_head.", "head.")
+        out[key] = value
+    return out
+
+
+def _mmpose_backend(tmp_path: Path, checkpoint: Path | None):
+    from pipelines.annotators.mmpose_backend import MMPoseBackend, mmpose_available
+    from test_pose import tiny_mmpose_config
+
+    if not mmpose_available():
+        pytest.skip("the optional MMPose stack is not installed (`make mmpose`)")
+    config = tmp_path / "tiny_vitpose_wholebody.py"
+    config.write_text(tiny_mmpose_config(dims=DIM, layers=DEPTH, heads=HEADS))
+    return MMPoseBackend(str(config), None if checkpoint is None else str(checkpoint), "cpu")
+
+
+def test_converted_model_matches_mmpose(tmp_path: Path) -> None:
+    """The same original weights through MMPose 1.x's own ViT and heatmap head give the converted
+    model's heatmaps."""
+    from transformers import VitPoseForPoseEstimation
+
+    sd = original_state_dict(4)
+    torch.save({"state_dict": mmpose_state_dict(sd)}, tmp_path / "mmpose.pth")
+    mm = _mmpose_backend(tmp_path, tmp_path / "mmpose.pth").model.eval()
+    hf = VitPoseForPoseEstimation.from_pretrained(
+        convert_vitpose(_save(sd, tmp_path / "wholebody.pth"), tmp_path / "hf", num_attention_heads=HEADS)
+    ).eval()
+    x = torch.randn(2, 3, 256, 192, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        theirs = mm.head(mm.extract_feat(x))
+        ours = hf(pixel_values=x).heatmaps
+    assert theirs.shape == ours.shape == (2, K, 64, 48)
+    assert torch.allclose(ours, theirs, atol=1e-5, rtol=0), (ours - theirs).abs().max()
+
+
+def test_mmpose_backend_refuses_checkpoints_that_leave_weights_unset(tmp_path: Path) -> None:
+    """mmengine only logs missing keys; the backend refuses, naming the way to convert."""
+    sd = original_state_dict(4)
+    original = _save(sd, tmp_path / "wholebody.pth")
+    with pytest.raises(ValueError, match="original ViTPose repository's layout.*zoo convert-vitpose"):
+        _mmpose_backend(tmp_path, original)
+    partial = mmpose_state_dict(sd)
+    del partial["backbone.layers.1.attn.qkv.weight"]
+    torch.save({"state_dict": partial}, tmp_path / "partial.pth")
+    with pytest.raises(ValueError, match=r"1 of the model's weights are not in it \(first: backbone.layers.1.attn.qkv.weight\)"):
+        _mmpose_backend(tmp_path, tmp_path / "partial.pth")

@@ -3,7 +3,8 @@
 An optional backend of :mod:`pipelines.stages.pose` (``pose.backend: mmpose``), not installed by
 default. Every workaround the MMPose stack needs on this project's pins lives in this module.
 
-Install (no compiler work except xtcocotools' Cython; ``make mmpose``)::
+Install into the environment that runs the builder (no compiler work except xtcocotools' Cython;
+``make mmpose`` runs the same pins into ``.mmpose/lib``, outside the project's venv)::
 
     pip install --no-deps mmengine==0.10.7 mmcv-lite==2.1.0 mmpose==1.3.2 mmdet==3.3.0 \
         mmpretrain==1.2.0 json_tricks munkres addict yapf terminaltables shapely pycocotools \
@@ -33,9 +34,10 @@ Behaviour worth knowing:
   whole-body config must name ``CocoWholeBodyDataset`` there; if the model predicts 133 heatmaps
   but the metadata is not COCO-WholeBody, the COCO-WholeBody metadata is set (logged), since the
   flip pairs of flip testing come from it.
-* Checkpoints load with ``torch.load``'s default ``weights_only=True`` (torch >= 2.6); an old
-  checkpoint holding pickled objects in its ``meta`` fails: re-save ``{"state_dict": ...}`` in a
-  trusted environment.
+* Checkpoints load with ``weights_only=True`` (numpy scalars and dtypes in their ``meta`` are read
+  as data, other pickled objects as inert stand-ins), and every weight of the model must be in
+  them: mmengine's own loader only logs missing keys. The original ViTPose repository's files
+  (MMPose 0.x layout, ``backbone.blocks.*``) are refused with the way to convert them.
 * ``inference_topdown`` wants a BGR array (its data preprocessor converts to RGB), boxes xyxy in
   its pixel-index convention (a pixel's centre at ``i``); :meth:`MMPoseBackend.predict` takes RGB and
   our convention (centre at ``i + 0.5``) and converts both ways.
@@ -47,7 +49,6 @@ import importlib.machinery
 import importlib.util
 import logging
 import os
-import pickle
 import sys
 import types
 
@@ -112,12 +113,47 @@ def _wholebody_metainfo() -> dict:
     return parse_pose_metainfo(DATASETS.get("CocoWholeBodyDataset").METAINFO)
 
 
+def _load_weights(model, checkpoint: str, config_path: str) -> None:
+    """Load ``checkpoint`` into ``model``, refusing one that leaves any of the model's weights unset.
+
+    mmengine's loader (what ``init_model`` uses) only logs missing keys, so a checkpoint in another
+    layout, such as the original ViTPose repository's MMPose 0.x ``backbone.blocks.*``, would run
+    with a random backbone. The file is read with ``weights_only`` on (numpy metadata allowed); the
+    dataset metadata it carries (``meta.dataset_meta``) replaces the config's, as ``init_model`` does.
+    """
+    import torch
+
+    from pipelines.annotators.checkpoints import torch_load_weights_only
+
+    loaded = torch_load_weights_only(checkpoint)
+    state = loaded.get("state_dict", loaded) if isinstance(loaded, dict) else None
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise ValueError(f"MMPose checkpoint {checkpoint!r} holds no state dict of tensors.")
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    if any(k.startswith("backbone.blocks.") for k in state):
+        raise ValueError(f"MMPose checkpoint {checkpoint!r} is in the original ViTPose repository's layout "
+                         "(backbone.blocks.*), which MMPose 1.x models would run with random backbone weights; "
+                         f"convert it with `humanverse zoo convert-vitpose {checkpoint} OUT_DIR` and use "
+                         "pose.backend vitpose.")
+    try:
+        missing, _ = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shape mismatches
+        raise ValueError(f"MMPose checkpoint {checkpoint!r} does not fit config {config_path!r}: "
+                         f"{str(e).splitlines()[-1].strip()}") from e
+    if missing:
+        raise ValueError(f"MMPose checkpoint {checkpoint!r} does not fit config {config_path!r}: {len(missing)} of "
+                         f"the model's weights are not in it (first: {', '.join(missing[:3])}).")
+    meta = loaded.get("meta") if isinstance(loaded, dict) else None
+    if isinstance(meta, dict) and isinstance(meta.get("dataset_meta"), dict):
+        model.dataset_meta = meta["dataset_meta"]
+
+
 class MMPoseBackend:
     """An MMPose top-down model predicting the 133 COCO-WholeBody keypoints.
 
     Args:
         config_path: an MMPose 1.x config file (e.g. a ViTPose-H whole-body config).
-        checkpoint: its checkpoint (loaded with ``weights_only=True``).
+        checkpoint: its checkpoint (loaded with ``weights_only=True``; it must hold every weight).
         device: ``"cpu"`` or ``"cuda:0"``.
         box_padding: the ``GetBBoxCenterScale`` padding of the test pipeline (ViTPose: 1.25).
         flip_test: the model's ``test_cfg.flip_test``.
@@ -133,11 +169,9 @@ class MMPoseBackend:
         if checkpoint is not None and not os.path.isfile(checkpoint):
             raise FileNotFoundError(f"MMPose checkpoint {checkpoint!r} does not exist.")
         options = {"model.test_cfg.flip_test": bool(flip_test), "model.backbone.init_cfg": None}
-        try:
-            model = init_model(config_path, checkpoint, device=device, cfg_options=options)
-        except pickle.UnpicklingError as e:
-            raise ValueError(f"MMPose checkpoint {checkpoint!r} cannot be loaded with weights_only=True; re-save its "
-                             f"state_dict alone in a trusted environment ({str(e).splitlines()[0]}).") from e
+        model = init_model(config_path, None, device=device, cfg_options=options)
+        if checkpoint is not None:
+            _load_weights(model, checkpoint, config_path)
         out_channels = getattr(model.head, "out_channels", None)
         if out_channels != NUM_KEYPOINTS:
             raise ValueError(f"MMPose model {config_path!r} predicts {out_channels} keypoints but HumanVerse needs the "

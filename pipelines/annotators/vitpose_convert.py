@@ -229,7 +229,7 @@ def convert_vitpose(
     from transformers import VitPoseForPoseEstimation, VitPoseImageProcessor
 
     from humanverse.configs import section, write_pose_decoding
-    from pipelines.annotators.omnidata.convert import torch_load_weights_only
+    from pipelines.annotators.checkpoints import torch_load_weights_only
 
     src, out = Path(src), Path(out_dir)
     if not src.is_file():
