@@ -147,6 +147,27 @@ def test_every_person_gets_133_finite_keypoints(stage):
     assert out[3]["reject_reason"] == "no_person" and out[3]["persons"][0]["keypoints"] is None
 
 
+@pytest.mark.parametrize("decoding", ["udp", "classic"])
+def test_a_batch_of_images_predicts_what_each_image_predicts_alone(stage, decoding):
+    """Images with no boxes in the middle of a batch keep every other image's keypoints in place."""
+    import dataclasses
+
+    img = make_sample(200, 240, seed=8).image
+    boxes = [np.array([[0, 40, 90, 230], [110, 60, 180, 200]], np.float32), np.zeros((0, 4), np.float32),
+             np.array([[20, 20, 120, 220]], np.float32)]
+    backend, old = stage.backend, (stage.backend.config, stage.backend.decoding)
+    backend.config = dataclasses.replace(old[0], flip_test=False)
+    backend.decoding = dataclasses.replace(old[1], use_udp=decoding == "udp")
+    try:
+        together = backend.predict([img] * 3, boxes)
+        alone = [backend.predict([img], [b])[0] for b in boxes]
+    finally:
+        backend.config, backend.decoding = old
+    assert [k.shape for k in together] == [(2, K, 3), (0, K, 3), (1, K, 3)]
+    for t, a in zip(together, alone):
+        np.testing.assert_allclose(t, a, atol=1e-4)
+
+
 def test_heatmap_peaks_land_at_the_expected_stored_pixels(stage):
     """THE coordinate test: peaks set by hand, positions computed independently from the box."""
     cells, values, hm = _peaks()

@@ -312,52 +312,37 @@ class _VitPoseBackend:
 
     def predict(self, images: list[Image.Image], boxes: list[np.ndarray]) -> list[np.ndarray]:
         """Per image, (N, 4) xyxy boxes -> (N, 133, 3) keypoints (x, y, score) in the same pixels."""
-        if not self.decoding.use_udp:
-            return self._predict_classic(images, boxes)
-        return self._predict_udp(images, boxes)
-
-    def _predict_classic(self, images: list[Image.Image], boxes: list[np.ndarray]) -> list[np.ndarray]:
-        torch = self._torch
         coco = [processor_boxes(b, self.config.box_padding) for b in boxes]
-        work = [self.classic_crops(im, c) for im, c in zip(images, coco) if c]
-        if not work:
+        used = [(im, c) for im, c in zip(images, coco) if c]
+        if not used:
             return [np.zeros((0, NUM_KEYPOINTS, 3), np.float32) for _ in images]
-        heatmaps = self._heatmaps(torch.cat([w[0] for w in work])).numpy()
-        kp = classic_decode(heatmaps, np.concatenate([w[1] for w in work]), np.concatenate([w[2] for w in work]))
-        results, start = [], 0
-        for c in coco:
-            n = len(c)
-            part = kp[start:start + n].astype(np.float32)
-            part[..., :2] += 0.5  # cv2 pixel centres at i -> ours at i + 0.5
-            results.append(part if n else np.zeros((0, NUM_KEYPOINTS, 3), np.float32))
-            start += n
-        return results
+        kp = self._predict_udp(used) if self.decoding.use_udp else self._predict_classic(used)
+        return np.split(kp, np.cumsum([len(c) for c in coco])[:-1])
 
-    def _predict_udp(self, images: list[Image.Image], boxes: list[np.ndarray]) -> list[np.ndarray]:
+    def _predict_classic(self, used: list[tuple[Image.Image, list[list[float]]]]) -> np.ndarray:
+        """The original ViTPose test pipeline: non-UDP affine crops, heatmap argmax with the quarter-cell
+        shift (:func:`classic_decode`). Returns (sum N, 133, 3) in our pixel convention."""
+        work = [self.classic_crops(im, c) for im, c in used]
+        heatmaps = self._heatmaps(self._torch.cat([w[0] for w in work])).numpy()
+        kp = classic_decode(heatmaps, np.concatenate([w[1] for w in work]), np.concatenate([w[2] for w in work]))
+        kp = kp.astype(np.float32)
+        kp[..., :2] += 0.5  # cv2 pixel centres at i -> ours at i + 0.5
+        return kp
+
+    def _predict_udp(self, used: list[tuple[Image.Image, list[list[float]]]]) -> np.ndarray:
+        """transformers' processor: UDP crops and DARK-UDP decoding. Returns (sum N, 133, 3)."""
         from transformers.models.vitpose.modeling_vitpose import VitPoseEstimatorOutput
 
-        torch = self._torch
-        coco = [processor_boxes(b, self.config.box_padding) for b in boxes]
-        crops = [self.processor(images=[im], boxes=[c], return_tensors="pt")["pixel_values"]
-                 for im, c in zip(images, coco) if c]
-        if not crops:
-            return [np.zeros((0, NUM_KEYPOINTS, 3), np.float32) for _ in images]
-        heatmaps = self._heatmaps(torch.cat(crops))
-        results, start = [], 0
-        for c in coco:
-            n = len(c)
-            if n == 0:
-                results.append(np.zeros((0, NUM_KEYPOINTS, 3), np.float32))
-                continue
-            post = self.processor.post_process_pose_estimation(
-                VitPoseEstimatorOutput(heatmaps=heatmaps[start:start + n]), boxes=[c], kernel_size=DARK_KERNEL)[0]
-            start += n
-            kp = np.zeros((n, NUM_KEYPOINTS, 3), np.float32)
-            for k, p in enumerate(post):
-                kp[k, :, :2] = p["keypoints"].numpy() + 0.5
-                kp[k, :, 2] = p["scores"].numpy().reshape(-1)
-            results.append(kp)
-        return results
+        crops = [self.processor(images=[im], boxes=[c], return_tensors="pt")["pixel_values"] for im, c in used]
+        heatmaps = self._heatmaps(self._torch.cat(crops))
+        posts = self.processor.post_process_pose_estimation(
+            VitPoseEstimatorOutput(heatmaps=heatmaps), boxes=[c for _, c in used], kernel_size=DARK_KERNEL)
+        people = [person for post in posts for person in post]
+        kp = np.zeros((len(people), NUM_KEYPOINTS, 3), np.float32)
+        for k, person in enumerate(people):
+            kp[k, :, :2] = person["keypoints"].numpy() + 0.5
+            kp[k, :, 2] = person["scores"].numpy().reshape(-1)
+        return kp
 
 
 class _MMPoseAdapter:
