@@ -43,42 +43,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 #: Dense bf16 peaks (TFLOP/s) used for MFU, by a substring of the device name.
 PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0}
 
-# How the reduced mode shrinks each real component (the tiny stand-ins' sizes).
-REDUCED: dict[tuple[str, str], dict[str, Any]] = {
-    ("yolos-tiny", "model"): {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64},
-    ("vitpose-wholebody", "backbone"): {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-                                        "out_indices": [2]},
-    ("midas-dpt-hybrid", "backbone"): {"depths": [1, 1, 1], "hidden_sizes": [8, 16, 32, 64], "embedding_size": 16,
-                                       "num_groups": 2},
-    ("midas-dpt-hybrid", "model"): {"hidden_size": 32, "num_hidden_layers": 4, "num_attention_heads": 2,
-                                    "intermediate_size": 64, "backbone_out_indices": [0, 1, 2, 3],
-                                    "neck_hidden_sizes": [8, 16, 32, 32], "fusion_hidden_size": 16,
-                                    "backbone_featmap_shape": [1, 32, 24, 24]},
-    ("clip-vit-l14", "model_cfg"): {"embed_dim": 32},
-    ("clip-vit-l14", "vision_cfg"): {"layers": 2, "width": 64, "head_width": 32},
-    ("clip-vit-l14", "text_cfg"): {"width": 16, "heads": 2, "layers": 2},
-    ("blip2-opt-2.7b", "vision"): {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-                                   "intermediate_size": 64},
-    ("blip2-opt-2.7b", "qformer"): {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-                                    "intermediate_size": 64, "encoder_hidden_size": 32},
-    ("blip2-opt-2.7b", "text"): {"vocab_size": 1000, "hidden_size": 32, "num_hidden_layers": 2,
-                                 "num_attention_heads": 2, "ffn_dim": 64, "word_embed_proj_dim": 32, "eos_token_id": 2},
-    ("sd2-inpainting", "unet"): {"sample_size": 8, "block_out_channels": [32, 64], "cross_attention_dim": 32,
-                                 "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
-                                 "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"], "attention_head_dim": [2, 4]},
-    ("sd2-base", "unet"): {"sample_size": 8, "block_out_channels": [32, 64], "cross_attention_dim": 32,
-                           "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
-                           "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"], "attention_head_dim": [2, 4]},
-    ("sd2-base", "text_encoder"): {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-                                   "num_attention_heads": 4, "projection_dim": 32},
-    ("sdxl-base", "unet"): {"sample_size": 8, "block_out_channels": [32, 64], "attention_head_dim": [2, 4],
-                            "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
-                            "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"], "transformer_layers_per_block": [1, 2],
-                            "cross_attention_dim": 80, "addition_time_embed_dim": 8,
-                            "projection_class_embeddings_input_dim": 6 * 8 + 48},
-    ("sd-vae-ft-mse", "vae"): {"block_out_channels": [8, 16, 32, 32], "layers_per_block": 1, "norm_num_groups": 8},
-    ("sdxl-vae-fp16-fix", "vae"): {"block_out_channels": [8, 16, 32, 32], "layers_per_block": 1, "norm_num_groups": 8},
-}
+def reduced_sizes() -> dict[tuple[str, str], dict[str, Any]]:
+    """How the reduced mode shrinks each real component: the tiny stand-ins' sizes
+    (:data:`humanverse.testing.tiny_models.TINY_SIZES`), plus the sizes the tiny builders take from
+    other parts (a tokenizer's vocabulary, the text encoders' widths)."""
+    from humanverse.testing.tiny_models import TINY_SIZES
+
+    sizes = {key: dict(value) for key, value in TINY_SIZES.items()}
+    sizes["blip2-opt-2.7b", "text"] |= {"vocab_size": 1000, "eos_token_id": 2}
+    for entry in ("sd2-inpainting", "sd2-base"):
+        sizes[entry, "unet"]["cross_attention_dim"] = TINY_SIZES["sd2-base", "text_encoder"]["hidden_size"]
+    widths = [TINY_SIZES["sdxl-base", part]["hidden_size"] for part in ("text_encoder", "text_encoder_2")]
+    sdxl = sizes["sdxl-base", "unet"]
+    sdxl["cross_attention_dim"] = sum(widths)
+    sdxl["projection_class_embeddings_input_dim"] = 6 * sdxl["addition_time_embed_dim"] + widths[1]
+    return sizes
 
 
 class Check:
@@ -89,6 +68,7 @@ class Check:
 
         self.torch = torch
         self.reduced = reduced
+        self.sizes = reduced_sizes() if reduced else {}
         self.device = torch.device("cuda" if torch.cuda.is_available() and not reduced else "cpu")
         self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
         self.t0 = time.perf_counter()
@@ -108,7 +88,8 @@ class Check:
         """A real config component, shrunk in reduced mode."""
         from humanverse.configs import section, shrunk
 
-        return shrunk(entry, part, **REDUCED[(entry, part)]) if self.reduced and (entry, part) in REDUCED else section(entry, part)
+        sizes = self.sizes.get((entry, part))
+        return section(entry, part) if sizes is None else shrunk(entry, part, **sizes)
 
     def sync(self) -> None:
         if self.device.type == "cuda":

@@ -37,6 +37,7 @@ __all__ = [
     "COCO_WHOLEBODY_KEYPOINTS",
     "POSE_DECODING_FILE",
     "TINY_CLIP_EMBED_DIM",
+    "TINY_SIZES",
     "build_aesthetic_mlp",
     "build_blip2_opt",
     "build_clip_vit_l14",
@@ -50,11 +51,56 @@ __all__ = [
     "build_yolos_tiny",
 ]
 
-#: File beside a whole-body pose model that records how its heatmaps are decoded (the
-#: ``decoding`` section of humanverse/configs/vitpose-wholebody.json); written by the converter.
-
 # Embedding width of the tiny CLIP; the tiny aesthetic MLP takes inputs of this size (real: 768).
 TINY_CLIP_EMBED_DIM = 32
+
+_SMALL_VIT = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2}
+_TINY_UNET = {"sample_size": 8, "block_out_channels": [32, 64], "attention_head_dim": [2, 4]}
+_TINY_VAE = {"block_out_channels": [8, 16, 32, 32], "layers_per_block": 1, "norm_num_groups": 8}
+
+
+def _tiny_text(width: int) -> dict[str, Any]:
+    return {"hidden_size": width, "intermediate_size": 2 * width, "num_hidden_layers": 2, "num_attention_heads": 4,
+            "projection_dim": width}
+
+
+TINY_SIZES: dict[tuple[str, str], dict[str, Any]] = {
+    ("yolos-tiny", "model"): {**_SMALL_VIT, "intermediate_size": 64},
+    ("vitpose-wholebody", "backbone"): {**_SMALL_VIT, "out_indices": [2]},
+    ("midas-dpt-hybrid", "backbone"): {"depths": [1, 1, 1], "hidden_sizes": [8, 16, 32, 64], "embedding_size": 16,
+                                       "num_groups": 2},
+    ("midas-dpt-hybrid", "model"): {"hidden_size": 32, "num_hidden_layers": 4, "num_attention_heads": 2,
+                                    "intermediate_size": 64, "backbone_out_indices": [0, 1, 2, 3],
+                                    "neck_hidden_sizes": [8, 16, 32, 32], "fusion_hidden_size": 16,
+                                    "backbone_featmap_shape": [1, 32, 24, 24]},
+    ("clip-vit-l14", "model_cfg"): {"embed_dim": TINY_CLIP_EMBED_DIM},
+    ("clip-vit-l14", "vision_cfg"): {"layers": 2, "width": 64, "head_width": 32},
+    ("clip-vit-l14", "text_cfg"): {"width": 16, "heads": 2, "layers": 2},
+    ("blip2-opt-2.7b", "vision"): {**_SMALL_VIT, "intermediate_size": 64},
+    ("blip2-opt-2.7b", "qformer"): {**_SMALL_VIT, "intermediate_size": 64, "encoder_hidden_size": 32},
+    ("blip2-opt-2.7b", "text"): {**_SMALL_VIT, "ffn_dim": 64, "word_embed_proj_dim": 32},
+    ("sd2-inpainting", "unet"): {**_TINY_UNET, "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
+                                 "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"]},
+    ("sd2-base", "unet"): {**_TINY_UNET, "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
+                           "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"]},
+    ("sdxl-base", "unet"): {**_TINY_UNET, "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
+                            "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"],
+                            "transformer_layers_per_block": [1, 2], "addition_time_embed_dim": 8},
+    # SDXL's two encoders differ in width (real 768 and 1280), so concatenation mistakes show.
+    ("sd2-inpainting", "text_encoder"): _tiny_text(32),
+    ("sd2-base", "text_encoder"): _tiny_text(32),
+    ("sdxl-base", "text_encoder"): _tiny_text(32),
+    ("sdxl-base", "text_encoder_2"): _tiny_text(48),
+    ("sd2-inpainting", "vae"): _TINY_VAE,
+    ("sd2-base", "vae"): _TINY_VAE,
+    ("sd-vae-ft-mse", "vae"): _TINY_VAE,
+    ("sdxl-base", "vae"): _TINY_VAE,
+    ("sdxl-vae-fp16-fix", "vae"): _TINY_VAE,
+}
+"""The fixed sizes each tiny stand-in shrinks its real config component ``(entry, part)`` to (every
+other field stays real: :func:`humanverse.configs.shrunk`). Sizes that follow from other parts (a
+tokenizer's vocabulary, a text encoder's width) are added by the builders. ``bench/gpu_check.py``
+builds its reduced CPU models from the same table."""
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -171,21 +217,12 @@ def _opt_tokenizer() -> Any:
     return tokenizer
 
 
-def _clip_text_config(tokenizer: Any, entry: str, part: str, hidden_size: int, heads: int, projection: int) -> Any:
-    """The real text encoder ``entry/part`` shrunk to ``hidden_size`` x 2 layers."""
+def _clip_text_config(tokenizer: Any, entry: str, part: str) -> Any:
+    """The real text encoder ``entry/part`` shrunk to its :data:`TINY_SIZES` with ``tokenizer``'s vocabulary."""
     from transformers import CLIPTextConfig
 
     return CLIPTextConfig(
-        **shrunk(
-            entry,
-            part,
-            vocab_size=len(tokenizer),
-            hidden_size=hidden_size,
-            intermediate_size=2 * hidden_size,
-            num_hidden_layers=2,
-            num_attention_heads=heads,
-            projection_dim=projection,
-        ),
+        **shrunk(entry, part, vocab_size=len(tokenizer), **TINY_SIZES[entry, part]),
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
@@ -207,7 +244,7 @@ def build_yolos_tiny(out_dir: Path, seed: int) -> None:
     from transformers import YolosConfig, YolosForObjectDetection, YolosImageProcessor
 
     config = YolosConfig(
-        **shrunk("yolos-tiny", "model", hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64),
+        **shrunk("yolos-tiny", "model", **TINY_SIZES["yolos-tiny", "model"]),
         id2label=dict(COCO91_LABELS),
         label2id={v: k for k, v in COCO91_LABELS.items() if v != "N/A"},
     )
@@ -247,16 +284,7 @@ def build_vitpose_wholebody(out_dir: Path, seed: int) -> None:
         VitPoseImageProcessor,
     )
 
-    backbone = VitPoseBackboneConfig(
-        **shrunk(
-            "vitpose-wholebody",
-            "backbone",
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            out_indices=[2],
-        )
-    )
+    backbone = VitPoseBackboneConfig(**shrunk("vitpose-wholebody", "backbone", **TINY_SIZES["vitpose-wholebody", "backbone"]))
     labels = dict(enumerate(COCO_WHOLEBODY_KEYPOINTS))
     model_kwargs = section("vitpose-wholebody", "model")
     assert model_kwargs.pop("num_labels") == len(labels)
@@ -288,30 +316,9 @@ def build_midas_dpt_hybrid(out_dir: Path, seed: int) -> None:
         DPTImageProcessor,
     )
 
-    backbone = BitConfig(
-        **shrunk(
-            "midas-dpt-hybrid",
-            "backbone",
-            depths=[1, 1, 1],
-            hidden_sizes=[8, 16, 32, 64],
-            embedding_size=16,
-            num_groups=2,
-        )
-    )
+    backbone = BitConfig(**shrunk("midas-dpt-hybrid", "backbone", **TINY_SIZES["midas-dpt-hybrid", "backbone"]))
     config = DPTConfig(
-        backbone_config=backbone,
-        **shrunk(
-            "midas-dpt-hybrid",
-            "model",
-            hidden_size=32,
-            num_hidden_layers=4,
-            num_attention_heads=2,
-            intermediate_size=64,
-            backbone_out_indices=[0, 1, 2, 3],
-            neck_hidden_sizes=[8, 16, 32, 32],
-            fusion_hidden_size=16,
-            backbone_featmap_shape=[1, 32, 24, 24],
-        ),
+        backbone_config=backbone, **shrunk("midas-dpt-hybrid", "model", **TINY_SIZES["midas-dpt-hybrid", "model"])
     )
     with _seeded(seed):
         model = DPTForDepthEstimation(config).eval()
@@ -336,9 +343,9 @@ def build_clip_vit_l14(out_dir: Path, seed: int) -> None:
     from safetensors.torch import save_file
 
     model_cfg: dict[str, Any] = {
-        **shrunk("clip-vit-l14", "model_cfg", embed_dim=TINY_CLIP_EMBED_DIM),
-        "vision_cfg": shrunk("clip-vit-l14", "vision_cfg", layers=2, width=64, head_width=32),
-        "text_cfg": shrunk("clip-vit-l14", "text_cfg", width=16, heads=2, layers=2),
+        **shrunk("clip-vit-l14", "model_cfg", **TINY_SIZES["clip-vit-l14", "model_cfg"]),
+        "vision_cfg": shrunk("clip-vit-l14", "vision_cfg", **TINY_SIZES["clip-vit-l14", "vision_cfg"]),
+        "text_cfg": shrunk("clip-vit-l14", "text_cfg", **TINY_SIZES["clip-vit-l14", "text_cfg"]),
     }
     preprocess_cfg = section("clip-vit-l14", "preprocess_cfg")
     with _seeded(seed):
@@ -402,20 +409,15 @@ def build_blip2_opt(out_dir: Path, seed: int) -> None:
     tokenizer = _opt_tokenizer()
     image_token_id = tokenizer.convert_tokens_to_ids("<image>")
     newline_id = tokenizer.convert_tokens_to_ids("Ċ")
-    small = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2}
-    vision = Blip2VisionConfig(**shrunk("blip2-opt-2.7b", "vision", intermediate_size=64, **small))
-    qformer = Blip2QFormerConfig(
-        **shrunk("blip2-opt-2.7b", "qformer", intermediate_size=64, encoder_hidden_size=32, **small)
-    )
+    vision = Blip2VisionConfig(**shrunk("blip2-opt-2.7b", "vision", **TINY_SIZES["blip2-opt-2.7b", "vision"]))
+    qformer = Blip2QFormerConfig(**shrunk("blip2-opt-2.7b", "qformer", **TINY_SIZES["blip2-opt-2.7b", "qformer"]))
     text = OPTConfig(
         **shrunk(
             "blip2-opt-2.7b",
             "text",
             vocab_size=len(tokenizer),
-            ffn_dim=64,
-            word_embed_proj_dim=32,
             eos_token_id=newline_id,
-            **small,
+            **TINY_SIZES["blip2-opt-2.7b", "text"],
         ),
         bos_token_id=tokenizer.bos_token_id,
         pad_token_id=tokenizer.pad_token_id,
@@ -457,9 +459,7 @@ def _vae(entry: str, part: str = "vae", *, sample_size: int | None = None) -> An
     """
     from diffusers import AutoencoderKL
 
-    sizes: dict[str, Any] = {"block_out_channels": [8, 16, 32, 32], "layers_per_block": 1, "norm_num_groups": 8}
-    if sample_size is not None:
-        sizes["sample_size"] = sample_size
+    sizes = {**TINY_SIZES[entry, part], **({} if sample_size is None else {"sample_size": sample_size})}
     return AutoencoderKL(**shrunk(entry, part, **sizes))
 
 
@@ -472,18 +472,7 @@ def _sd2_unet(entry: str, cross_attention_dim: int) -> Any:
     """
     from diffusers import UNet2DConditionModel
 
-    return UNet2DConditionModel(
-        **shrunk(
-            entry,
-            "unet",
-            sample_size=8,
-            block_out_channels=[32, 64],
-            down_block_types=["CrossAttnDownBlock2D", "DownBlock2D"],
-            up_block_types=["UpBlock2D", "CrossAttnUpBlock2D"],
-            cross_attention_dim=cross_attention_dim,
-            attention_head_dim=[2, 4],
-        )
-    )
+    return UNet2DConditionModel(**shrunk(entry, "unet", cross_attention_dim=cross_attention_dim, **TINY_SIZES[entry, "unet"]))
 
 
 def _sd2_components(entry: str, seed: int) -> dict[str, Any]:
@@ -491,7 +480,7 @@ def _sd2_components(entry: str, seed: int) -> dict[str, Any]:
 
     # SD-2's OpenCLIP tokenizer pads with "!" (id 0); its text encoder is a CLIPTextModel with gelu.
     tokenizer = _clip_tokenizer(pad_token="!")
-    text_config = _clip_text_config(tokenizer, entry, "text_encoder", hidden_size=32, heads=4, projection=32)
+    text_config = _clip_text_config(tokenizer, entry, "text_encoder")
     with _seeded(seed):
         text_encoder = CLIPTextModel(text_config).eval()
     with _seeded(seed + 1):
@@ -549,9 +538,9 @@ def build_sdxl_base(out_dir: Path, seed: int) -> None:
 
     tokenizer = _clip_tokenizer(pad_token=CLIP_EOS)  # ViT-L tokenizer pads with <|endoftext|>
     tokenizer_2 = _clip_tokenizer(pad_token="!")  # OpenCLIP bigG tokenizer pads with "!"
-    config_1 = _clip_text_config(tokenizer, "sdxl-base", "text_encoder", hidden_size=32, heads=4, projection=32)
-    config_2 = _clip_text_config(tokenizer_2, "sdxl-base", "text_encoder_2", hidden_size=48, heads=4, projection=48)
-    time_embed_dim = 8
+    config_1 = _clip_text_config(tokenizer, "sdxl-base", "text_encoder")
+    config_2 = _clip_text_config(tokenizer_2, "sdxl-base", "text_encoder_2")
+    sizes = TINY_SIZES["sdxl-base", "unet"]
     with _seeded(seed):
         text_encoder = CLIPTextModel(config_1).eval()
     with _seeded(seed + 1):
@@ -561,15 +550,9 @@ def build_sdxl_base(out_dir: Path, seed: int) -> None:
             **shrunk(
                 "sdxl-base",
                 "unet",
-                sample_size=8,
-                block_out_channels=[32, 64],
-                down_block_types=["DownBlock2D", "CrossAttnDownBlock2D"],
-                up_block_types=["CrossAttnUpBlock2D", "UpBlock2D"],
-                attention_head_dim=[2, 4],
-                transformer_layers_per_block=[1, 2],
                 cross_attention_dim=config_1.hidden_size + config_2.hidden_size,
-                addition_time_embed_dim=time_embed_dim,
-                projection_class_embeddings_input_dim=6 * time_embed_dim + config_2.projection_dim,
+                projection_class_embeddings_input_dim=6 * sizes["addition_time_embed_dim"] + config_2.projection_dim,
+                **sizes,
             )
         )
     with _seeded(seed + 3):
