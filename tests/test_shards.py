@@ -81,6 +81,27 @@ def test_logged_but_unpublished_file_rolls_forward(tmp_path):
     assert (root / rec.file).exists()
 
 
+def test_closing_a_run_rolls_forward_from_its_staging_without_listing_the_dataset(tmp_path, monkeypatch):
+    """A writer's close looks only in its own staging folder: listing data/ costs minutes on an
+    object store with a million files."""
+    import humanverse.fs as hfs_module
+
+    root = tmp_path / "ds"
+    sink = ShardSink.open(root)
+    d, _ = make_rows("s", [1, 2, 3])
+    first = sink.write(d, "data", name="f1")
+    second = sink.write(make_rows("s", [4])[0], "data", name="f2")
+    os.replace(root / second.file, root / STAGING_DIR / sink.run / f"data-{Path(second.file).name}")
+    listed = []
+    real = hfs_module.list_dir
+    monkeypatch.setattr(hfs_module, "list_dir", lambda r, path: listed.append(path) or real(r, path))
+    sink.close()
+    monkeypatch.undo()
+    assert (root / first.file).exists() and (root / second.file).exists()
+    assert not any(Path(p).name in ("data", "rejects", "held") for p in listed), listed
+    assert humanverse.open(root).num_rows("data") == 4
+
+
 def test_missing_logged_file_is_a_clear_error(tmp_path):
     root = tmp_path / "ds"
     sink = ShardSink.open(root)
