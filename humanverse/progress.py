@@ -396,5 +396,24 @@ def quiet_ray() -> None:
             detectors.detectors = []
 
 
-__all__ = ["NOISE", "NoiseFilter", "Poller", "Progress", "format_duration", "keep_worker_line", "quiet_python",
-           "quiet_ray", "set_verbose", "verbose"]
+def init_ray(address: str | None, **local) -> bool:
+    """Connect this driver to Ray, quiet unless :func:`verbose`: to ``address`` (or ``RAY_ADDRESS``)
+    when one is given, else to a new local cluster, ``ray.init(address="local", **local)`` without
+    the dashboard. Nothing is started when Ray is already up. True when this call started a local
+    cluster."""
+    import ray
+
+    quiet_ray()
+    if ray.is_initialized():
+        return False
+    remote = bool(address or os.environ.get("RAY_ADDRESS"))
+    if remote:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        ray.init(address="local", include_dashboard=False, log_to_driver=True, **local)
+    quiet_ray()
+    return not remote
+
+
+__all__ = ["NOISE", "NoiseFilter", "Poller", "Progress", "format_duration", "init_ray", "keep_worker_line",
+           "quiet_python", "quiet_ray", "set_verbose", "verbose"]

@@ -26,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -103,25 +102,15 @@ def _read_shards(batch: pa.Table, input_cfg: InputConfig, clip_dim: int | None, 
 
 
 def _init_ray(cfg: BuildConfig, address: str | None) -> bool:
-    """Connect to Ray (the given cluster, ``RAY_ADDRESS``, or a new local one) and set Ray Data's
-    options, Ray quiet unless ``--verbose`` (:func:`humanverse.progress.quiet_ray`); True when this
+    """Connect to Ray (:func:`humanverse.progress.init_ray`: the given cluster, ``RAY_ADDRESS``, or a
+    new local one with the config's CPUs and temp dir) and set Ray Data's options; True when this
     call started a local cluster."""
-    import ray
-
-    from humanverse.progress import quiet_ray, verbose
-
-    started_local = False
-    quiet_ray()
-    if not ray.is_initialized():
-        if address or os.environ.get("RAY_ADDRESS"):
-            ray.init(address=address, log_to_driver=True)
-        else:
-            ray.init(address="local", num_cpus=cfg.ray.num_cpus, include_dashboard=False,
-                     _temp_dir=cfg.ray.temp_dir, log_to_driver=True)
-            started_local = True
     from ray.data import DataContext
 
-    quiet_ray()
+    from humanverse.progress import init_ray, quiet_ray, verbose
+
+    started_local = init_ray(address, num_cpus=cfg.ray.num_cpus, _temp_dir=cfg.ray.temp_dir)
+    quiet_ray()  # Ray Data's own progress bars and issue detectors, now that ray.data is imported
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = cfg.ray.progress_bars or verbose()
     if cfg.ray.target_max_block_mb is not None:

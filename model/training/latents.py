@@ -602,7 +602,9 @@ def _encode_chunk_ray(ds, files: list[str], cfg: LatentCacheConfig, models: str,
     import ray
     import ray.data
 
-    connect_ray(address)  # only now: a run with nothing to encode never starts Ray
+    from humanverse.progress import init_ray
+
+    init_ray(address)  # only now: a run with nothing to encode never starts Ray
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True
     gpus = ray.cluster_resources().get("GPU", 0)
@@ -811,25 +813,3 @@ def iter_latent_batches(out, *, batch_size: int, epoch: int = 0, rank: int = 0, 
 
     yield from D._batches(stream, make, _collate_latents, batch_size=batch_size, skip_batches=skip_batches,
                           max_batches=max_batches, drop_last=drop_last)
-
-
-# ---------------------------------------------------------------------------------------------
-# Command line (``humanverse latents ROOT OUT``; the CLI front door dispatches here lazily)
-
-
-def connect_ray(address: str | None) -> None:
-    """Attach to ``address`` (or ``RAY_ADDRESS``), or start a local Ray, unless Ray is already up."""
-    import os
-
-    import ray
-
-    from humanverse.progress import quiet_ray
-
-    if ray.is_initialized():
-        return
-    quiet_ray()  # Ray's start-up and worker noise filtered unless --verbose
-    if address or os.environ.get("RAY_ADDRESS"):
-        ray.init(address=address, log_to_driver=True)
-    else:
-        ray.init(address="local", include_dashboard=False)
-    quiet_ray()

@@ -478,20 +478,10 @@ def check_latent_cache(latents: str, data_root: str, cfg: TrainerConfig, models:
 def _init_ray(cfg: TrainerConfig, address: str | None) -> None:
     """Attach to ``address`` (or ``RAY_ADDRESS``), or start a local Ray with every core of this
     machine as a logical CPU, at least 2 and enough for the train workers (fractional CPUs)."""
-    import ray
+    from humanverse.progress import init_ray
 
-    from humanverse.progress import quiet_ray
-
-    if ray.is_initialized():
-        return
-    quiet_ray()
-    if address or os.environ.get("RAY_ADDRESS"):
-        ray.init(address=address)
-    else:
-        ray.init(address="local", include_dashboard=False,
-                 num_cpus=max(2, os.cpu_count() or 1,
-                              math.ceil(cfg.scaling.num_workers * cfg.scaling.cpus_per_worker) + 1))
-    quiet_ray()
+    init_ray(address, num_cpus=max(2, os.cpu_count() or 1,
+                                   math.ceil(cfg.scaling.num_workers * cfg.scaling.cpus_per_worker) + 1))
 
 
 def _resume_step(run: Path, max_steps: int) -> int:
