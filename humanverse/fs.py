@@ -8,7 +8,11 @@ from __future__ import annotations
 import os
 import posixpath
 import uuid
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
 import pyarrow.fs as pafs
 
@@ -45,6 +49,37 @@ def resolve_root(root: "str | os.PathLike[str] | Root") -> Root:
 
         fsspec_fs, path = fsspec.core.url_to_fs(s)
         return Root(pafs.PyFileSystem(pafs.FSSpecHandler(fsspec_fs)), path.rstrip("/"), s)
+
+
+#: Concurrent reads of many small objects on an object store, where each read waits out a round trip.
+OBJECT_STORE_READERS = 16
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+
+
+def map_ordered(fn: Callable[[_T], _R], items: Iterable[_T], workers: int) -> Iterator[_R]:
+    """``map(fn, items)`` with up to ``workers`` calls in flight on threads, results in order.
+
+    At most ``workers`` results wait unread, so a slow consumer of a long stream (a million files)
+    holds little; ``workers <= 1`` calls ``fn`` in this thread."""
+    if workers <= 1:
+        yield from map(fn, items)
+        return
+    with ThreadPoolExecutor(workers) as pool:
+        window: deque = deque()
+        for item in items:
+            window.append(pool.submit(fn, item))
+            if len(window) >= workers:
+                yield window.popleft().result()
+        while window:
+            yield window.popleft().result()
+
+
+def readers(root: Root, count: int) -> int:
+    """How many threads to read ``count`` objects of ``root`` with: one on a local disk (no round
+    trips to hide), else up to :data:`OBJECT_STORE_READERS`."""
+    return 1 if root.is_local or count <= 1 else min(OBJECT_STORE_READERS, count)
 
 
 def absolute(path: str | None) -> str | None:

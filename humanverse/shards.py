@@ -58,7 +58,6 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 import pyarrow as pa
@@ -381,12 +380,7 @@ def _read_commits(root: hfs.Root, run: str, skip: set[str] = frozenset(),
         except FileNotFoundError:  # checkpointed and removed since the listing: the seal holds it
             return None
 
-    if len(names) > 16 and not root.is_local:
-        with ThreadPoolExecutor(16) as pool:
-            got = list(pool.map(one, names))
-    else:
-        got = [one(n) for n in names]
-    return [g for g in got if g is not None]
+    return [g for g in hfs.map_ordered(one, names, hfs.readers(root, len(names))) if g is not None]
 
 
 @dataclass
@@ -888,9 +882,10 @@ class ShardSink:
 
     def committed_tables(self, columns: Mapping[str, list[str]],
                          shards: Iterable[str] | None = None) -> "Iterator[tuple[CommitRecord, pa.Table]]":
-        """Each committed file of a kind in ``columns`` (kind -> the columns to read), one at a time,
+        """Each committed file of a kind in ``columns`` (kind -> the columns to read), in log order,
         with its record; only files holding rows of ``shards`` when given. Paths come from the log,
-        whose records were checked to lie inside the root."""
+        whose records were checked to lie inside the root. On an object store up to
+        :data:`humanverse.fs.OBJECT_STORE_READERS` files are read at once."""
         t = self._state.table
         t = t.filter(pc.is_in(t["kind"], value_set=pa.array(list(columns), pa.string())))
         if shards is not None:  # files holding rows of these shards, found without a Python object per file
@@ -898,9 +893,13 @@ class ShardSink:
             hit = pc.is_in(pc.struct_field(pc.list_flatten(lists), "shard"), value_set=pa.array(list(shards), pa.string()))
             parents = pc.filter(pc.list_parent_indices(lists), hit)
             t = t.take(pc.unique(parents))
-        for rec in CommitState(t).records:
-            yield rec, pq.read_table(self.root.join(rec.file), columns=list(columns[rec.kind]),
-                                     filesystem=self.root.fs)
+        records = CommitState(t).records
+
+        def read(rec: CommitRecord) -> tuple[CommitRecord, pa.Table]:
+            return rec, pq.read_table(self.root.join(rec.file), columns=list(columns[rec.kind]), filesystem=self.root.fs)
+
+        # on an object store each file read waits out a round trip: several in flight, in order
+        yield from hfs.map_ordered(read, records, hfs.readers(self.root, len(records)))
 
     def committed_keys(self, shards: Iterable[str]) -> dict[str, set[str]]:
         """Shard name -> the ``source_key`` values of its rows committed so far (data and rejects):
@@ -997,7 +996,7 @@ def _roll_forward(root: hfs.Root, table: pa.Table, *, verify: bool = True) -> No
     if not table.num_rows:
         return
     runs = set(table["run"].to_pylist())
-    staged = {root.join(folder, e.base_name)
+    staged = {posixpath.join(folder, e.base_name)
               for run in runs for folder in (root.join(STAGING_DIR, run), root.join(STAGING_DIR, SEALED + run))
               for e in hfs.list_dir(root, folder)}
     present: set[str] | None = None

@@ -123,6 +123,16 @@ def test_commit_fence_and_roll_forward_on_s3(s3):
     listing = {i.path for i in fs.get_file_info(pafs.FileSelector(root.path, recursive=True))}
     assert not [p for p in listing if "/_staging/" in p and p.endswith(".parquet")]
     assert not [p for p in listing if "/_log/records/" in p and p.endswith(".json")]
+    # committed files are read several at a time on an object store, and come back in log order
+    reader = ShardSink.open(uri)
+    try:
+        got = [(rec.file, t.column("source_index").to_pylist())
+               for rec, t in reader.committed_tables({"data": ["source_index"], "rejects": ["source_index"]})]
+        want = [(rec.file, pq.read_table(root.join(rec.file), columns=["source_index"], filesystem=fs)
+                 .column(0).to_pylist()) for rec in reader.state.records]
+        assert got == want and len(got) == 4
+    finally:
+        reader.close()
 
 
 def test_sigkill_and_resume_exactly_once_on_s3(s3, tmp_path):

@@ -102,6 +102,25 @@ def test_closing_a_run_rolls_forward_from_its_staging_without_listing_the_datase
     assert humanverse.open(root).num_rows("data") == 4
 
 
+def test_map_ordered_keeps_order_and_bounds_what_is_in_flight():
+    from humanverse.fs import map_ordered
+
+    running, peak, lock = [0], [0], threading.Lock()
+
+    def slow(i):
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.002 * (i % 5))  # later items often finish first
+        with lock:
+            running[0] -= 1
+        return i * i
+
+    assert list(map_ordered(slow, range(60), 4)) == [i * i for i in range(60)]
+    assert 1 < peak[0] <= 4
+    assert list(map_ordered(slow, range(5), 1)) == [0, 1, 4, 9, 16]
+
+
 def test_missing_logged_file_is_a_clear_error(tmp_path):
     root = tmp_path / "ds"
     sink = ShardSink.open(root)
