@@ -7,11 +7,9 @@ from __future__ import annotations
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pyarrow.fs as pafs
@@ -21,63 +19,26 @@ import pytest
 import humanverse
 from humanverse import fs as hfs
 from humanverse.shards import RunFencedError, ShardSink, read_log, read_runs
+from humanverse.testing.s3server import moto_available, moto_server, s3_filesystem, s3_uri
 
 sys.path.insert(0, str(Path(__file__).parent))
 from shard_writer_proc import make_rows  # noqa: E402
 
-try:  # the server of the moto installed beside this Python (not whichever moto_server is on PATH)
-    import moto.server  # noqa: F401
-
-    HAVE_MOTO = True
-except ImportError:
-    HAVE_MOTO = False
-pytestmark = pytest.mark.skipif(not HAVE_MOTO, reason="moto[server] is not installed (it is in the test extra)")
+pytestmark = pytest.mark.skipif(not moto_available(), reason="moto[server] is not installed (it is in the test extra)")
 
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
     """(endpoint, filesystem): a fresh S3 API server on a free loopback port, credentials in the
     environment (Ray workers and subprocesses inherit them)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    log = open(tmp_path_factory.mktemp("moto") / "server.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], stdout=log,
-                            stderr=subprocess.STDOUT)
-    endpoint = f"127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"http://{endpoint}/", timeout=1)
-                break
-            except OSError:
-                if time.time() > deadline or proc.poll() is not None:
-                    raise RuntimeError("the moto S3 server did not start") from None
-                time.sleep(0.2)
-        fs = pafs.S3FileSystem(endpoint_override=endpoint, scheme="http", region="us-east-1",
-                               allow_bucket_creation=True)
+    with moto_server(tmp_path_factory.mktemp("moto") / "server.log") as endpoint:
+        fs = s3_filesystem(endpoint)
         fs.create_dir("hvtest")
         yield endpoint, fs
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def _uri(endpoint: str, path: str) -> str:
-    return f"s3://hvtest/{path}?endpoint_override={endpoint}&scheme=http&region=us-east-1"
+    return s3_uri(endpoint, "hvtest", path)
 
 
 def _keys(ds, kinds=("data", "rejects")) -> list[tuple[str, int]]:
