@@ -52,7 +52,7 @@ $(MMPOSE)/.installed: | venv
 	@touch $@
 
 test-mmpose: mmpose
-	$(OFFLINE) PYTHONPATH=$(MMPOSE)/lib $(PY) -m pytest -p no:warnings -k mmpose tests/test_pose.py \
+	$(OFFLINE) PYTHONPATH=$(MMPOSE)/lib $(PY) -m pytest -k mmpose tests/test_pose.py \
 		tests/test_vitpose_convert.py $(PYTEST_ARGS)
 
 bench: venv

@@ -40,6 +40,7 @@ __all__ = [
     "TINY_SIZES",
     "build_aesthetic_mlp",
     "build_blip2_opt",
+    "build_clip_vit_b32",
     "build_clip_vit_l14",
     "build_midas_dpt_hybrid",
     "build_sd2_base",
@@ -331,20 +332,15 @@ def build_midas_dpt_hybrid(out_dir: Path, seed: int) -> None:
 # CLIP + aesthetic predictor
 
 
-@_quietly
-def build_clip_vit_l14(out_dir: Path, seed: int) -> None:
-    """An open_clip CLIP in the ``local-dir:`` layout, QuickGELU like ViT-L-14/openai (§6).
-
-    Real: embed 768, vision 1024 x 24 layers, patch 14, 224 px; text 768 x 12 layers, context 77,
-    vocab 49408. Tiny: embed 32, vision 64 x 2 layers (patch 14, 224 px kept), text 16 x 2 layers
-    (context 77 and vocab 49408 kept so open_clip's bundled tokenizer matches).
-    """
+def _build_open_clip(out_dir: Path, seed: int, **vision: Any) -> None:
+    """The tiny CLIP of :data:`TINY_SIZES` shrunk from the real ViT-L-14/openai config, then the
+    ``vision`` fields set (another CLIP's geometry), saved in open_clip's ``local-dir:`` layout."""
     import open_clip
     from safetensors.torch import save_file
 
     model_cfg: dict[str, Any] = {
         **shrunk("clip-vit-l14", "model_cfg", **TINY_SIZES["clip-vit-l14", "model_cfg"]),
-        "vision_cfg": shrunk("clip-vit-l14", "vision_cfg", **TINY_SIZES["clip-vit-l14", "vision_cfg"]),
+        "vision_cfg": {**shrunk("clip-vit-l14", "vision_cfg", **TINY_SIZES["clip-vit-l14", "vision_cfg"]), **vision},
         "text_cfg": shrunk("clip-vit-l14", "text_cfg", **TINY_SIZES["clip-vit-l14", "text_cfg"]),
     }
     preprocess_cfg = section("clip-vit-l14", "preprocess_cfg")
@@ -353,6 +349,26 @@ def build_clip_vit_l14(out_dir: Path, seed: int) -> None:
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(out_dir / "open_clip_model.safetensors"), metadata={"format": "pt"})
     _write_json(out_dir / "open_clip_config.json", {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg})
+
+
+@_quietly
+def build_clip_vit_l14(out_dir: Path, seed: int) -> None:
+    """An open_clip CLIP in the ``local-dir:`` layout, QuickGELU like ViT-L-14/openai (§6).
+
+    Real: embed 768, vision 1024 x 24 layers, patch 14, 224 px; text 768 x 12 layers, context 77,
+    vocab 49408. Tiny: embed 32, vision 64 x 2 layers (patch 14, 224 px kept), text 16 x 2 layers
+    (context 77 and vocab 49408 kept so open_clip's bundled tokenizer matches).
+    """
+    _build_open_clip(out_dir, seed)
+
+
+@_quietly
+def build_clip_vit_b32(out_dir: Path, seed: int) -> None:
+    """The stand-in for clean-fid's CLIP ViT-B/32 (the FID-CLIP features): the tiny CLIP above with
+    B/32's 32-pixel patches. OpenAI's B/32 and L/14 share QuickGELU, the text tower's context and
+    vocabulary, and the preprocessing (224 px, bicubic shortest-side resize, centre crop, OpenAI
+    mean/std); the real B/32 vision tower is 768 wide x 12 layers."""
+    _build_open_clip(out_dir, seed, patch_size=32)
 
 
 @_quietly

@@ -70,7 +70,8 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image
 
-from model.evaluation.evaluate import CropGeometry, crop_geometry, resize_center_crop, transform_keypoints
+from model.evaluation.evaluate import (CropGeometry, crop_geometry, load_eval_image, resize_center_crop,
+                                       transform_keypoints)
 
 log = logging.getLogger(__name__)
 
@@ -267,10 +268,12 @@ def _estimated_person(person: dict, cfg: CocoTestsetConfig) -> dict:
             "score": round(float(person["score"]), 5)}
 
 
-def _load_crop(path: Path, size: int) -> Image.Image:
-    with Image.open(path) as im:
-        im.load()
-        return resize_center_crop(im, size)
+def _captions_by_image(cap_data: dict) -> dict[int, list[str]]:
+    """COCO image id -> its captions, stripped, in caption-annotation id order."""
+    by_image: dict[int, list[tuple[int, str]]] = defaultdict(list)
+    for ann in cap_data.get("annotations", []):
+        by_image[int(ann["image_id"])].append((int(ann["id"]), str(ann["caption"]).strip()))
+    return {image_id: [c for _, c in sorted(caps)] for image_id, caps in by_image.items()}
 
 
 def _build_detector_testset(cfg: CocoTestsetConfig, coco: Path, cap_data: dict, image_dir: Path,
@@ -279,9 +282,7 @@ def _build_detector_testset(cfg: CocoTestsetConfig, coco: Path, cap_data: dict, 
     images = sorted((int(im["id"]), im) for im in cap_data.get("images", []))
     if cfg.max_images is not None:
         images = images[: cfg.max_images]
-    captions: dict[int, list[tuple[int, str]]] = defaultdict(list)
-    for ann in cap_data.get("annotations", []):
-        captions[int(ann["image_id"])].append((int(ann["id"]), str(ann["caption"]).strip()))
+    captions = _captions_by_image(cap_data)
     missing = [im["file_name"] for _, im in images if not (image_dir / im["file_name"]).is_file()]
     if missing:
         raise ValueError(f"{len(missing)} images of the caption file are missing from {str(image_dir)!r} "
@@ -295,7 +296,7 @@ def _build_detector_testset(cfg: CocoTestsetConfig, coco: Path, cap_data: dict, 
     done = False
     for start in range(0, len(images), cfg.batch_size):
         chunk = images[start:start + cfg.batch_size]
-        crops = [_load_crop(image_dir / im["file_name"], cfg.resolution) for _, im in chunk]
+        crops = [load_eval_image(image_dir / im["file_name"], cfg.resolution) for _, im in chunk]
         people = estimator(crops)
         if len(people) != len(crops):
             raise RuntimeError(f"the pose estimator returned {len(people)} results for {len(crops)} images")
@@ -307,7 +308,7 @@ def _build_detector_testset(cfg: CocoTestsetConfig, coco: Path, cap_data: dict, 
             if cfg.max_persons is not None and len(found) > cfg.max_persons:
                 n_crowded += 1
                 continue
-            caps = [c for _, c in sorted(captions.get(image_id, []))]
+            caps = captions.get(image_id, [])
             if not caps:
                 n_no_caption += 1
                 continue
@@ -373,9 +374,7 @@ def build_coco_testset(cfg: CocoTestsetConfig, estimator=None) -> dict[str, int]
         for ann in wb.get("annotations", []):
             wholebody[int(ann["id"])] = wholebody_keypoints(ann)
     images = {int(im["id"]): im for im in kp_data.get("images", [])}
-    captions: dict[int, list[tuple[int, str]]] = defaultdict(list)
-    for ann in cap_data.get("annotations", []):
-        captions[int(ann["image_id"])].append((int(ann["id"]), str(ann["caption"]).strip()))
+    captions = _captions_by_image(cap_data)
     people: dict[int, list[dict]] = defaultdict(list)
     for ann in kp_data.get("annotations", []):
         if ann.get("category_id", 1) == 1 and not ann.get("iscrowd", 0):
@@ -409,7 +408,7 @@ def build_coco_testset(cfg: CocoTestsetConfig, estimator=None) -> dict[str, int]
         if cfg.max_persons is not None and len(people[image_id]) > cfg.max_persons:
             continue
         n_filtered += 1
-        caps = [c for _, c in sorted(captions.get(image_id, []))]
+        caps = captions.get(image_id, [])
         if not caps:
             n_no_caption += 1
             continue

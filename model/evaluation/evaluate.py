@@ -575,28 +575,18 @@ class OpenClipExtractor:
 
 def write_tiny_clip_b32(folder: str | os.PathLike, seed: int = 0) -> Path:
     """A tiny random open_clip CLIP with ViT-B/32's image geometry (patch 32, 224 px, QuickGELU,
-    OpenAI mean/std, bicubic resize + centre crop) in open_clip's ``local-dir:`` layout: the offline
-    stand-in for clean-fid's CLIP ViT-B/32. Meaningless features; deterministic in ``seed``."""
-    import open_clip
-    import torch
-    from safetensors.torch import save_file
+    OpenAI mean/std, bicubic resize + centre crop) in open_clip's ``local-dir:`` layout, written once
+    into ``folder``: the offline stand-in for clean-fid's CLIP ViT-B/32
+    (:func:`humanverse.testing.tiny_models.build_clip_vit_b32`). Meaningless features;
+    deterministic in ``seed``."""
+    from humanverse.testing.tiny_models import build_clip_vit_b32
 
     folder = Path(folder)
     if (folder / "open_clip_model.safetensors").is_file():
         return folder
-    model_cfg = {"embed_dim": 32, "quick_gelu": True,
-                 "vision_cfg": {"image_size": 224, "layers": 2, "width": 64, "head_width": 32, "patch_size": 32},
-                 "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 2}}
-    preprocess_cfg = {"mean": [0.48145466, 0.4578275, 0.40821073], "std": [0.26862954, 0.26130258, 0.27577711],
-                      "interpolation": "bicubic", "resize_mode": "shortest"}
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = open_clip.CLIP(**model_cfg).eval()
     tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
     tmp.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()},
-              str(tmp / "open_clip_model.safetensors"), metadata={"format": "pt"})
-    (tmp / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg}))
+    build_clip_vit_b32(tmp, seed)
     try:
         os.replace(tmp, folder)
     except OSError:  # another process wrote it first
