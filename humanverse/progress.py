@@ -58,6 +58,9 @@ def verbose() -> bool:
 
 # -- the progress display -------------------------------------------------------------------------
 
+#: The terminal line is redrawn at most this often (the final state is always drawn).
+TTY_REDRAW_SECONDS = 0.2
+
 
 def format_duration(seconds: float) -> str:
     """``75`` -> ``"1:15"``, ``3725`` -> ``"1:02:05"`` (``"?"`` when unknown)."""
@@ -113,6 +116,7 @@ class Progress:
         self.clock = clock
         self.t0 = clock()
         self._last_log = self.t0
+        self._last_draw = -math.inf
         self._lock = threading.Lock()
         self._closed = False
         self._bar = None
@@ -159,7 +163,8 @@ class Progress:
             for k, v in counts.items():
                 self.counts[k] = v
             if self.mode == "tty":
-                self._draw()
+                if self.clock() - self._last_draw >= TTY_REDRAW_SECONDS:  # a fast loop must not pay a redraw per step
+                    self._draw()
             elif self.clock() - self._last_log >= self.interval and (self.total is None or self.done < self.total):
                 self._last_log = self.clock()
                 self.log.info("%s", self.line())
@@ -218,6 +223,7 @@ class Progress:
                           _rate(self.done - self.initial, self.elapsed, self.unit)])
 
     def _draw(self) -> None:
+        self._last_draw = self.clock()
         if self._bar is not None:
             self._bar.n = self.done
             self._bar.bar_format = self._format.replace("STATE", self._state().replace("{", "{{").replace("}", "}}"))

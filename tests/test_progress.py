@@ -103,6 +103,25 @@ def test_tty_mode_draws_one_line_in_place():
     assert "build: 4/4 rows 100%" in text and "4 accepted" in text
 
 
+def test_tty_line_is_redrawn_at_most_five_times_a_second():
+    """A fast loop (a training step, a block of rows) must not pay a terminal redraw per update."""
+    class Term(io.StringIO):
+        def isatty(self):
+            return True
+
+    now = [0.0]
+    p = Progress("train", total=10_000, unit="steps", stream=Term(), mode="tty", clock=lambda: now[0])
+    draws = []
+    real = p._draw
+    p._draw = lambda: (draws.append(p.done), real())
+    for i in range(1, 10_001):
+        now[0] += 0.001  # 1 ms a step: 10 s in all
+        p.update(done=i)
+    assert 45 <= len(draws) <= 51  # every 0.2 s
+    p.close()
+    assert draws[-1] == 10_000  # the final state is drawn
+
+
 def test_poller_reads_elsewhere_work_into_one_display(caplog):
     """The driver's view of work done elsewhere: reads every ``every`` s, a failing read is skipped,
     one last read and the final line at the end."""
