@@ -306,7 +306,9 @@ ZOO: dict[str, ModelEntry] = _entries(
         model_class="open_clip.CLIP",
         files=("open_clip_config.json", "open_clip_model.safetensors"),
         pin_source="hub cache snapshot of open_clip_model.safetensors pinned as OPENCLIP_REVISION in "
-        "several public repositories (not read from the hub here)",
+        "several public repositories, with the file's SHA-256 (also its hub cache blob name) "
+        "(not read from the hub here)",
+        sha256={"open_clip_model.safetensors": "9ce2e8a8ebfff3793d7d375ad6d3c35cb9aebf3de7ace0fc7308accab7cd207e"},
         tiny="open_clip CLIP with QuickGELU: embed 32, vision 64 x 2 layers (patch 14, 224 px), "
         "text 16 x 2 layers (vocab 49408, context 77); OpenAI mean/std, bicubic, shortest-side "
         "resize + centre crop, as the real one.",
@@ -417,7 +419,10 @@ ZOO: dict[str, ModelEntry] = _entries(
         licence="mit",
         model_class="diffusers.AutoencoderKL",
         files=("config.json", "diffusion_pytorch_model.safetensors"),
-        pin_source="hub cache snapshot path pinned in many public repositories (not read from the hub here)",
+        pin_source="hub cache snapshot path pinned in many public repositories, several with both files' "
+        "SHA-256 and sizes (547 and 334,643,276 bytes) (not read from the hub here)",
+        sha256={"config.json": "92d3dfb746fca211a2c9e019e285f8597412211728dce3c5bcf4eda0f2d62e7e",
+                "diffusion_pytorch_model.safetensors": "a1d993488569e928462932c8c38a0760b874d166399b14414135bd9c42df5815"},
         tiny="AutoencoderKL widths 8/16/32/32 (x8 downsampling), 4 latent channels, scaling 0.18215.",
         notes="The hub config may lack scaling_factor; the class "
         "default 0.18215 applies: encode as latents * 0.18215.",
