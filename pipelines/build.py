@@ -295,11 +295,7 @@ def _run_graph(cfg: BuildConfig, plan: BuildPlan, sink: ShardSink, models: str, 
         ds = ds.repartition(target_num_rows_per_block=cfg.input.batch_rows)
         for step in steps:
             ds = step.apply(ds, cfg.input.batch_rows)
-        # counts the rows reaching the writer for the progress line (a pass-through task per block,
-        # with the write tasks' resources)
-        ds = ds.map_batches(_tally_rows, fn_kwargs={"tally": tally}, batch_size=None, batch_format="pyarrow",
-                            num_cpus=res.write.num_cpus, compute=ray.data.TaskPoolStrategy(size=res.write.concurrency))
-        datasink = make_datasink(sink.writer(), plan.clip_dim, cfg.write.rows_per_file)
+        datasink = make_datasink(sink.writer(), plan.clip_dim, cfg.write.rows_per_file, tally)
         with _progress(tally, plan.work):
             ds.write_datasink(datasink, ray_remote_args={"num_cpus": res.write.num_cpus},
                               concurrency=res.write.concurrency)
@@ -316,9 +312,10 @@ def _run_graph(cfg: BuildConfig, plan: BuildPlan, sink: ShardSink, models: str, 
 
 
 class RowTally:
-    """Rows read, and rows that reached the writer, accepted and rejected (a Ray actor of no CPU
-    during a build): what the progress line shows. A retried task may count its rows twice; the line is clipped to
-    the run's total and the end-of-build numbers come from the commits."""
+    """Rows read, and rows committed, accepted and rejected (a Ray actor of no CPU during a build;
+    the read tasks and the datasink add to it): what the progress line shows. A retried task may
+    count its rows twice; the line is clipped to the run's total and the end-of-build numbers come
+    from the commits."""
 
     def __init__(self) -> None:
         self.rows_read = self.accepted = self.rejected = 0
@@ -332,13 +329,6 @@ class RowTally:
 
     def counts(self) -> tuple[int, int, int]:
         return self.rows_read, self.accepted, self.rejected
-
-
-def _tally_rows(block: pa.Table, tally) -> pa.Table:
-    """Count a block's accepted and rejected rows into ``tally`` (no wait) and pass it on unchanged."""
-    rejected = block.num_rows - block.column("reject_reason").null_count
-    tally.add.remote(block.num_rows - rejected, rejected)
-    return block
 
 
 def rows_to_do(work) -> int:
