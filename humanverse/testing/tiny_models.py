@@ -55,7 +55,7 @@ __all__ = [
 # Embedding width of the tiny CLIP; the tiny aesthetic MLP takes inputs of this size (real: 768).
 TINY_CLIP_EMBED_DIM = 32
 
-_SMALL_VIT = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2}
+_SMALL_TRANSFORMER = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2}
 _TINY_UNET = {"sample_size": 8, "block_out_channels": [32, 64], "attention_head_dim": [2, 4]}
 _TINY_VAE = {"block_out_channels": [8, 16, 32, 32], "layers_per_block": 1, "norm_num_groups": 8}
 
@@ -66,8 +66,8 @@ def _tiny_text(width: int) -> dict[str, Any]:
 
 
 TINY_SIZES: dict[tuple[str, str], dict[str, Any]] = {
-    ("yolos-tiny", "model"): {**_SMALL_VIT, "intermediate_size": 64},
-    ("vitpose-wholebody", "backbone"): {**_SMALL_VIT, "out_indices": [2]},
+    ("yolos-tiny", "model"): {**_SMALL_TRANSFORMER, "intermediate_size": 64},
+    ("vitpose-wholebody", "backbone"): {**_SMALL_TRANSFORMER, "out_indices": [2]},
     ("midas-dpt-hybrid", "backbone"): {"depths": [1, 1, 1], "hidden_sizes": [8, 16, 32, 64], "embedding_size": 16,
                                        "num_groups": 2},
     ("midas-dpt-hybrid", "model"): {"hidden_size": 32, "num_hidden_layers": 4, "num_attention_heads": 2,
@@ -77,9 +77,9 @@ TINY_SIZES: dict[tuple[str, str], dict[str, Any]] = {
     ("clip-vit-l14", "model_cfg"): {"embed_dim": TINY_CLIP_EMBED_DIM},
     ("clip-vit-l14", "vision_cfg"): {"layers": 2, "width": 64, "head_width": 32},
     ("clip-vit-l14", "text_cfg"): {"width": 16, "heads": 2, "layers": 2},
-    ("blip2-opt-2.7b", "vision"): {**_SMALL_VIT, "intermediate_size": 64},
-    ("blip2-opt-2.7b", "qformer"): {**_SMALL_VIT, "intermediate_size": 64, "encoder_hidden_size": 32},
-    ("blip2-opt-2.7b", "text"): {**_SMALL_VIT, "ffn_dim": 64, "word_embed_proj_dim": 32},
+    ("blip2-opt-2.7b", "vision"): {**_SMALL_TRANSFORMER, "intermediate_size": 64},
+    ("blip2-opt-2.7b", "qformer"): {**_SMALL_TRANSFORMER, "intermediate_size": 64, "encoder_hidden_size": 32},
+    ("blip2-opt-2.7b", "text"): {**_SMALL_TRANSFORMER, "ffn_dim": 64, "word_embed_proj_dim": 32},
     ("sd2-inpainting", "unet"): {**_TINY_UNET, "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
                                  "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"]},
     ("sd2-base", "unet"): {**_TINY_UNET, "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
@@ -87,9 +87,9 @@ TINY_SIZES: dict[tuple[str, str], dict[str, Any]] = {
     ("sdxl-base", "unet"): {**_TINY_UNET, "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
                             "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"],
                             "transformer_layers_per_block": [1, 2], "addition_time_embed_dim": 8},
-    # SDXL's two encoders differ in width (real 768 and 1280), so concatenation mistakes show.
     ("sd2-inpainting", "text_encoder"): _tiny_text(32),
     ("sd2-base", "text_encoder"): _tiny_text(32),
+    # SDXL's two encoders differ in width (real 768 and 1280), so concatenation mistakes show.
     ("sdxl-base", "text_encoder"): _tiny_text(32),
     ("sdxl-base", "text_encoder_2"): _tiny_text(48),
     ("sd2-inpainting", "vae"): _TINY_VAE,
