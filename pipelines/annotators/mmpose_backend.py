@@ -130,16 +130,17 @@ def _load_weights(model, checkpoint: str, config_path: str) -> None:
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
         raise ValueError(f"MMPose checkpoint {checkpoint!r} holds no state dict of tensors.")
     state = {k.removeprefix("module."): v for k, v in state.items()}
-    if any(k.startswith("backbone.blocks.") for k in state):
-        raise ValueError(f"MMPose checkpoint {checkpoint!r} is in the original ViTPose repository's layout "
-                         "(backbone.blocks.*), which MMPose 1.x models would run with random backbone weights; "
-                         f"convert it with `humanverse zoo convert-vitpose {checkpoint} OUT_DIR` and use "
-                         "pose.backend vitpose.")
+    model_keys = set(model.state_dict())
     try:
         missing, _ = model.load_state_dict(state, strict=False)
     except RuntimeError as e:  # shape mismatches
         raise ValueError(f"MMPose checkpoint {checkpoint!r} does not fit config {config_path!r}: "
                          f"{str(e).splitlines()[-1].strip()}") from e
+    if missing and any(k.startswith("backbone.blocks.") and k not in model_keys for k in state):
+        raise ValueError(f"MMPose checkpoint {checkpoint!r} is in the original ViTPose repository's layout "
+                         "(backbone.blocks.*), which MMPose 1.x models would run with random backbone weights; "
+                         f"convert it with `humanverse zoo convert-vitpose {checkpoint} OUT_DIR` and use "
+                         "pose.backend vitpose.")
     if missing:
         raise ValueError(f"MMPose checkpoint {checkpoint!r} does not fit config {config_path!r}: {len(missing)} of "
                          f"the model's weights are not in it (first: {', '.join(missing[:3])}).")
