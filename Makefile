@@ -37,11 +37,13 @@ test-all: venv
 # The optional MMPose backend (pose.backend: mmpose), installed into .mmpose/lib beside the venv, not
 # into it: mmengine needs pkg_resources (setuptools<81) and xtcocotools is built from source (~1 min).
 # `make test-mmpose` runs the tests that need it (MMPose's own forward against the converter, the
-# backend's coordinate chain and checkpoint checks); they skip without it.
+# backend's coordinate chain and checkpoint checks); they skip without it. Reinstalled when this
+# file (its pins) changes.
 MMPOSE := .mmpose
 mmpose: $(MMPOSE)/.installed
 
-$(MMPOSE)/.installed: | venv
+$(MMPOSE)/.installed: Makefile | venv
+	rm -rf $(MMPOSE)/lib $(MMPOSE)/build
 	$(PY) -m pip install -q --no-deps --target $(MMPOSE)/lib mmengine==0.10.7 mmcv-lite==2.1.0 mmpose==1.3.2 \
 		mmdet==3.3.0 mmpretrain==1.2.0 json_tricks==3.17.3 munkres==3.0.0 addict==2.4.0 yapf==0.43.0 \
 		terminaltables==3.1.10 shapely==2.2.0 einops==0.8.2 "setuptools<81" model-index==0.1.11 \
