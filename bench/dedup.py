@@ -5,6 +5,9 @@ Prints one JSON object with, per million ids:
 * ``in_process``: one :class:`IdSet` claiming 1 M fresh ids (every row kept), then the same ids again
   (every row a copy): seconds, and the Python heap it holds (tracemalloc: ids, labels, the dict)
   per kept id;
+* ``preload``: loading 1 M committed ids at the start of a resumed build, in 256-row tables as
+  committed files hold them: the driver's part (:func:`kept_by_owner`: kept rows, labels, split by
+  id set) and the id sets' part (``IdSet.preload``, all in this process), seconds per million;
 * ``ray``: the build's arrangement, :class:`DedupStage` (as the one dedup actor would) calling
   ``--id-sets`` :class:`IdSet` actors, blocks of ``--block`` rows: seconds per million rows and the
   resident memory the id-set processes gained.
@@ -25,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipelines.stages.dedup import DedupConfig, DedupStage, IdSet, label  # noqa: E402
+from pipelines.stages.dedup import DedupConfig, DedupStage, IdSet, kept_by_owner, label  # noqa: E402
 
 
 def ids_and_labels(n: int, offset: int = 0) -> tuple[list[str], list[str]]:
@@ -54,6 +57,28 @@ def in_process(n: int) -> dict:
     return {"ids": n, "claim_fresh_s_per_million": round(fresh * per_m, 2),
             "claim_copies_s_per_million": round(copies * per_m, 2),
             "heap_bytes_per_id": round(held / n, 1), "heap_mib_per_million": round(held * per_m / 2**20, 1)}
+
+
+def preload(n: int, id_sets: int) -> dict:
+    import pyarrow as pa
+
+    ids, labels = ids_and_labels(n)
+    shards, keys = zip(*(lab.split("\x1f") for lab in labels))
+    table = pa.table({"id": ids, "source_shard": list(shards), "source_key": list(keys)})
+    tables = [table.slice(off, 256) for off in range(0, n, 256)]
+    t = time.perf_counter()
+    parts = list(kept_by_owner(tables, id_sets))
+    driver = time.perf_counter() - t
+    sets = [IdSet() for _ in range(id_sets)]
+    t = time.perf_counter()
+    for part in parts:
+        for owner, (i, lab) in part.items():
+            sets[owner].preload(i, lab)
+    loading = time.perf_counter() - t
+    assert sum(s.size() for s in sets) == n
+    per_m = 1e6 / n
+    return {"ids": n, "id_sets": id_sets, "driver_s_per_million": round(driver * per_m, 2),
+            "id_sets_s_per_million": round(loading * per_m, 2)}
 
 
 def rss_kib() -> int:
@@ -108,6 +133,7 @@ def main() -> None:
     p.add_argument("--block", type=int, default=256, help="rows per dedup call (resources.dedup.batch_size)")
     args = p.parse_args()
     report = {"bench": "dedup", "machine": {"cpus": os.cpu_count()}, "in_process": in_process(args.ids),
+              "preload": preload(args.ids, args.id_sets),
               "ray": through_ray(args.ray_rows, args.id_sets, args.block)}
     print(json.dumps(report, indent=2))
 

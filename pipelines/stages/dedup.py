@@ -28,7 +28,7 @@ memory per kept id, not per row: see ``bench/dedup.py`` and ``BENCHMARKS.md``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -184,6 +184,18 @@ def committed_kept(tables: Iterable) -> Iterable[tuple[list[str], list[str]]]:
         yield [ids[j] for j in keep], [label(shards[j], keys[j]) for j in keep]
 
 
+def kept_by_owner(tables: Iterable, n: int) -> Iterator[dict[int, tuple[list[str], list[str]]]]:
+    """Per committed table, its kept rows' (ids, labels) split by the id set of ``n`` that owns each
+    id (:func:`committed_kept`, :func:`owner_of`)."""
+    for ids, labels in committed_kept(tables):
+        parts: dict[int, tuple[list[str], list[str]]] = {}
+        for i, lab in zip(ids, labels):
+            p = parts.setdefault(owner_of(i, n), ([], []))
+            p[0].append(i)
+            p[1].append(lab)
+        yield parts
+
+
 def start_id_sets(config: DedupConfig, committed: Iterable) -> list:
     """Start ``config.id_sets`` :class:`IdSet` actors (no CPU; not restarted, so a lost one fails the
     run instead of forgetting ids) and load the kept ids of the ``committed`` tables into them."""
@@ -192,14 +204,9 @@ def start_id_sets(config: DedupConfig, committed: Iterable) -> list:
     actor = ray.remote(num_cpus=0, max_restarts=0)(IdSet)
     owners = [actor.remote() for _ in range(config.id_sets)]
     n, pending, loaded = len(owners), [], 0
-    for ids, labels in committed_kept(committed):
-        parts: dict[int, tuple[list[str], list[str]]] = {}
-        for i, lab in zip(ids, labels):
-            p = parts.setdefault(owner_of(i, n), ([], []))
-            p[0].append(i)
-            p[1].append(lab)
+    for parts in kept_by_owner(committed, n):
         pending += [owners[o].preload.remote(*p) for o, p in parts.items()]
-        loaded += len(ids)
+        loaded += sum(len(p[0]) for p in parts.values())
         if len(pending) > 4 * n:  # bounded in flight: the driver streams the committed files
             ray.get(pending)
             pending = []
@@ -209,5 +216,5 @@ def start_id_sets(config: DedupConfig, committed: Iterable) -> list:
     return owners
 
 
-__all__ = ["NOT_KEPT_STAGES", "DedupConfig", "DedupStage", "IdSet", "committed_kept", "describe", "label",
-           "owner_of", "start_id_sets"]
+__all__ = ["NOT_KEPT_STAGES", "DedupConfig", "DedupStage", "IdSet", "committed_kept", "describe", "kept_by_owner",
+           "label", "owner_of", "start_id_sets"]
