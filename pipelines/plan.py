@@ -89,6 +89,11 @@ REFILTERABLE = ("aesthetic.threshold", "person_filter.min_persons", "person_filt
                 "person_filter.min_area")
 
 
+def config_sha(config: dict) -> str:
+    """The short digest a run record keeps of the config it ran (``built_by`` groups runs by it)."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def _dotted(d: dict, key: str):
     for part in key.split("."):
         d = d[part]
@@ -359,7 +364,7 @@ def open_build(input: str, output: str, cfg: BuildConfig, *, models: str,  # noq
     fingerprint = config_fingerprint(cfg, models)
     sink = ShardSink.open(output, provenance={
         "command": "build", "input": input, "models": tags, "config": to_dict(cfg),
-        "config_sha": hashlib.sha256(json.dumps(fingerprint, sort_keys=True, default=str).encode()).hexdigest()[:16]})
+        "config_sha": config_sha(fingerprint)})
     try:
         committed = sink.state.rows_per_shard()
         _log_gone(existing, input, found, committed)

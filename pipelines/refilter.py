@@ -17,23 +17,21 @@ The thresholds are those of the filter stages, applied as the stages apply them
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import posixpath
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from humanverse.config import ConfigError, from_dict, to_dict
+from humanverse.config import ConfigError, _set_dotted, from_dict, to_dict
 from humanverse.schema import REJECT_SCHEMA
-from humanverse.shards import HELD, CommitRecord, ShardSink, read_manifest, write_manifest
+from humanverse.shards import HELD, CommitRecord, CommitState, ShardSink, read_manifest, write_manifest
 from pipelines.config import BuildConfig
-from pipelines.plan import REFILTERABLE, check_format
+from pipelines.plan import REFILTERABLE, _dotted, check_format, config_sha
 
 log = logging.getLogger(__name__)
-
 
 
 @dataclass
@@ -47,7 +45,6 @@ class RefilterReport:
     files_replaced: int = 0
     #: rows the build rejected at a changed threshold that would pass now (never annotated further)
     not_promotable: int = 0
-    funnel: dict[str, int] = field(default_factory=dict)
 
 
 def _verdicts(t: pa.Table, cfg: BuildConfig) -> tuple[pa.Array, list[tuple[str, str, str] | None]]:
@@ -99,17 +96,17 @@ def refilter(root: str, overrides: dict) -> RefilterReport:
     if manifest is None:
         raise FileNotFoundError(f"{root} is not a HumanVerse dataset: it has no humanverse.json.")
     check_format(manifest, root, "be refiltered")
-    old = from_dict(BuildConfig, manifest.get("config") or {})
-    data = to_dict(old)
+    built = from_dict(BuildConfig, manifest.get("config") or {})
+    old, data = to_dict(built), to_dict(built)
     for key, value in changes.items():
-        section, _, name = key.partition(".")
-        data[section][name] = value
+        _set_dotted(data, key, value)
     cfg = from_dict(BuildConfig, data)  # validates the new values
-    before = {k: getattr(getattr(old, k.split(".")[0]), k.split(".")[1]) for k in changes}
-    after = {k: getattr(getattr(cfg, k.split(".")[0]), k.split(".")[1]) for k in changes}
-    sha = hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    sink = ShardSink.open(root, provenance={"command": "refilter", "changes": {k: [before[k], after[k]] for k in changes},
-                                            "config": data, "config_sha": sha})
+    new = to_dict(cfg)
+    before = {k: _dotted(old, k) for k in changes}
+    after = {k: _dotted(new, k) for k in changes}
+    changed = {k: [before[k], after[k]] for k in changes}
+    sink = ShardSink.open(root, provenance={"command": "refilter", "changes": changed, "config": data,
+                                            "config_sha": config_sha(data)})
     report = RefilterReport(sink.run, {k: (before[k], after[k]) for k in changes})
     status = "failed"
     try:
@@ -123,7 +120,7 @@ def refilter(root: str, overrides: dict) -> RefilterReport:
         manifest = {**manifest, "config": data, "fingerprint": fingerprint}
         manifest["built_by"] = sink.built_by()
         manifest["refilters"] = [*(manifest.get("refilters") or []),
-                                 {"run": sink.run, "changes": {k: [before[k], after[k]] for k in changes}}]
+                                 {"run": sink.run, "changes": changed}]
         write_manifest(sink.root, {k: v for k, v in manifest.items() if k not in ("format", "format_version")})
         status = "finished"
     finally:
@@ -151,23 +148,21 @@ def _name(rec: CommitRecord) -> str:
 def _refilter_files(sink: ShardSink, cfg: BuildConfig, report: RefilterReport) -> None:
     """Replace each data file with rows that now fail, and each held file with rows that now pass:
     passing rows to ``data``, failing rows whole to ``held`` with a reject row each, in one commit
-    that retires the file (and, for a held file, the rejects file written beside it)."""
-    records = sink.state.records
-    by_file = {r.file: r for r in records}
-    for rec in records:
-        if rec.kind not in ("data", HELD):
-            continue
-        ok, _ = _verdicts(_read(sink, rec, SCORE_COLUMNS), cfg)
+    that retires the file (and, for a held file, the rejects file written beside it).
+
+    The score columns of every file are read first (several files at a time on an object store,
+    :meth:`ShardSink.committed_tables`); a whole file only when its verdicts change."""
+    for rec, scores in sink.committed_tables({"data": SCORE_COLUMNS, HELD: SCORE_COLUMNS}):
+        ok, why = _verdicts(scores, cfg)
         unchanged = pc.all(ok) if rec.kind == "data" else pc.invert(pc.any(ok))
         if unchanged.as_py():
             continue
-        t = _read(sink, rec)
-        ok, why = _verdicts(t, cfg)
+        t = _read(sink, rec)  # the same rows in the same order as ``scores``
         passed, failed = t.filter(ok), t.filter(pc.invert(ok))
         tables = {"data": passed, HELD: failed,
                   "rejects": _reject_rows(failed, [w for w in why if w is not None], sink.run)}
         retires = [rec]
-        if rec.kind == HELD and (sibling := by_file.get(f"rejects/{posixpath.basename(rec.file)}")) is not None:
+        if rec.kind == HELD and (sibling := _record(sink, f"rejects/{posixpath.basename(rec.file)}")) is not None:
             retires.append(sibling)
         sink.commit({k: v for k, v in tables.items() if v.num_rows}, _name(rec), retires=retires)
         if rec.kind == "data":
@@ -175,6 +170,13 @@ def _refilter_files(sink: ShardSink, cfg: BuildConfig, report: RefilterReport) -
         else:
             report.moved_back += passed.num_rows
         report.files_replaced += 1
+
+
+def _record(sink: ShardSink, file: str) -> CommitRecord | None:
+    """The live record of committed ``file``, or None."""
+    t = sink.state.table
+    found = CommitState(t.filter(pc.equal(t["file"], file))).records
+    return found[0] if found else None
 
 
 def _not_promotable(sink: ShardSink, cfg: BuildConfig) -> int:
