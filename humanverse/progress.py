@@ -141,9 +141,7 @@ class Progress:
         """The state as one line of text."""
         of = f"/{self.total}" if self.total is not None else ""
         pct = f" ({100 * self.done / self.total:.0f}%)" if self.total else ""
-        parts = [f"{self.what}: {self.done}{of} {self.unit}{pct}"]
-        parts += [_count(k, v) for k, v in self.counts.items()]
-        parts.append(_rate(self.done - self.initial, self.elapsed, self.unit))
+        parts = [f"{self.what}: {self.done}{of} {self.unit}{pct}", self._state()]
         if final:
             parts.append(f"in {format_duration(self.elapsed)}")
         else:

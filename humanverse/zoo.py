@@ -53,6 +53,7 @@ __all__ = [
     "models_root",
     "pin_status",
     "resolve",
+    "tiny_model",
     "tiny_root",
 ]
 
@@ -565,6 +566,12 @@ def tiny_root() -> Path:
     if env:
         return Path(env).expanduser()
     return Path.home() / ".cache" / "humanverse" / "tiny-zoo"
+
+
+def tiny_model(name: str, builder: TinyBuilder, seed: int = 0) -> Path:
+    """A tiny stand-in that is not a zoo entry (e.g. clean-fid's CLIP B/32 for ``--models tiny``),
+    built once into :func:`tiny_root` the way :func:`make_tiny` builds the entries'."""
+    return _build_one(name, builder, tiny_root(), seed=seed, force=False)
 
 
 def _entry(name: str) -> ModelEntry:

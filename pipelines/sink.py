@@ -47,8 +47,8 @@ def write_inflight(writer: ShardWriter, table: pa.Table, name: str, clip_dim: in
 
 
 def make_datasink(writer: ShardWriter, clip_dim: int | None, rows_per_file: int = 256, tally=None):
-    """Build the Ray Data sink (Ray imported lazily so this module loads without it). Each committed
-    file's accepted and rejected rows are added to ``tally`` (an actor with ``add(accepted,
+    """Build the Ray Data sink (Ray imported lazily so this module loads without it). Each block's
+    committed accepted and rejected rows are added to ``tally`` (an actor with ``add(accepted,
     rejected)``, for the progress line; no wait) when one is given."""
     from ray.data import Datasink
     from ray.data.block import BlockAccessor
@@ -63,12 +63,13 @@ def make_datasink(writer: ShardWriter, clip_dim: int | None, rows_per_file: int 
             total = WriteSummary()
             for i, block in enumerate(blocks):
                 table = BlockAccessor.for_block(block).to_arrow()
+                done = WriteSummary()
                 for off in range(0, table.num_rows, rows_per_file):
                     part = table.slice(off, rows_per_file)
-                    done = write_inflight(writer, part, f"{ctx.task_idx:06d}-{i:04d}-{off:07d}", clip_dim)
-                    if tally is not None:
-                        tally.add.remote(done.data_rows, done.reject_rows)
-                    total.merge(done)
+                    done.merge(write_inflight(writer, part, f"{ctx.task_idx:06d}-{i:04d}-{off:07d}", clip_dim))
+                if tally is not None:  # one message per block, once its files are committed
+                    tally.add.remote(done.data_rows, done.reject_rows)
+                total.merge(done)
             return total
 
         def on_write_complete(self, write_result) -> None:

@@ -573,27 +573,6 @@ class OpenClipExtractor:
             return self.model.encode_text(tokens).float().cpu().numpy()
 
 
-def write_tiny_clip_b32(folder: str | os.PathLike, seed: int = 0) -> Path:
-    """A tiny random open_clip CLIP with ViT-B/32's image geometry (patch 32, 224 px, QuickGELU,
-    OpenAI mean/std, bicubic resize + centre crop) in open_clip's ``local-dir:`` layout, written once
-    into ``folder``: the offline stand-in for clean-fid's CLIP ViT-B/32
-    (:func:`humanverse.testing.tiny_models.build_clip_vit_b32`). Meaningless features;
-    deterministic in ``seed``."""
-    from humanverse.testing.tiny_models import build_clip_vit_b32
-
-    folder = Path(folder)
-    if (folder / "open_clip_model.safetensors").is_file():
-        return folder
-    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
-    tmp.mkdir(parents=True, exist_ok=True)
-    build_clip_vit_b32(tmp, seed)
-    try:
-        os.replace(tmp, folder)
-    except OSError:  # another process wrote it first
-        shutil.rmtree(tmp, ignore_errors=True)
-    return folder
-
-
 class CleanFIDClipB32:
     """clean-fid's ``clip_vit_b_32`` FID features (``cleanfid.clip_features``): OpenAI CLIP
     ViT-B/32, bicubic shortest-side resize to 224, centre crop, OpenAI mean/std, unnormalised
@@ -608,7 +587,7 @@ class CleanFIDClipB32:
             if weights is not None:
                 name = f"local-dir:{weights}"
                 self.model, _, self.preprocess = open_clip.create_model_and_transforms(name)
-                self.name = f"clean-fid CLIP ViT-B/32 ({'tiny random stand-in, ' if tiny else ''}{weights})"
+                self.name = f"clean-fid CLIP ViT-B/32 ({weights})"
             else:
                 self.model, _, self.preprocess = open_clip.create_model_and_transforms(
                     "ViT-B-32-quickgelu", pretrained="openai")
@@ -636,9 +615,11 @@ def fid_clip_extractor(cfg: EvalConfig, score_clip=None):
         return score_clip if score_clip is not None else OpenClipExtractor(cfg.clip_model or cfg.models, cfg.device)
     weights, tiny = cfg.fid_clip_weights, False
     if weights is None and cfg.models.strip().startswith("tiny"):
-        from humanverse.zoo import tiny_root
+        from humanverse.testing.tiny_models import build_clip_vit_b32
+        from humanverse.zoo import tiny_model
 
-        weights, tiny = write_tiny_clip_b32(tiny_root() / "cleanfid-clip-vit-b32-tiny"), True
+        # a tiny random open_clip CLIP with ViT-B/32's image geometry (meaningless features)
+        weights, tiny = tiny_model("cleanfid-clip-vit-b32-tiny", build_clip_vit_b32), True
         log.warning("eval: --models tiny: FID-CLIP uses a tiny random stand-in for CLIP ViT-B/32 (meaningless numbers)")
     return CleanFIDClipB32(weights, cfg.device, tiny=tiny)
 
@@ -728,8 +709,7 @@ def evaluate(real_dir: str | os.PathLike, generated_dir: str | os.PathLike,
              testset: str | os.PathLike | Sequence[TestImage] | None = None, cfg: EvalConfig | None = None, *,
              inception: InceptionExtractor | None = None, clip: ClipExtractor | None = None,
              pose: PoseExtractor | None = None, pose_factory=None, fid_clip: ClipExtractor | None = None,
-             output: str | None = None, real_cache: dict | None = None, _extractors: dict | None = None
-             ) -> dict[str, Any]:
+             output: str | None = None, shared: dict | None = None) -> dict[str, Any]:
     """Run the HyperHuman §5 evaluation and return the report (a JSON-ready dict).
 
     Args:
@@ -742,7 +722,9 @@ def evaluate(real_dir: str | os.PathLike, generated_dir: str | os.PathLike,
             asked for); ``fid_clip`` defaults to :func:`fid_clip_extractor` (clean-fid's ViT-B/32).
         output: which sampler output ``generated_dir`` holds (a key of :data:`OUTPUTS`); names the
             row and picks the paper row set beside it (None: unknown, Table 1 beside it).
-        real_cache: a dict kept across calls on the same real folder: its features are computed once.
+        shared: a dict kept across calls that score several outputs against the same real folder and
+            test set (:func:`evaluate_outputs`): the extractors, the real images' features, the parsed
+            test set and the captions' CLIP text features are computed once.
         pose_factory: ``(models, device, score_threshold, max_people) -> PoseExtractor``, used when
             ``pose`` is None (``humanverse eval`` passes :class:`pipelines.eval_pose.BuilderPoseEstimator`).
 
@@ -760,8 +742,14 @@ def evaluate(real_dir: str | os.PathLike, generated_dir: str | os.PathLike,
     generated = list_images(generated_dir, "generated")
     rows: list[TestImage] | None = None
     missing = extra = 0
+    shared = shared if shared is not None else {}
     if testset is not None:
-        rows = load_testset(testset, cfg.resolution) if isinstance(testset, (str, os.PathLike)) else list(testset)
+        if isinstance(testset, (str, os.PathLike)):
+            if ("testset", str(testset)) not in shared:
+                shared["testset", str(testset)] = load_testset(testset, cfg.resolution)
+            rows = list(shared["testset", str(testset)])
+        else:
+            rows = list(testset)
         rows, missing, extra = _match(rows, generated, generated_dir, cfg.allow_missing)
         gen_paths = [generated[r.id] for r in rows]
     else:
@@ -773,11 +761,10 @@ def evaluate(real_dir: str | os.PathLike, generated_dir: str | os.PathLike,
     need_inception = bool({"fid", "kid"} & set(wanted))
     need_clip = "clip" in wanted
     need_fid_clip = "fid_clip" in wanted
-    built = _extractors if _extractors is not None else {}
-    inception = inception or built.get("inception")
-    clip = clip or built.get("clip")
-    fid_clip = fid_clip or built.get("fid_clip")
-    pose = pose or built.get("pose")
+    inception = inception or shared.get("inception")
+    clip = clip or shared.get("clip")
+    fid_clip = fid_clip or shared.get("fid_clip")
+    pose = pose or shared.get("pose")
     if need_inception and inception is None:
         weights = cfg.inception_weights
         if weights is None and cfg.models.strip().startswith("tiny"):  # everything tiny: a random stand-in
@@ -800,15 +787,12 @@ def evaluate(real_dir: str | os.PathLike, generated_dir: str | os.PathLike,
         pose = pose_factory(cfg.models, cfg.device, cfg.pose_score_threshold, cfg.max_people)
     log.info("eval: %d real, %d generated images; metrics %s", len(real), len(gen_paths), ", ".join(wanted))
 
-    built.update(inception=inception, clip=clip, fid_clip=fid_clip, pose=pose)
-    key = (str(real_dir), need_inception, need_fid_clip)
-    if real_cache is not None and key in real_cache:
-        real_f = real_cache[key]
-    else:
-        real_f = _extract(list(real.values()), cfg, "real", inception=inception if need_inception else None,
-                          clip=None, pose=None, fid_clip=fid_clip if need_fid_clip else None)
-        if real_cache is not None:
-            real_cache[key] = real_f
+    shared.update(inception=inception, clip=clip, fid_clip=fid_clip, pose=pose)
+    key = ("real", str(real_dir), need_inception, need_fid_clip)
+    if key not in shared:
+        shared[key] = _extract(list(real.values()), cfg, "real", inception=inception if need_inception else None,
+                               clip=None, pose=None, fid_clip=fid_clip if need_fid_clip else None)
+    real_f = shared[key]
     gen_f = _extract(gen_paths, cfg, "generated", inception=inception if need_inception else None,
                      clip=clip if need_clip else None, pose=pose if "pose" in wanted else None,
                      fid_clip=fid_clip if need_fid_clip else None)
@@ -824,8 +808,11 @@ def evaluate(real_dir: str | os.PathLike, generated_dir: str | os.PathLike,
     if "fid_clip" in wanted:
         metrics["FID_CLIP"] = fid_from_features(np.concatenate(real_f.fid_clip), np.concatenate(gen_f.fid_clip))
     if "clip" in wanted:
-        text = np.concatenate([_check_features(clip.text_features(list(b)), len(b), "CLIP text")
-                               for b in _batches([r.caption for r in rows], cfg.batch_size)])
+        captions = tuple(r.caption for r in rows)
+        if ("text", captions) not in shared:
+            shared["text", captions] = np.concatenate([_check_features(clip.text_features(list(b)), len(b), "CLIP text")
+                                                       for b in _batches(list(captions), cfg.batch_size)])
+        text = shared["text", captions]
         metrics["CLIP"] = clip_score(np.concatenate(gen_f.clip), text)
     num_persons = None
     if "pose" in wanted:
@@ -885,7 +872,8 @@ def evaluate_outputs(real_dir: str | os.PathLike, generated_dir: str | os.PathLi
     ``generated_dir`` is a ``humanverse sample --testset`` folder: ``stage1/`` (the stage-1 RGB, the
     Table-1 row) and ``refined/`` (the refined image, set beside Table 7); ``outputs`` picks among
     them (default: every one present). A plain folder of images is one row of unstated output.
-    The real images' features are computed once for all rows. Returns the first row's report
+    The real images' features, the test set and its captions' text features are computed once for
+    all rows. Returns the first row's report
     with ``rows`` holding every row's report."""
     cfg = cfg or EvalConfig()
     found = output_folders(generated_dir)
@@ -901,10 +889,8 @@ def evaluate_outputs(real_dir: str | os.PathLike, generated_dir: str | os.PathLi
     if not found:  # a plain folder; named after a sampler output (GEN/stage1 given directly), it is that output
         name = Path(generated_dir).name
         return evaluate(real_dir, generated_dir, testset, cfg, output=name if name in OUTPUTS else None, **extractors)
-    cache: dict = {}
-    built: dict = {}
-    rows = [evaluate(real_dir, d, testset, cfg, output=name, real_cache=cache, _extractors=built, **extractors)
-            for name, d in found.items()]
+    shared: dict = {}
+    rows = [evaluate(real_dir, d, testset, cfg, output=name, shared=shared, **extractors) for name, d in found.items()]
     return {**rows[0], "rows": rows, "generated_dir": str(generated_dir)}
 
 

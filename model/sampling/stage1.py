@@ -156,11 +156,7 @@ def write_grid(rows: list[tuple[Image.Image, ...]], path: Path, title: str = "",
     """Tiles, one row per sample, under a title (wrapped to the grid's width), a label per column
     and each row's prompt above the row; saved to ``path``. Tiles take the first tile's size,
     scaled up (nearest neighbour) to at least ``min_tile`` pixels on the short side so that a
-    64-pixel sample stays readable. A title of the form ``"TITLE  |  col  col ..."`` names the
-    columns when ``columns`` is not given."""
-    if not columns and "  |  " in title:
-        title, _, cols = title.rpartition("  |  ")
-        columns = cols.split()
+    64-pixel sample stays readable."""
     w, h = rows[0][0].size
     scale = max(1, -(-min_tile // max(min(w, h), 1)))
     w, h = w * scale, h * scale
