@@ -351,11 +351,9 @@ def _fsl(a: np.ndarray, size: int) -> pa.FixedSizeListArray:
 # Preparing examples (CPU)
 
 
-def _prepare_rows(rows: Sequence[dict], cfg: LatentCacheConfig, dcfg: D.TrainDataConfig | None = None
-                  ) -> dict[str, np.ndarray]:
+def _prepare_rows(rows: Sequence[dict], cfg: LatentCacheConfig, dcfg: D.TrainDataConfig) -> dict[str, np.ndarray]:
     """Decode rows into the compact examples to encode: the centre crop, then its mirror.
-    ``dcfg``: ``cfg.data_config()`` when the caller has it (building one checks the filter)."""
-    dcfg = dcfg or cfg.data_config()
+    ``dcfg``: ``cfg.data_config()``, built once by the caller (building one checks the filter)."""
     r = cfg.resolution
     exs, shards, indices = [], [], []
     for row in rows:
@@ -385,9 +383,9 @@ def _prepare_rows(rows: Sequence[dict], cfg: LatentCacheConfig, dcfg: D.TrainDat
     }
 
 
-def _prepare_block(batch: pa.Table, cfg: LatentCacheConfig) -> dict[str, np.ndarray]:
-    """Ray ``map_batches`` function: select the block's rows, then :func:`_prepare_rows`."""
-    data_cfg = cfg.data_config()
+def _prepare_block(batch: pa.Table, cfg: LatentCacheConfig, data_cfg: D.TrainDataConfig) -> dict[str, np.ndarray]:
+    """Ray ``map_batches`` function: select the block's rows, then :func:`_prepare_rows`
+    (``data_cfg``: ``cfg.data_config()``, built once on the driver)."""
     mask = D._where_mask(batch, cfg.where)
     mask &= pc.is_valid(batch.column(data_cfg.depth_column)).to_numpy(zero_copy_only=False)
     mask &= pc.is_valid(batch.column("normal")).to_numpy(zero_copy_only=False)
@@ -451,14 +449,18 @@ def _wipe(out: hfs.Root) -> None:
         out.fs.delete_file(out.join(MANIFEST))
 
 
-def _open_out(out: hfs.Root, build: dict, overwrite: bool) -> dict[str, dict]:
-    """Check OUT's identity, clean what a killed build left; returns the finished chunk records."""
+def _open_out(out: hfs.Root, build: dict, overwrite: bool) -> tuple[dict[str, dict], dict | None]:
+    """Check OUT's identity, clean what a killed build left; returns the finished chunk records and
+    the finished cache's manifest when one of this config is there (None otherwise)."""
     for d in (out.path, out.join("data"), out.join(PROGRESS_DIR), out.join(STAGING_DIR)):
         out.fs.create_dir(d, recursive=True)
+    manifest = None
     for name in (MANIFEST, posixpath.join(PROGRESS_DIR, BUILD_RECORD)):
         prev = _read_json(out, out.join(name))
         if prev is None:
             continue
+        if name == MANIFEST:
+            manifest = prev
         diffs = _differences(prev.get("config", {}), build["config"])
         if prev.get("vae", {}).get("tag") != build["vae"]["tag"]:
             diffs.append(f"vae tag {prev.get('vae', {}).get('tag')!r} (cache) vs {build['vae']['tag']!r}")
@@ -467,6 +469,7 @@ def _open_out(out: hfs.Root, build: dict, overwrite: bool) -> dict[str, dict]:
                 raise StaleCacheError(f"{out.path} holds a latent cache of another config ({'; '.join(diffs)}); "
                                       f"choose another OUT or pass overwrite=True to replace it.")
             log.warning("replacing the latent cache in %s (%s)", out.path, "; ".join(diffs))
+            manifest = None
             _wipe(out)
             for d in (out.join("data"), out.join(PROGRESS_DIR), out.join(STAGING_DIR)):
                 out.fs.create_dir(d, recursive=True)
@@ -479,7 +482,7 @@ def _open_out(out: hfs.Root, build: dict, overwrite: bool) -> dict[str, dict]:
             out.fs.delete_file(e.path)
     for e in hfs.list_dir(out, out.join(STAGING_DIR)):
         out.fs.delete_dir(e.path) if e.type == pafs.FileType.Directory else out.fs.delete_file(e.path)
-    return records
+    return records, manifest
 
 
 def _commit_chunk(out: hfs.Root, chunk: str, source_files: list[str], staged: list[tuple[str, int]]) -> dict:
@@ -615,8 +618,8 @@ def _encode_chunk_ray(ds, files: list[str], cfg: LatentCacheConfig, models: str,
     read_kw = {} if res.read_num_cpus is None else {"num_cpus": res.read_num_cpus}
     rd = ray.data.read_parquet(files, filesystem=ds.root.fs, columns=list(D.READ_COLUMNS), shuffle=None, **read_kw)
     rows_per_call = max(1, cfg.batch_size // (2 if cfg.flips else 1))
-    rd = rd.map_batches(_prepare_block, fn_kwargs={"cfg": cfg}, batch_format="pyarrow", batch_size=rows_per_call,
-                        num_cpus=res.prepare_num_cpus)
+    rd = rd.map_batches(_prepare_block, fn_kwargs={"cfg": cfg, "data_cfg": cfg.data_config()}, batch_format="pyarrow",
+                        batch_size=rows_per_call, num_cpus=res.prepare_num_cpus)
     rd = rd.map_batches(VaeEncoder, fn_constructor_kwargs={"vae": cfg.vae, "models": models,
                                                            "resolution": cfg.resolution, "dtype": cfg.dtype,
                                                            "batch_size": cfg.batch_size},
@@ -644,7 +647,7 @@ def build_latent_cache(root, out, cfg: LatentCacheConfig = LatentCacheConfig(), 
     o = hfs.resolve_root(out)
     ident = vae_identity(cfg.vae, models)
     build = {"format": CACHE_FORMAT, "version": CACHE_VERSION, "config": cfg.content(), "vae": ident}
-    records = _open_out(o, build, overwrite)
+    records, finished = _open_out(o, build, overwrite)
     files = sorted(ds.files("data"))
     rel = {f: _rel(ds.root, f) for f in files}
     present = set(rel.values())
@@ -688,7 +691,7 @@ def build_latent_cache(root, out, cfg: LatentCacheConfig = LatentCacheConfig(), 
         info = encoder.info
         latent_shape = list(encoder.latent_shape)
     else:  # nothing encoded: the finished cache's VAE facts when it is this cache (a fast no-op rerun)...
-        prev = _read_json(o, o.join(MANIFEST)) or {}
+        prev = finished or {}
         if prev.get("config") == cfg.content() and prev.get("vae", {}).get("tag") == ident["tag"] \
                 and prev.get("latent_shape"):
             info, latent_shape = prev["vae"], prev["latent_shape"]
