@@ -966,20 +966,23 @@ def _checkpoint(root: hfs.Root, run: str, every: int) -> bool:
     return True
 
 
-def _seal(root: hfs.Root, run: str, *, verify: bool = True) -> None:
+def _seal(root: hfs.Root, run: str, *, verify: bool = True, run_log: _RunLog | None = None,
+          present: set[str] | None = None) -> None:
     """Fence ``run``, put every file it committed in place, and write its final seal: the commit
-    objects there now, and no later one. Idempotent. ``verify``: see :func:`_roll_forward`.
+    objects there now, and no later one. Idempotent. ``verify``, ``present``: see
+    :func:`_roll_forward`; ``run_log``: the run's part of the log when the caller has read it.
 
     Files are rolled forward before the final seal is written, so a sealed run's files are all
     in place; until then readers treat the run as live and look for its files in staging."""
     _put(root, root.join(FENCES_DIR, run), b"")
     final = root.join(SEALS_DIR, run, f"{FINAL}.parquet")
     if not hfs.exists(root, final):
-        me = _run_logs(root).get(run) or _RunLog(run, [], False, True)
+        me = run_log or _run_logs(root).get(run) or _RunLog(run, [], False, True)
         commits = _read_commits(root, run, _checkpointed(root, me))
         table = pa.concat_tables([RECORD_SCHEMA.empty_table()] + [c.table() for _, c in commits])
         earlier = [_read_parquet(root, root.join(SEALS_DIR, run, s)) for s in me.seals]
-        _roll_forward(root, CommitState.combine([*earlier, _check_table(table)]).table, verify=verify)
+        _roll_forward(root, CommitState.combine([*earlier, _check_table(table)]).table, verify=verify,
+                      present=present)
         root.fs.create_dir(root.join(SEALS_DIR, run), recursive=True)
         _write_parquet(root, final, table, {b"humanverse_commits": json.dumps(sorted(n for n, _ in commits)).encode()})
     records = root.join(RECORDS_DIR, run)
@@ -987,19 +990,19 @@ def _seal(root: hfs.Root, run: str, *, verify: bool = True) -> None:
         root.fs.delete_dir(records)
 
 
-def _roll_forward(root: hfs.Root, table: pa.Table, *, verify: bool = True) -> None:
+def _roll_forward(root: hfs.Root, table: pa.Table, *, verify: bool = True, present: set[str] | None = None) -> None:
     """Move the committed files that are still staged into place (one listing of each run's staging
-    folder). With ``verify``, also check that every other committed file is in place (one listing
-    of each kind's folder, minutes on an object store with a million files): a committed file found
-    nowhere is data loss. A writer sealing its own run skips that check, since it published every
-    file it committed itself, and readers check that files are in place when they open."""
+    folder). With ``verify``, also check that every other committed file is in place (``present``:
+    the ``<kind>/<name>`` files in place, else one listing of each kind's folder, minutes on an
+    object store with a million files): a committed file found nowhere is data loss. A writer
+    sealing its own run skips that check, since it published every file it committed itself, and
+    readers check that files are in place when they open."""
     if not table.num_rows:
         return
     runs = set(table["run"].to_pylist())
     staged = {posixpath.join(folder, e.base_name)
               for run in runs for folder in (root.join(STAGING_DIR, run), root.join(STAGING_DIR, SEALED + run))
               for e in hfs.list_dir(root, folder)}
-    present: set[str] | None = None
     for file, run, rows in zip(table["file"].to_pylist(), table["run"].to_pylist(), table["rows"].to_pylist()):
         src = next((p for p in staged_paths(root, run, file) if p in staged), None)
         if src is not None:
@@ -1022,20 +1025,23 @@ def _recover(root: hfs.Root, me: str) -> CommitState:
     logs = _run_logs(root)
     top = hfs.list_dir(root, root.join(LOG_DIR))
     legacy = _read_legacy(root, top)
-    killed = [r.name for r in logs.values() if not r.final and r.name != me]
+    killed = [r for r in logs.values() if not r.final and r.name != me]
+    # The files in place, listed once (on object stores, where a listing of millions of files costs
+    # minutes, only after a killed run): every seal below checks its committed files against this
+    # listing (a file it rolls forward is committed, so its absence here changes nothing), and files
+    # in it that no record lists (a killed writer's, or a foreign one's) are removed.
+    placed = {k: hfs.list_dir(root, root.join(k)) for k in COMMIT_KINDS} if killed or legacy or root.is_local else {}
+    present = {f"{k}/{e.base_name}" for k, entries in placed.items() for e in entries}
     for run in killed:
-        _seal(root, run)
-        log.info("sealed run %s, which ended without closing", run)
+        _seal(root, run.name, run_log=run, present=present)
+        log.info("sealed run %s, which ended without closing", run.name)
     state = read_log(root)
     if legacy:
-        _roll_forward(root, CommitState.combine(legacy).table)
-    # Files in place that no record lists (a killed writer's, or a foreign one's): listed on local
-    # disks always, on object stores (where a listing of millions of files costs minutes) only
-    # after a killed run.
-    if killed or legacy or root.is_local:
+        _roll_forward(root, CommitState.combine(legacy).table, present=present)
+    if placed:
         listed = set(state.table["file"].to_pylist())
-        for k in COMMIT_KINDS:
-            for e in hfs.list_dir(root, root.join(k)):
+        for k, entries in placed.items():
+            for e in entries:
                 if f"{k}/{e.base_name}" not in listed:
                     (root.fs.delete_dir if e.type == pafs.FileType.Directory else root.fs.delete_file)(e.path)
                     log.info("removed uncommitted %s/%s", k, e.base_name)
