@@ -257,18 +257,19 @@ class CommitState:
     def __len__(self) -> int:
         return self.table.num_rows
 
+    def _mask(self, kind: str | None) -> pa.Array:
+        """The live files of ``kind`` (None: data and rejects)."""
+        k = self.table["kind"]
+        return pc.is_in(k, value_set=pa.array(KINDS)) if kind is None else pc.equal(k, kind)
+
     def _of(self, kind: str | None) -> pa.Table:
-        if kind is None:
-            return self.table.filter(pc.is_in(self.table["kind"], value_set=pa.array(KINDS)))
-        return self.table.filter(pc.equal(self.table["kind"], kind))
+        return self.table.filter(self._mask(kind))
 
     def files(self, kind: str | None = None) -> list[str]:
         return self._of(kind)["file"].to_pylist()
 
     def rows(self, kind: str | None = None) -> int:
-        t = self.table
-        mask = (pc.is_in(t["kind"], value_set=pa.array(KINDS)) if kind is None else pc.equal(t["kind"], kind))
-        return int(pc.sum(pc.if_else(mask, t["rows"], 0)).as_py() or 0)
+        return int(pc.sum(pc.if_else(self._mask(kind), self.table["rows"], 0)).as_py() or 0)
 
     def runs(self) -> list[str]:
         """Runs that built the live files."""

@@ -74,13 +74,13 @@ def run(args: argparse.Namespace) -> int:
         max_persons=args.max_persons, workers=args.workers, selection=args.selection, person_score=args.person_score,
         min_box_fraction=args.min_box_fraction, min_visible_keypoints=args.min_visible_keypoints,
         keypoint_threshold=args.keypoint_threshold, max_images=args.max_images, batch_size=args.batch_size)
-    estimator = None
-    if cfg.selection == "detector":
+    def estimator():
         # model and pipelines never import each other: the builder's detector + pose stages are composed here
         from pipelines.eval_pose import BuilderPoseEstimator
 
-        estimator = BuilderPoseEstimator(args.models, args.device, score_threshold=0.05, max_people=20)
-    counts = build_coco_testset(cfg, estimator)
+        return BuilderPoseEstimator(args.models, args.device, score_threshold=0.05, max_people=20)
+
+    counts = build_coco_testset(cfg, estimator_factory=estimator)  # models load after the inputs are checked
     sys.stdout.write(f"selected {counts['selected']} images ({counts['rows']} test rows) by {cfg.selection}; "
                      f"the paper selected {PAPER_COUNT:,}\n{json.dumps(counts)}\n")
     return 0

@@ -346,13 +346,14 @@ def _write_rows(out: Path, rows: list[dict]) -> None:
     os.replace(tmp, out)
 
 
-def build_coco_testset(cfg: CocoTestsetConfig, estimator=None) -> dict[str, int]:
+def build_coco_testset(cfg: CocoTestsetConfig, estimator=None, estimator_factory=None) -> dict[str, int]:
     """Write ``cfg.out/real/<id>.png`` and ``cfg.out/testset.jsonl``; return the counts.
 
     ``estimator``: images -> per image, the people found (dicts with ``keypoints`` (133, 3),
-    ``bbox`` (x0, y0, x1, y1) and ``score``), needed by ``selection="detector"``
-    (``humanverse testset coco`` passes the builder's YOLOS + ViTPose stages)."""
-    if cfg.selection == "detector" and estimator is None:
+    ``bbox`` (x0, y0, x1, y1) and ``score``), needed by ``selection="detector"``; or
+    ``estimator_factory``, called for one once the inputs are checked (``humanverse testset coco``
+    passes one that loads the builder's YOLOS + ViTPose stages)."""
+    if cfg.selection == "detector" and estimator is None and estimator_factory is None:
         raise ValueError("selection 'detector' needs a detector + pose estimator: run `humanverse testset coco` "
                          "(it supplies the builder's YOLOS + ViTPose) or pass estimator=...; or use "
                          "selection 'annotations'.")
@@ -365,7 +366,7 @@ def build_coco_testset(cfg: CocoTestsetConfig, estimator=None) -> dict[str, int]
     if not image_dir.is_dir():
         raise ValueError(f"the COCO image folder {str(image_dir)!r} does not exist; unpack {cfg.split}.zip there.")
     if cfg.selection == "detector":
-        return _build_detector_testset(cfg, coco, cap_data, image_dir, estimator)
+        return _build_detector_testset(cfg, coco, cap_data, image_dir, estimator or estimator_factory())
     kp_data = _load_json(coco / "annotations" / f"person_keypoints_{cfg.split}.json", "the keypoint annotations", hint)
 
     wholebody: dict[int, list[float]] = {}
