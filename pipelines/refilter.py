@@ -30,6 +30,8 @@ from humanverse.schema import REJECT_SCHEMA
 from humanverse.shards import HELD, CommitRecord, CommitState, ShardSink, read_manifest, write_manifest
 from pipelines.config import BuildConfig
 from pipelines.plan import REFILTERABLE, _dotted, check_format, config_sha
+from pipelines.stages.aesthetic import aesthetic_verdict
+from pipelines.stages.person_filter import person_verdict
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +50,8 @@ class RefilterReport:
 
 
 def _verdicts(t: pa.Table, cfg: BuildConfig) -> tuple[pa.Array, list[tuple[str, str, str] | None]]:
-    """Per row: passes, and (stage, reason, detail) of the first failed filter, as the stages order them."""
+    """Per row: passes, and (stage, reason, detail) of the first failed filter, as the stages order
+    them and with their own verdicts (:func:`person_verdict`, :func:`aesthetic_verdict`)."""
     stages = set(cfg.stages)
     out: list[tuple[str, str, str] | None] = []
     pf, ae = cfg.person_filter, cfg.aesthetic
@@ -57,15 +60,11 @@ def _verdicts(t: pa.Table, cfg: BuildConfig) -> tuple[pa.Array, list[tuple[str, 
     score = t["aesthetic"].to_pylist()
     for n, a, s in zip(n_persons, area, score):
         why = None
-        if "person_filter" in stages and n is not None:
-            if n < pf.min_persons:
-                why = ("person_filter", "no_person", f"{n} persons detected (need >= {pf.min_persons})")
-            elif n > pf.max_persons:
-                why = ("person_filter", "too_many_persons", f"{n} persons > {pf.max_persons}")
-            elif a is not None and a < pf.min_area:
-                why = ("person_filter", "person_too_small", f"person area {a:.3f} < {pf.min_area}")
-        if why is None and "aesthetic" in stages and s is not None and s < ae.threshold:
-            why = ("aesthetic", "low_aesthetic", f"aesthetic {s:.3f} < {ae.threshold}")
+        if "person_filter" in stages and n is not None and (reject := person_verdict(n, a, pf)) is not None:
+            why = ("person_filter", reject.reason, reject.detail)
+        if why is None and "aesthetic" in stages and s is not None and \
+                (reject := aesthetic_verdict(s, ae.threshold)) is not None:
+            why = ("aesthetic", reject.reason, reject.detail)
         out.append(why)
     return pa.array([w is None for w in out], pa.bool_()), out
 

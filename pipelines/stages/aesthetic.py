@@ -20,7 +20,7 @@ from PIL import Image
 
 from humanverse.config import check
 from pipelines import rows as R
-from pipelines.stages.base import ModelStage
+from pipelines.stages.base import ModelStage, Reject
 from pipelines.stages.loading import Device, Dtype
 
 log = logging.getLogger(__name__)
@@ -79,6 +79,11 @@ def load_aesthetic_mlp(r):
     return mlp.eval()
 
 
+def aesthetic_verdict(score: float, threshold: float) -> Reject | None:
+    """The threshold on the stored ``aesthetic`` score (also what ``humanverse refilter`` re-applies)."""
+    return Reject("low_aesthetic", f"aesthetic {score:.3f} < {threshold}") if score < threshold else None
+
+
 class AestheticScorer(ModelStage):
     name = "aesthetic"
 
@@ -119,5 +124,5 @@ class AestheticScorer(ModelStage):
             if self.config.store_embedding:
                 r["clip_embedding"] = e.tolist()
             R.add_model(r, self.name, self.tag)
-            if s < self.config.threshold:
-                R.reject(r, self.name, "low_aesthetic", f"aesthetic {s:.3f} < {self.config.threshold}")
+            if (why := aesthetic_verdict(s, self.config.threshold)) is not None:
+                R.reject(r, self.name, why.reason, why.detail)

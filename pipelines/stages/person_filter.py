@@ -57,10 +57,17 @@ class PersonFilter(RowFilter):
         n = len(persons)
         row["num_persons"] = n
         row["person_area"] = union_area([p["bbox"] for p in persons]) / float(row["width"] * row["height"])
-        if n < c.min_persons:
-            return Reject("no_person", f"{n} persons detected (need >= {c.min_persons})")
-        if n > c.max_persons:
-            return Reject("too_many_persons", f"{n} persons > {c.max_persons}")
-        if row["person_area"] < c.min_area:
-            return Reject("person_too_small", f"person area {row['person_area']:.3f} < {c.min_area}")
-        return None
+        return person_verdict(n, row["person_area"], c)
+
+
+def person_verdict(num_persons: int, area: float | None, config: PersonFilterConfig) -> Reject | None:
+    """The thresholds on stored ``num_persons`` and ``person_area``, in order (also what
+    ``humanverse refilter`` re-applies)."""
+    c, n = config, num_persons
+    if n < c.min_persons:
+        return Reject("no_person", f"{n} persons detected (need >= {c.min_persons})")
+    if n > c.max_persons:
+        return Reject("too_many_persons", f"{n} persons > {c.max_persons}")
+    if area is not None and area < c.min_area:
+        return Reject("person_too_small", f"person area {area:.3f} < {c.min_area}")
+    return None
