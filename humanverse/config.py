@@ -123,11 +123,18 @@ def load_yaml(cls: type[T], path: str | Path | None, overrides: Mapping[str, Any
             loaded = loaded[section]
         data = loaded
     for k, v in (overrides or {}).items():
-        _set_dotted(data, k, v)
+        set_dotted(data, k, v)
     return from_dict(cls, data)
 
 
-def _set_dotted(data: dict, key: str, value: Any) -> None:
+def get_dotted(data: dict, key: str) -> Any:
+    """``data[a][b]`` for ``key`` ``"a.b"``."""
+    for part in key.split("."):
+        data = data[part]
+    return data
+
+
+def set_dotted(data: dict, key: str, value: Any) -> None:
     """``data[a][b] = value`` for ``key`` ``"a.b"``; a key through a value that is not a section is
     refused with one sentence."""
     parts = key.split(".")
@@ -161,4 +168,4 @@ def check(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
-__all__ = ["ConfigError", "check", "from_dict", "load_yaml", "to_dict"]
+__all__ = ["ConfigError", "check", "from_dict", "get_dotted", "load_yaml", "set_dotted", "to_dict"]

@@ -32,7 +32,7 @@ import os
 import re
 from dataclasses import dataclass
 
-from humanverse.config import ConfigError, to_dict
+from humanverse.config import ConfigError, get_dotted, to_dict
 from humanverse.schema import FORMAT_VERSION
 from humanverse.shards import ShardSink, read_manifest, write_manifest
 from pipelines.config import BuildConfig
@@ -73,7 +73,7 @@ def check_resumable(existing: dict | None, fingerprint: dict, output: str, force
     changes = config_diff(existing["fingerprint"], fingerprint)
     keys = {c.partition(":")[0] for c in changes}
     if keys <= set(REFILTERABLE):
-        sets = " ".join(f"--set {k}={json.dumps(_dotted(fingerprint, k))}" for k in sorted(keys))
+        sets = " ".join(f"--set {k}={json.dumps(get_dotted(fingerprint, k))}" for k in sorted(keys))
         raise ConfigError(
             f"{output} was built with other thresholds ({'; '.join(changes)}); apply them to the stored rows with "
             f"`humanverse refilter {output} {sets}`, then build again with the new config.")
@@ -92,12 +92,6 @@ REFILTERABLE = ("aesthetic.threshold", "person_filter.min_persons", "person_filt
 def config_sha(config: dict) -> str:
     """The short digest a run record keeps of the config it ran (``built_by`` groups runs by it)."""
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _dotted(d: dict, key: str):
-    for part in key.split("."):
-        d = d[part]
-    return d
 
 
 def check_format(existing: dict | None, output: str, what: str) -> None:

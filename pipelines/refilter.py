@@ -25,11 +25,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from humanverse.config import ConfigError, _set_dotted, from_dict, to_dict
+from humanverse.config import ConfigError, from_dict, get_dotted, set_dotted, to_dict
 from humanverse.schema import REJECT_SCHEMA
 from humanverse.shards import HELD, CommitRecord, CommitState, ShardSink, read_manifest, write_manifest
 from pipelines.config import BuildConfig
-from pipelines.plan import REFILTERABLE, _dotted, check_format, config_sha
+from pipelines.plan import REFILTERABLE, check_format, config_sha
 from pipelines.stages.aesthetic import aesthetic_verdict
 from pipelines.stages.person_filter import person_verdict
 
@@ -98,11 +98,11 @@ def refilter(root: str, overrides: dict) -> RefilterReport:
     built = from_dict(BuildConfig, manifest.get("config") or {})
     old, data = to_dict(built), to_dict(built)
     for key, value in changes.items():
-        _set_dotted(data, key, value)
+        set_dotted(data, key, value)
     cfg = from_dict(BuildConfig, data)  # validates the new values
     new = to_dict(cfg)
-    before = {k: _dotted(old, k) for k in changes}
-    after = {k: _dotted(new, k) for k in changes}
+    before = {k: get_dotted(old, k) for k in changes}
+    after = {k: get_dotted(new, k) for k in changes}
     changed = {k: [before[k], after[k]] for k in changes}
     sink = ShardSink.open(root, provenance={"command": "refilter", "changes": changed, "config": data,
                                             "config_sha": config_sha(data)})
